@@ -1,0 +1,534 @@
+//! `Chat`: the request in the middle. Close to the OpenAI-compatible shape the devices speak,
+//! typed where the gateway reads or checks a field, and `extra` for everything else, which
+//! travels through untouched (DashScope adds parameters often: `enable_search`, `skill`, ...).
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Chat {
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// A string, or an array of strings, token ids, or token-id arrays (`001_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Chat {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn wants_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Message content: plain text, or a list of parts (text, image, video, audio).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// A content part; `kind` is its `type`, the rest stays as sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+// Hand-written so a wrong shape gets a clear message rather than serde's "did not match any
+// variant of untagged enum".
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Text(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Content, E> {
+                Ok(Content::Text(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(2));
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDef>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Parses an OpenAI-compatible request body; type errors name the field at fault.
+pub fn decode(body: &[u8]) -> Result<Chat, GatewayError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let chat: Chat = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            return GatewayError::InvalidJson(inner.to_string());
+        }
+        let message = inner.to_string();
+        let param = missing_field(&message)
+            .map(|field| join_path(&path, field))
+            .unwrap_or(path);
+        let param = (param != ".").then_some(param);
+        GatewayError::InvalidParameter {
+            message: match &param {
+                Some(p) => format!("Invalid `{p}`: {message}"),
+                None => format!("Invalid request: {message}"),
+            },
+            param,
+        }
+    })?;
+    json.end()
+        .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    validate(&chat)?;
+    Ok(chat)
+}
+
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+fn join_path(path: &str, field: &str) -> String {
+    if path == "." || path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// Ranges and shapes from DashScope's parameter table (`../shared/seeds/001_*`).
+pub fn validate(chat: &Chat) -> Result<(), GatewayError> {
+    if chat.model.trim().is_empty() {
+        return Err(GatewayError::param("model", "`model` must not be empty"));
+    }
+    if chat.messages.is_empty() {
+        return Err(GatewayError::param(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    for (i, message) in chat.messages.iter().enumerate() {
+        validate_message(i, message)?;
+    }
+    check_range(chat.temperature, "temperature", "[0, 2)", |t| {
+        (0.0..2.0).contains(&t)
+    })?;
+    check_range(chat.top_p, "top_p", "(0, 1]", |p| p > 0.0 && p <= 1.0)?;
+    check_range(chat.presence_penalty, "presence_penalty", "[-2, 2]", |p| {
+        (-2.0..=2.0).contains(&p)
+    })?;
+    if let Some(n) = chat.n {
+        if !(1..=4).contains(&n) {
+            return Err(GatewayError::param(
+                "n",
+                format!("`n` must be in 1..=4, got {n}"),
+            ));
+        }
+    }
+    if chat.max_tokens == Some(0) {
+        return Err(GatewayError::param(
+            "max_tokens",
+            "`max_tokens` must be at least 1",
+        ));
+    }
+    if let Some(stop) = &chat.stop {
+        validate_stop(stop)?;
+    }
+    if let Some(tools) = &chat.tools {
+        for (i, tool) in tools.iter().enumerate() {
+            validate_tool(i, tool)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_range(
+    value: Option<f64>,
+    name: &str,
+    range: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Result<(), GatewayError> {
+    match value {
+        Some(v) if !ok(v) => Err(GatewayError::param(
+            name,
+            format!("`{name}` must be in {range}, got {v}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate_message(i: usize, message: &Message) -> Result<(), GatewayError> {
+    let at = |field: &str| format!("messages[{i}].{field}");
+    let needs_content = match message.role {
+        Role::Assistant => message.tool_calls.is_none(),
+        _ => true,
+    };
+    let Some(content) = &message.content else {
+        if needs_content {
+            return Err(GatewayError::param(
+                at("content"),
+                format!("`{}` is required for this role", at("content")),
+            ));
+        }
+        return Ok(());
+    };
+    if let Content::Parts(parts) = content {
+        for (j, part) in parts.iter().enumerate() {
+            validate_part(&format!("messages[{i}].content[{j}]"), part)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks the shape of the part types DashScope documents; unknown types pass through.
+fn validate_part(at: &str, part: &Part) -> Result<(), GatewayError> {
+    let field = |name: &str| part.fields.get(name);
+    let url_of = |name: &str| -> Result<(), GatewayError> {
+        match field(name) {
+            Some(Value::Object(obj)) => match obj.get("url") {
+                Some(Value::String(url)) if !url.is_empty() => Ok(()),
+                _ => Err(GatewayError::param(
+                    format!("{at}.{name}.url"),
+                    format!("`{at}.{name}.url` must be a non-empty string"),
+                )),
+            },
+            _ => Err(GatewayError::param(
+                format!("{at}.{name}"),
+                format!("`{at}.{name}` must be an object with a `url`"),
+            )),
+        }
+    };
+    match part.kind.as_str() {
+        "text" => match field("text") {
+            Some(Value::String(_)) => Ok(()),
+            _ => Err(GatewayError::param(
+                format!("{at}.text"),
+                format!("`{at}.text` must be a string"),
+            )),
+        },
+        "image_url" => url_of("image_url"),
+        "video_url" => url_of("video_url"),
+        "video" => match field("video") {
+            Some(Value::Array(frames))
+                if !frames.is_empty()
+                    && frames
+                        .iter()
+                        .all(|f| f.as_str().is_some_and(|s| !s.is_empty())) =>
+            {
+                Ok(())
+            }
+            _ => Err(GatewayError::param(
+                format!("{at}.video"),
+                format!("`{at}.video` must be a non-empty array of image URLs"),
+            )),
+        },
+        "input_audio" => match field("input_audio") {
+            Some(Value::Object(audio))
+                if audio
+                    .get("data")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.is_empty()) =>
+            {
+                Ok(())
+            }
+            _ => Err(GatewayError::param(
+                format!("{at}.input_audio.data"),
+                format!("`{at}.input_audio` must be an object with a non-empty `data`"),
+            )),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// `stop`: a string, or an array of strings, of token ids, or of token-id arrays; strings and
+/// token ids may not be mixed (`001_*`).
+fn validate_stop(stop: &Value) -> Result<(), GatewayError> {
+    let bad = || {
+        GatewayError::param(
+            "stop",
+            "`stop` must be a string, or an array of strings, of token ids, or of token-id arrays",
+        )
+    };
+    match stop {
+        Value::String(_) => Ok(()),
+        Value::Array(items) => {
+            let is_id = |v: &Value| v.as_u64().is_some();
+            let all_strings = items.iter().all(Value::is_string);
+            let all_ids = items.iter().all(is_id);
+            let all_id_lists = items.iter().all(|v| {
+                v.as_array()
+                    .is_some_and(|ids| !ids.is_empty() && ids.iter().all(is_id))
+            });
+            if all_strings || all_ids || all_id_lists {
+                Ok(())
+            } else {
+                Err(bad())
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn validate_tool(i: usize, tool: &Tool) -> Result<(), GatewayError> {
+    let at = format!("tools[{i}]");
+    if tool.kind != "function" {
+        return Err(GatewayError::param(
+            format!("{at}.type"),
+            format!("`{at}.type` must be \"function\""),
+        ));
+    }
+    let Some(function) = &tool.function else {
+        return Err(GatewayError::param(
+            format!("{at}.function"),
+            format!("`{at}.function` is required"),
+        ));
+    };
+    let name_ok = !function.name.is_empty()
+        && function.name.len() <= 64
+        && function
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(GatewayError::param(
+            format!("{at}.function.name"),
+            format!("`{at}.function.name` must be 1-64 letters, digits, underscores or dashes"),
+        ));
+    }
+    if let Some(parameters) = &function.parameters {
+        if !parameters.is_object() {
+            return Err(GatewayError::param(
+                format!("{at}.function.parameters"),
+                format!("`{at}.function.parameters` must be a JSON Schema object"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param_of(body: &str) -> Option<String> {
+        match decode(body.as_bytes()) {
+            Err(GatewayError::InvalidParameter { param, .. }) => param,
+            Err(other) => Some(format!("other: {other}")),
+            Ok(_) => None,
+        }
+    }
+
+    const OK: &str = r#"{"model":"qwen-plus","messages":[{"role":"user","content":"hi"}]"#;
+
+    fn with(extra: &str) -> String {
+        format!("{OK},{extra}}}")
+    }
+
+    #[test]
+    fn seed_request_decodes_and_keeps_unknown_fields() {
+        let chat = decode(with(r#""enable_search":true,"skill":[{"type":"ppt"}]"#).as_bytes());
+        let chat = chat.map_err(|e| e.to_string());
+        assert_eq!(chat.as_ref().ok().map(|c| c.extra.len()), Some(2));
+    }
+
+    #[test]
+    fn each_documented_range_names_its_param() {
+        assert_eq!(
+            param_of(&with(r#""temperature":2"#)).as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            param_of(&with(r#""temperature":-0.1"#)).as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(param_of(&with(r#""temperature":1.99"#)), None);
+        assert_eq!(param_of(&with(r#""top_p":0"#)).as_deref(), Some("top_p"));
+        assert_eq!(param_of(&with(r#""top_p":1"#)), None);
+        assert_eq!(
+            param_of(&with(r#""presence_penalty":2.5"#)).as_deref(),
+            Some("presence_penalty")
+        );
+        assert_eq!(param_of(&with(r#""n":5"#)).as_deref(), Some("n"));
+        assert_eq!(param_of(&with(r#""n":0"#)).as_deref(), Some("n"));
+        assert_eq!(
+            param_of(&with(r#""max_tokens":0"#)).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param_of(&with(r#""max_tokens":"ten""#)).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param_of(&with(r#""stop":["a",1]"#)).as_deref(),
+            Some("stop")
+        );
+        assert_eq!(param_of(&with(r#""stop":[[1,2],[3]]"#)), None);
+        assert_eq!(
+            param_of(&with(r#""stop":{"a":1}"#)).as_deref(),
+            Some("stop")
+        );
+    }
+
+    #[test]
+    fn messages_are_checked() {
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[]}"#).as_deref(),
+            Some("messages")
+        );
+        assert_eq!(param_of(r#"{"model":"m"}"#).as_deref(), Some("messages"));
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user","content":"x"}]}"#).as_deref(),
+            Some("model")
+        );
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"bot","content":"x"}]}"#).as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"user"}]}"#).as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#).as_deref(),
+            Some("messages[0].content[0].image_url.url")
+        );
+        assert_eq!(
+            param_of(
+                r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[]}]}"#
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn tools_are_checked() {
+        let tool = |t: &str| with(&format!(r#""tools":[{t}]"#));
+        assert_eq!(
+            param_of(&tool(
+                r#"{"type":"function","function":{"name":"get_current_time","parameters":{}}}"#
+            )),
+            None
+        );
+        assert_eq!(
+            param_of(&tool(r#"{"type":"retrieval"}"#)).as_deref(),
+            Some("tools[0].type")
+        );
+        assert_eq!(
+            param_of(&tool(
+                r#"{"type":"function","function":{"name":"has space"}}"#
+            ))
+            .as_deref(),
+            Some("tools[0].function.name")
+        );
+        assert_eq!(
+            param_of(&tool(
+                r#"{"type":"function","function":{"name":"f","parameters":[]}}"#
+            ))
+            .as_deref(),
+            Some("tools[0].function.parameters")
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_not_a_param_error() {
+        assert!(matches!(
+            decode(b"{\"model\":"),
+            Err(GatewayError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            decode(format!("{OK}}} x").as_bytes()),
+            Err(GatewayError::InvalidJson(_))
+        ));
+    }
+}

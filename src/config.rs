@@ -1,0 +1,611 @@
+//! Configuration: TOML file with `${VAR}` interpolation, or environment variables alone.
+//! Parsed and validated once at start; every error names the key at fault.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A config problem, always naming the key (or file position) at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A string that never shows in `Debug` output or logs.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub keys: Vec<StaticKey>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            keys: Vec::new(),
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 20 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://dashgate.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Only gateway-issued keys get in; the upstream's own key is injected.
+    #[default]
+    Keys,
+    /// The caller's bearer token is forwarded upstream as-is.
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Guards `/admin`; empty or absent means there is no admin API.
+    pub admin_token: Option<Secret>,
+}
+
+/// A client key written in the config, beside the keys kept in the store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKey {
+    pub name: String,
+    pub key: Secret,
+    pub models: Option<Vec<String>>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Alibaba Cloud Model Studio; `base_url` is the host root.
+    Dashscope,
+    /// Any OpenAI-compatible server; `base_url` ends in `/v1`.
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    #[serde(default = "all_models")]
+    pub models: Vec<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Time to open the TCP (and TLS) connection.
+    #[serde(default = "defaults::connect_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time until the upstream's response headers arrive (for LLMs: time to first token).
+    #[serde(default = "defaults::first_byte_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence allowed between two stream events.
+    #[serde(default = "defaults::idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// Whole request, first byte to last.
+    #[serde(default = "defaults::request_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl UpstreamConfig {
+    /// An upstream with every optional setting at its default.
+    pub fn new(name: &str, provider: ProviderKind, base_url: &str) -> Self {
+        Self {
+            name: name.into(),
+            provider,
+            base_url: base_url.into(),
+            api_key: None,
+            models: all_models(),
+            weight: 1,
+            connect_timeout_ms: defaults::connect_ms(),
+            first_byte_timeout_ms: defaults::first_byte_ms(),
+            idle_timeout_ms: defaults::idle_ms(),
+            request_timeout_ms: defaults::request_ms(),
+        }
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_byte_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+fn all_models() -> Vec<String> {
+    vec!["*".into()]
+}
+fn one() -> u32 {
+    1
+}
+
+/// Defaults sized for LLMs: a long prompt or a thinking model can take minutes.
+mod defaults {
+    pub fn connect_ms() -> u64 {
+        5_000
+    }
+    pub fn first_byte_ms() -> u64 {
+        120_000
+    }
+    pub fn idle_ms() -> u64 {
+        120_000
+    }
+    pub fn request_ms() -> u64 {
+        900_000
+    }
+}
+
+/// Where the configuration comes from.
+pub enum Source<'a> {
+    /// `--config FILE`: the file must exist.
+    File(&'a Path),
+    /// No `--config`: `./dashgate.toml` if present, else defaults plus environment.
+    Default,
+}
+
+/// Reads, interpolates and validates the configuration.
+pub fn load(
+    source: Source<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let path = match source {
+        Source::File(path) => Some(path.to_path_buf()),
+        Source::Default => {
+            let local = Path::new("dashgate.toml");
+            local.exists().then(|| local.to_path_buf())
+        }
+    };
+    let config = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+            parse(&text, &path.display().to_string(), env)?
+        }
+        None => from_env(env),
+    };
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Parses TOML text; `origin` names the file in messages.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+            .unwrap_or(1);
+        ConfigError::new(format!("{origin} line {line}"), e.message().trim())
+    })?;
+    interpolate(&mut value, &mut String::new(), env)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().trim().to_string();
+        ConfigError::new(if key == "." { origin.into() } else { key }, message)
+    })
+}
+
+/// Replaces `${VAR}` in every string; `${VAR:-default}` gives a fallback for an unset variable.
+fn interpolate(
+    value: &mut toml::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) if s.contains("${") => *s = expand(s, path, env)?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                interpolate(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                interpolate(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(s: &str, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| ConfigError::new(key, "unterminated `${` in string"))?;
+        let inner = &after[..end];
+        let (name, fallback) = match inner.split_once(":-") {
+            Some((name, fallback)) => (name, Some(fallback)),
+            None => (inner, None),
+        };
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(ConfigError::new(
+                key,
+                format!("`${{{inner}}}` is not a valid variable reference"),
+            ));
+        }
+        match (env(name), fallback) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(f)) => out.push_str(f),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("environment variable {name} is not set"),
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The environment-only mode of interface.md.
+fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Config {
+    let mut config = Config::default();
+    if let Some(listen) = env("DASHGATE_LISTEN") {
+        match listen.parse() {
+            Ok(addr) => config.server.listen = addr,
+            // Kept as a sentinel so validation reports the variable by name.
+            Err(_) => config.server.max_body_bytes = usize::MAX,
+        }
+    }
+    if let Some(url) = env("DASHGATE_STORE_URL") {
+        config.store.url = url;
+    }
+    if let Some(token) = env("DASHGATE_ADMIN_TOKEN") {
+        config.auth.admin_token = Some(Secret::new(token));
+    }
+    if let Some(mode) = env("DASHGATE_AUTH_MODE") {
+        config.auth.mode = if mode == "passthrough" {
+            AuthMode::Passthrough
+        } else {
+            AuthMode::Keys
+        };
+    }
+    let base_url =
+        env("DASHSCOPE_BASE_URL").unwrap_or_else(|| "https://dashscope.aliyuncs.com".into());
+    let mut upstream = UpstreamConfig::new("dashscope", ProviderKind::Dashscope, &base_url);
+    upstream.api_key = env("DASHSCOPE_API_KEY").map(Secret::new);
+    config.upstreams.push(upstream);
+    config
+}
+
+/// Checks what types alone cannot; the first problem found is reported.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    if config.server.max_body_bytes == usize::MAX {
+        return Err(ConfigError::new(
+            "DASHGATE_LISTEN",
+            "not a socket address such as 127.0.0.1:8080",
+        ));
+    }
+    if config.server.max_body_bytes < 1024 {
+        return Err(ConfigError::new(
+            "server.max_body_bytes",
+            "must be at least 1024",
+        ));
+    }
+    let store = &config.store.url;
+    if !["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| store.starts_with(p))
+    {
+        return Err(ConfigError::new(
+            "store.url",
+            "must start with sqlite:, postgres:// or postgresql://",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut secrets = HashSet::new();
+    for (i, key) in config.keys.iter().enumerate() {
+        if key.name.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("keys[{i}].name"),
+                "must not be empty",
+            ));
+        }
+        if !names.insert(key.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("keys[{i}].name"),
+                format!("duplicate key name `{}`", key.name),
+            ));
+        }
+        if key.key.is_empty() {
+            return Err(ConfigError::new(
+                format!("keys[{i}].key"),
+                "must not be empty",
+            ));
+        }
+        if !secrets.insert(key.key.expose()) {
+            return Err(ConfigError::new(
+                format!("keys[{i}].key"),
+                "the same key is given twice",
+            ));
+        }
+        if let Some(models) = &key.models {
+            if models.iter().any(|m| m.trim().is_empty()) {
+                return Err(ConfigError::new(
+                    format!("keys[{i}].models"),
+                    "model names must not be empty",
+                ));
+            }
+        }
+    }
+    if config.upstreams.is_empty() {
+        return Err(ConfigError::new(
+            "upstreams",
+            "at least one [[upstreams]] entry is needed",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, up) in config.upstreams.iter().enumerate() {
+        let at = |field: &str| format!("upstreams[{i}].{field}");
+        if up.name.trim().is_empty() {
+            return Err(ConfigError::new(at("name"), "must not be empty"));
+        }
+        if !names.insert(up.name.as_str()) {
+            return Err(ConfigError::new(
+                at("name"),
+                format!("duplicate upstream name `{}`", up.name),
+            ));
+        }
+        match reqwest::Url::parse(&up.base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                if url.query().is_some() {
+                    return Err(ConfigError::new(
+                        at("base_url"),
+                        "must not carry a query string",
+                    ));
+                }
+            }
+            Ok(_) => {
+                return Err(ConfigError::new(
+                    at("base_url"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            Err(e) => return Err(ConfigError::new(at("base_url"), format!("not a URL: {e}"))),
+        }
+        if up.models.is_empty() || up.models.iter().any(|m| m.trim().is_empty()) {
+            return Err(ConfigError::new(
+                at("models"),
+                "must list at least one model name or \"*\"",
+            ));
+        }
+        if up.weight == 0 {
+            return Err(ConfigError::new(at("weight"), "must be at least 1"));
+        }
+        for (field, value) in [
+            ("connect_timeout_ms", up.connect_timeout_ms),
+            ("first_byte_timeout_ms", up.first_byte_timeout_ms),
+            ("idle_timeout_ms", up.idle_timeout_ms),
+            ("request_timeout_ms", up.request_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(at(field), "must be greater than 0"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[[upstreams]]
+name = "a"
+provider = "dashscope"
+base_url = "http://127.0.0.1:1"
+api_key = "${UP_KEY}"
+"#;
+
+    #[test]
+    fn interpolates_variables_in_strings() {
+        let config =
+            parse(MINIMAL, "t.toml", &env_of(&[("UP_KEY", "sk-up")])).map_err(|e| e.to_string());
+        let config = config.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.upstreams[0].api_key.as_ref().map(Secret::expose),
+            Some("sk-up")
+        );
+        assert_eq!(config.upstreams[0].models, vec!["*".to_string()]);
+    }
+
+    #[test]
+    fn unset_variable_is_an_error_naming_it_and_the_key() {
+        let err = parse(MINIMAL, "t.toml", &env_of(&[]))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("upstreams[0].api_key: environment variable UP_KEY is not set")
+        );
+    }
+
+    #[test]
+    fn fallback_is_used_for_unset_variable() {
+        let text = MINIMAL.replace("${UP_KEY}", "${UP_KEY:-none}");
+        let config = parse(&text, "t.toml", &env_of(&[])).map_err(|e| e.to_string());
+        assert_eq!(
+            config
+                .ok()
+                .and_then(|c| c.upstreams[0].api_key.clone())
+                .map(|s| s.0),
+            Some("none".into())
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("{MINIMAL}\nweigth = 2\n");
+        let err = parse(&text, "t.toml", &env_of(&[("UP_KEY", "k")]))
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(
+            err.starts_with("upstreams[0].weigth: unknown field `weigth`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_listen_address_is_named() {
+        let text = format!("[server]\nlisten = \"nowhere\"\n{MINIMAL}");
+        let err = parse(&text, "t.toml", &env_of(&[("UP_KEY", "k")]))
+            .err()
+            .map(|e| e.key);
+        assert_eq!(err.as_deref(), Some("server.listen"));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let text = MINIMAL.replace("http://127.0.0.1:1", "ftp://x");
+        let config = parse(&text, "t.toml", &env_of(&[("UP_KEY", "k")])).map_err(|e| e.to_string());
+        let err = config.ok().and_then(|c| validate(&c).err()).map(|e| e.key);
+        assert_eq!(err.as_deref(), Some("upstreams[0].base_url"));
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let err = parse("[server]\nlisten = \n", "t.toml", &env_of(&[]))
+            .err()
+            .map(|e| e.key);
+        assert_eq!(err.as_deref(), Some("t.toml line 2"));
+    }
+
+    #[test]
+    fn environment_only_mode_makes_one_dashscope_upstream() {
+        let config = from_env(&env_of(&[
+            ("DASHSCOPE_API_KEY", "sk-x"),
+            ("DASHGATE_LISTEN", "127.0.0.1:9999"),
+        ]));
+        assert_eq!(config.server.listen.port(), 9999);
+        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(config.upstreams[0].provider, ProviderKind::Dashscope);
+        assert_eq!(
+            config.upstreams[0].base_url,
+            "https://dashscope.aliyuncs.com"
+        );
+        assert!(validate(&config).is_ok());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let config = parse(MINIMAL, "t.toml", &env_of(&[("UP_KEY", "sk-very-secret")]))
+            .map_err(|e| e.to_string());
+        assert!(!format!("{config:?}").contains("sk-very-secret"));
+    }
+}

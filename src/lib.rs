@@ -1,0 +1,12 @@
+//! dashgate: a gateway between device and app clients and DashScope (Qwen) or any
+//! OpenAI-compatible upstream. See `ARCHITECTURE.md` for the plan of the house.
+
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod dialect;
+pub mod error;
+pub mod provider;
+pub mod route;
+pub mod server;
+pub mod sim;

@@ -1,0 +1,158 @@
+//! The `dashgate` command: serve | simulate | check. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dashgate::config::{self, Source};
+use dashgate::{server, sim};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "dashgate",
+    version,
+    about = "An AI gateway for DashScope (Qwen) and OpenAI-compatible upstreams"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file; without it ./dashgate.toml if present, else defaults plus environment.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, overriding the config (port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run a DashScope simulator: a stand-in upstream with deterministic replies.
+    Simulate(sim::Options),
+    /// Validate the config and exit.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DASHGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check { config } => match load(config) {
+            Ok(config) => {
+                println!(
+                    "config ok: {} upstream(s), {} static key(s), auth mode {:?}",
+                    config.upstreams.len(),
+                    config.keys.len(),
+                    config.auth.mode
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve { config, listen } => {
+            let mut config = match load(config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            run(async move {
+                let listener = TcpListener::bind(config.server.listen).await?;
+                let state = server::AppState::new(config).map_err(std::io::Error::other)?;
+                announce("dashgate", &listener)?;
+                server::serve(listener, std::sync::Arc::new(state), shutdown_on_signal()).await
+            })
+        }
+        Command::Simulate(options) => run(async move {
+            let listener = TcpListener::bind(options.listen).await?;
+            announce("dashgate simulator", &listener)?;
+            sim::serve(listener, options, shutdown_on_signal()).await
+        }),
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
+    let source = match &path {
+        Some(path) => Source::File(path),
+        None => Source::Default,
+    };
+    config::load(source, &|name| std::env::var(name).ok()).map_err(|e| {
+        eprintln!("dashgate: config error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Prints the bound address on stdout, so scripts using port 0 learn the real one.
+fn announce(what: &str, listener: &TcpListener) -> std::io::Result<()> {
+    use std::io::Write;
+    let addr = listener.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{what} listening on http://{addr}")?;
+    out.flush()
+}
+
+fn run(work: impl Future<Output = std::io::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("dashgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dashgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancelled on SIGTERM or SIGINT.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    token
+}

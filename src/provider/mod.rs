@@ -1,0 +1,270 @@
+//! What upstreams speak. Both providers take OpenAI-compatible chat requests; they differ in
+//! where the endpoint lives (`dashscope`: `{base_url}/compatible-mode/v1/...`, `openai`:
+//! `{base_url}/...`). The native dialect joins with its own issue.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::config::{AuthMode, ProviderKind, UpstreamConfig};
+use crate::error::{GatewayError, Rejection};
+
+/// Upper bound on an upstream's non-stream reply; replies are text, so this is generous.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+/// Upper bound on an upstream's error body we read to relay its message.
+const MAX_ERROR_BYTES: usize = 256 * 1024;
+
+/// One configured upstream with its own connection pool.
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    client: reqwest::Client,
+    chat_url: reqwest::Url,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+        let base = config.base_url.trim_end_matches('/');
+        let chat = match config.provider {
+            ProviderKind::Dashscope => format!("{base}/compatible-mode/v1/chat/completions"),
+            ProviderKind::Openai => format!("{base}/chat/completions"),
+        };
+        let chat_url = reqwest::Url::parse(&chat).map_err(|e| format!("{}: {e}", config.name))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            // The upstream key must never follow a redirect to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("dashgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("{}: {e}", config.name))?;
+        Ok(Self {
+            config,
+            client,
+            chat_url,
+        })
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        self.config.models.iter().any(|m| m == "*" || m == model)
+    }
+
+    /// Posts a chat request and waits for the response head (the first byte, for LLMs the
+    /// first token). Non-2xx answers come back as the matching `GatewayError`.
+    pub async fn post_chat(&self, call: Call<'_>) -> Result<reqwest::Response, GatewayError> {
+        let mut request = self
+            .client
+            .post(self.chat_url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", call.request_id);
+        let token = match call.mode {
+            AuthMode::Keys => self.config.api_key.as_ref().map(|k| k.expose()),
+            AuthMode::Passthrough => call.passthrough_token,
+        };
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if self.config.provider == ProviderKind::Dashscope {
+            // DashScope feature switches ride on X-DashScope-* headers (data inspection, ...).
+            for (name, value) in call.client_headers {
+                if name.as_str().starts_with("x-dashscope-") {
+                    request = request.header(name, value);
+                }
+            }
+        }
+        let sent = tokio::time::timeout(
+            self.config.first_byte_timeout(),
+            request.body(call.body).send(),
+        )
+        .await;
+        let response = match sent {
+            Err(_) => return Err(self.timeout()),
+            Ok(Err(e)) if e.is_timeout() => return Err(self.timeout()),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %self.config.name, error = %e, "upstream unreachable");
+                return Err(GatewayError::UpstreamUnreachable {
+                    upstream: self.config.name.clone(),
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.failure(response, call.mode).await)
+    }
+
+    pub fn timeout(&self) -> GatewayError {
+        GatewayError::UpstreamTimeout {
+            upstream: self.config.name.clone(),
+        }
+    }
+
+    /// Maps a non-2xx upstream answer: 4xx is the client's (kept as sent, but an upstream 401
+    /// in keys mode is the gateway's own misconfiguration); 503 stays 503, other 5xx are 502.
+    async fn failure(&self, response: reqwest::Response, mode: AuthMode) -> GatewayError {
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let idle = self.config.idle_timeout();
+        let body = read_limited(response, MAX_ERROR_BYTES, idle)
+            .await
+            .unwrap_or_default();
+        let parsed = ErrorFields::parse(&body);
+        let upstream = self.config.name.clone();
+        tracing::warn!(upstream = %upstream, status, code = parsed.code.as_deref().unwrap_or(""), "upstream refused");
+        match status {
+            401 | 403 if mode == AuthMode::Keys => GatewayError::UpstreamAuth { upstream },
+            400..=499 => GatewayError::UpstreamRejected(Box::new(Rejection {
+                upstream,
+                status,
+                message: parsed.message.unwrap_or_else(|| {
+                    format!("upstream refused the request with status {status}")
+                }),
+                kind: parsed.kind,
+                code: parsed.code,
+                param: parsed.param,
+                retry_after,
+                openai_shaped: parsed.openai_shaped,
+                body,
+            })),
+            _ => GatewayError::UpstreamStatus {
+                upstream,
+                status,
+                message: parsed.message.unwrap_or_default(),
+                retry_after,
+            },
+        }
+    }
+}
+
+/// One chat call: what to send and on whose behalf.
+pub struct Call<'a> {
+    pub body: Bytes,
+    pub request_id: &'a str,
+    pub mode: AuthMode,
+    pub passthrough_token: Option<&'a str>,
+    pub client_headers: &'a HeaderMap<HeaderValue>,
+}
+
+/// Reads a whole body, refusing more than `limit` bytes or a gap longer than `idle`.
+pub async fn read_limited(
+    response: reqwest::Response,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, ReadError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(ReadError::TooLarge);
+    }
+    let mut stream = response.bytes_stream();
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(ReadError::Broken),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        // Most replies arrive in one piece: keep it without copying.
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            previous => {
+                if let Some(previous) = previous {
+                    buf.extend_from_slice(&previous);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+        if first.as_ref().map_or(buf.len(), Bytes::len) > limit {
+            return Err(ReadError::TooLarge);
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    TooLarge,
+    Timeout,
+    Broken,
+}
+
+/// The fields of an upstream error body, whichever shape it came in: OpenAI
+/// `{"error":{...}}`, DashScope native `{"code","message"}`, vLLM `{"object":"error",...}`,
+/// or any of those framed as an SSE `data:` line (DashScope does that for early stream errors).
+#[derive(Debug, Default)]
+struct ErrorFields {
+    message: Option<String>,
+    kind: Option<String>,
+    code: Option<String>,
+    param: Option<String>,
+    openai_shaped: bool,
+}
+
+impl ErrorFields {
+    fn parse(body: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(body);
+        let json = text
+            .lines()
+            .find_map(|line| line.strip_prefix("data:"))
+            .unwrap_or(&text)
+            .trim();
+        let Ok(Value::Object(outer)) = serde_json::from_str::<Value>(json) else {
+            let snippet: String = text.trim().chars().take(300).collect();
+            return Self {
+                message: (!snippet.is_empty()).then_some(snippet),
+                ..Self::default()
+            };
+        };
+        let string = |v: Option<&Value>| match v {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let openai_shaped = outer.get("error").is_some_and(Value::is_object)
+            && !text.trim_start().starts_with("data:")
+            && !text.trim_start().starts_with("id:");
+        let fields = outer
+            .get("error")
+            .and_then(Value::as_object)
+            .unwrap_or(&outer);
+        Self {
+            message: string(fields.get("message")),
+            kind: string(fields.get("type")),
+            code: string(fields.get("code")),
+            param: string(fields.get("param")),
+            openai_shaped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_of_every_shape_are_understood() {
+        let openai = ErrorFields::parse(br#"{"error":{"message":"Incorrect API key provided. ","type":"invalid_request_error","param":null,"code":"invalid_api_key"},"request_id":"x"}"#);
+        assert_eq!(openai.code.as_deref(), Some("invalid_api_key"));
+        assert!(openai.openai_shaped);
+        let native = ErrorFields::parse(br#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded","request_id":"x"}"#);
+        assert_eq!(native.code.as_deref(), Some("Throttling.RateQuota"));
+        assert!(!native.openai_shaped);
+        let framed = ErrorFields::parse(b"data: {\"error\":{\"code\":\"data_inspection_failed\",\"message\":\"bad\",\"type\":\"data_inspection_failed\"}}\n\n");
+        assert_eq!(framed.code.as_deref(), Some("data_inspection_failed"));
+        assert!(!framed.openai_shaped);
+        let native_framed = ErrorFields::parse(b"id:1\nevent:error\n:HTTP_STATUS/429\ndata:{\"code\":\"Throttling.AllocationQuota\",\"message\":\"Allocated quota exceeded\"}");
+        assert_eq!(
+            native_framed.code.as_deref(),
+            Some("Throttling.AllocationQuota")
+        );
+        let plain = ErrorFields::parse(b"Bad Gateway");
+        assert_eq!(plain.message.as_deref(), Some("Bad Gateway"));
+    }
+}
