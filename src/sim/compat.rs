@@ -335,6 +335,9 @@ impl Playback {
                 match fault {
                     StreamFault::Stall => std::future::pending::<()>().await,
                     StreamFault::Drop => {
+                        // Let the server flush the events already sent (it flushes while the body
+                        // is pending), so the cut lands mid-stream rather than before the head.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         return Some(Err(std::io::Error::other("simulated connection drop")));
                     }
                     StreamFault::Inspection(id) => {
@@ -367,12 +370,14 @@ struct CloseGuard {
 
 impl Drop for CloseGuard {
     fn drop(&mut self) {
-        let counter = if self.finished {
-            &self.stats.streams_completed
+        if self.finished {
+            self.stats.streams_completed.fetch_add(1, Ordering::Relaxed);
         } else {
-            &self.stats.streams_closed_early
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .streams_closed_early
+                .fetch_add(1, Ordering::Relaxed);
+            self.stats.stream_closed_early.notify_one();
+        }
     }
 }
 

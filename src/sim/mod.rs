@@ -75,6 +75,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub streams_completed: AtomicU64,
     pub streams_closed_early: AtomicU64,
+    /// Signalled each time a stream ends early because the client went away.
+    pub stream_closed_early: tokio::sync::Notify,
 }
 
 struct SimState {

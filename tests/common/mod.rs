@@ -1,0 +1,170 @@
+//! The shared harness: a simulator and a gateway, in process, on ephemeral loopback ports,
+//! talking real HTTP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use dashgate::config;
+use dashgate::server;
+use dashgate::sim::{self, Stats};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const UPSTREAM_KEY: &str = "sk-upstream-test";
+pub const CLIENT_KEY: &str = "sk-glass3-test";
+
+pub struct Sim {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+}
+
+impl Sim {
+    pub async fn start() -> Sim {
+        Self::with(sim::Options {
+            api_key: Some(UPSTREAM_KEY.into()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn with(options: sim::Options) -> Sim {
+        let (addr, stats) = sim::spawn(options)
+            .await
+            .unwrap_or_else(|e| panic!("simulator: {e}"));
+        Sim { addr, stats }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+/// A config with one static key and one `dashscope` upstream at `sim`; `extra` is appended
+/// (more keys, more upstreams) and `{SIM}` in it is replaced by the simulator's URL.
+pub fn config_for(sim: &Sim, upstream_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+
+[[keys]]
+name = "glass3"
+key = "{CLIENT_KEY}"
+
+[[keys]]
+name = "limited"
+key = "sk-limited-test"
+models = ["qwen-plus"]
+
+[[upstreams]]
+name = "sim"
+provider = "dashscope"
+base_url = "{sim}"
+api_key = "{UPSTREAM_KEY}"
+models = ["qwen-plus", "qwen-vl-plus", "qwen-max"]
+{upstream_extra}
+
+{extra}
+"#,
+        sim = sim.url(),
+        extra = extra.replace("{SIM}", &sim.url()),
+    )
+}
+
+impl Gateway {
+    pub async fn start(toml: &str) -> Gateway {
+        let config =
+            config::parse(toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("config: {e}"));
+        config::validate(&config).unwrap_or_else(|e| panic!("config: {e}"));
+        let shutdown = CancellationToken::new();
+        let addr = server::spawn(config, shutdown.clone())
+            .await
+            .unwrap_or_else(|e| panic!("gateway: {e}"));
+        Gateway {
+            addr,
+            http: reqwest::Client::new(),
+            _shutdown: shutdown.drop_guard(),
+        }
+    }
+
+    /// A gateway in front of `sim` with the default test config.
+    pub async fn before(sim: &Sim) -> Gateway {
+        Self::start(&config_for(sim, "", "")).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn chat(&self, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url("/compatible-mode/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(body)
+    }
+}
+
+/// A plain request for `model` with one user message.
+pub fn ask(model: &str, text: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// The JSON of a response body (panics with the text if it is not JSON).
+pub async fn json_of(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Reads a whole SSE body and returns its events' `data:` payloads in order.
+pub async fn data_events(response: reqwest::Response) -> Vec<String> {
+    let text = response.text().await.unwrap_or_default();
+    text.split("\n\n")
+        .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Reads exactly `count` SSE events from a live stream, without waiting for its end.
+pub async fn first_events(response: reqwest::Response, count: usize) -> (Vec<String>, impl Sized) {
+    let mut stream = response.bytes_stream();
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    while events.len() < count {
+        match stream.next().await {
+            Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!(
+                "stream ended early: {:?}",
+                other.map(|r| r.map(|b| b.len()))
+            ),
+        }
+        while let Some(end) = buf.find("\n\n") {
+            events.push(buf[..end].to_string());
+            buf.drain(..end + 2);
+        }
+    }
+    (events, stream)
+}
+
+/// The error object of an OpenAI-dialect error body.
+pub fn error_of(body: &Value) -> (&str, Option<&str>, &str) {
+    let e = &body["error"];
+    (
+        e["code"].as_str().unwrap_or(""),
+        e["param"].as_str(),
+        e["type"].as_str().unwrap_or(""),
+    )
+}
