@@ -53,10 +53,10 @@ pub(super) async fn chat(
         Some(model) if !model.is_empty() => model.to_string(),
         _ => return bad("<400> InternalError.Algo.InvalidParameter: Model not specified"),
     };
-    if !request
+    if request
         .get("messages")
         .and_then(Value::as_array)
-        .is_some_and(|m| !m.is_empty())
+        .is_none_or(Vec::is_empty)
     {
         return bad("<400> InternalError.Algo.InvalidParameter: Messages must not be empty");
     }
