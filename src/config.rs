@@ -59,7 +59,6 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
 }
 
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {

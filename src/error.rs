@@ -28,6 +28,8 @@ pub enum GatewayError {
     ModelNotAllowed(String),
     #[error("No route for {0}.")]
     RouteNotFound(String),
+    #[error("Method not allowed for {0}.")]
+    MethodNotAllowed(String),
     #[error("Upstream `{upstream}` could not be reached.")]
     UpstreamUnreachable { upstream: String },
     #[error("Upstream `{upstream}` did not answer in time.")]
@@ -68,6 +70,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamStatus { status: 503, .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamRejected(r) => {
@@ -106,6 +109,7 @@ impl GatewayError {
             Self::ModelNotFound(_) => "model_not_found",
             Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::RouteNotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamAuth { .. } => "upstream_auth_failed",

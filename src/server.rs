@@ -67,7 +67,12 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         None => Arc::from(uuid::Uuid::new_v4().to_string()),
     };
     request.extensions_mut().insert(RequestId(id.clone()));
+    let started = std::time::Instant::now();
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let mut response = next.run(request).await;
+    // For a stream this is the time to its head; the body may run on much longer.
+    tracing::debug!(request_id = %id, %method, path, status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1e3, "request");
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
@@ -118,9 +123,8 @@ async fn method_not_allowed(
     Extension(RequestId(id)): Extension<RequestId>,
     request: Request,
 ) -> Response {
-    let mut response = not_found(Extension(RequestId(id)), request).await;
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+    let what = format!("{} {}", request.method(), request.uri().path());
+    GatewayError::MethodNotAllowed(what).into_openai_response(&id)
 }
 
 /// Serves until `shutdown` is cancelled; requests in flight are allowed to finish.

@@ -182,3 +182,44 @@ async fn an_upstreams_mid_stream_error_event_is_relayed() {
     let last: Value = serde_json::from_str(&events[2]).unwrap_or_default();
     assert_eq!(last["error"]["code"], "data_inspection_failed");
 }
+
+#[tokio::test]
+async fn nothing_follows_an_upstreams_error_event() {
+    let sim = Sim::start().await;
+    let gw = Gateway::before(&sim).await;
+    let events = stream_with(&gw, json!({"fault": "inspection", "after": 3})).await;
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events[3].starts_with(r#"{"error""#), "{events:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_without_answering_is_not_called_unreachable() {
+    let sim = Sim::start().await;
+    let gw = Gateway::before(&sim).await;
+    let mut body = faulty(json!({"fault": "drop", "after": 0}));
+    body["stream"] = json!(true);
+    let response = gw
+        .chat(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 502);
+    assert_eq!(
+        error_of(&json_of(response).await).0,
+        "upstream_invalid_response"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_405_method_not_allowed() {
+    let sim = Sim::start().await;
+    let gw = Gateway::before(&sim).await;
+    let response = gw
+        .http
+        .get(gw.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(error_of(&json_of(response).await).0, "method_not_allowed");
+}

@@ -19,7 +19,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::sse::{EventSplitter, is_done};
+use super::sse::{EventSplitter, is_done, is_error};
 use crate::chat;
 use crate::error::{GatewayError, json_response};
 use crate::provider::{self, Call, ReadError, Upstream};
@@ -170,7 +170,7 @@ impl Relay {
                 Phase::Closing => {
                     self.state = Phase::Done;
                     return match self.splitter.finish() {
-                        Some(event) if is_done(&event) => Some(event),
+                        Some(event) if is_done(&event) || is_error(&event) => Some(event),
                         Some(event) => {
                             self.state = Phase::Closing;
                             self.splitter = EventSplitter::default();
@@ -182,7 +182,9 @@ impl Relay {
                 Phase::Open => {}
             }
             if let Some(event) = self.splitter.next_event() {
-                if is_done(&event) {
+                // After `[DONE]` or the upstream's own error event nothing more is relayed: a
+                // made-up `[DONE]` after an error would tell the client the answer was complete.
+                if is_done(&event) || is_error(&event) {
                     self.state = Phase::Done;
                 }
                 return Some(event);

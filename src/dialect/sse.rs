@@ -71,6 +71,15 @@ pub fn is_done(event: &[u8]) -> bool {
     data_of(event).is_some_and(|d| d.trim_ascii() == b"[DONE]")
 }
 
+/// Whether an event carries an OpenAI-shaped error object (`data: {"error":...}`), as DashScope
+/// sends when it stops a stream mid-way.
+pub fn is_error(event: &[u8]) -> bool {
+    data_of(event).is_some_and(|d| {
+        let d = d.trim_ascii_start();
+        d.starts_with(b"{") && d[1..].trim_ascii_start().starts_with(b"\"error\"")
+    })
+}
+
 /// The payload of an event's first `data:` line.
 pub fn data_of(event: &[u8]) -> Option<&[u8]> {
     event
@@ -107,6 +116,10 @@ mod tests {
             assert_eq!(split_all(&pieces), whole, "chunk size {size}");
         }
         assert!(is_done(&whole[3]));
+        assert!(!is_error(&whole[0]));
+        assert!(is_error(
+            b"data: { \"error\": {\"code\":\"data_inspection_failed\"}}\n\n"
+        ));
         assert_eq!(data_of(&whole[1]), Some(&b"{\"b\":2}"[..]));
     }
 

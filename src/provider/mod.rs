@@ -83,10 +83,19 @@ impl Upstream {
         let response = match sent {
             Err(_) => return Err(self.timeout()),
             Ok(Err(e)) if e.is_timeout() => return Err(self.timeout()),
-            Ok(Err(e)) => {
+            Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(upstream = %self.config.name, error = %e, "upstream unreachable");
                 return Err(GatewayError::UpstreamUnreachable {
                     upstream: self.config.name.clone(),
+                });
+            }
+            // Connected, but the answer never came: the upstream may have seen (and billed) the
+            // request, so this is not reported as unreachable.
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %self.config.name, error = %e, "upstream closed without answering");
+                return Err(GatewayError::UpstreamProtocol {
+                    upstream: self.config.name.clone(),
+                    message: "the connection closed before a response".into(),
                 });
             }
             Ok(Ok(response)) => response,

@@ -336,8 +336,11 @@ impl Playback {
                     StreamFault::Stall => std::future::pending::<()>().await,
                     StreamFault::Drop => {
                         // Let the server flush the events already sent (it flushes while the body
-                        // is pending), so the cut lands mid-stream rather than before the head.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        // is pending), so the cut lands mid-stream. With none sent, cutting at once
+                        // closes the connection before any response.
+                        if self.sent > 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
                         return Some(Err(std::io::Error::other("simulated connection drop")));
                     }
                     StreamFault::Inspection(id) => {

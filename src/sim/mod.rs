@@ -7,7 +7,7 @@
 //!
 //! | knob | effect |
 //! | --- | --- |
-//! | `fault` | `"429"`, `"500"`, `"503"`: that error; `"stall"`: stop sending after `after` events and hang; `"drop"`: cut the connection after `after` events; `"inspection"`: a mid-stream `data_inspection_failed` error event after `after` events |
+//! | `fault` | `"429"`, `"500"`, `"503"`: that error; `"stall"`: stop sending after `after` events and hang; `"drop"`: cut the connection after `after` events (`after: 0`: before any response); `"inspection"`: a mid-stream `data_inspection_failed` error event after `after` events |
 //! | `times`, `key` | the fault applies to the first `times` requests naming `key` (default: every request) |
 //! | `after` | events sent before a stream fault (default 2: the role chunk and one delta) |
 //! | `retry_after` | a `Retry-After` header on the 429 (DashScope itself sends none) |
