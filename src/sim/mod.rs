@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::serve::ListenerExt;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -141,7 +142,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (app, _) = router(options);
-    axum::serve(listener, app)
+    axum::serve(listener.tap_io(crate::server::no_delay), app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
@@ -152,7 +153,7 @@ pub async fn spawn(options: Options) -> std::io::Result<(SocketAddr, Arc<Stats>)
     let addr = listener.local_addr()?;
     let (app, stats) = router(options);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(listener.tap_io(crate::server::no_delay), app).await;
     });
     Ok((addr, stats))
 }
