@@ -149,29 +149,129 @@ pub struct FunctionDef {
 /// Parses an OpenAI-compatible request body; type errors name the field at fault.
 pub fn decode(body: &[u8]) -> Result<Chat, GatewayError> {
     let mut json = serde_json::Deserializer::from_slice(body);
-    let chat: Chat = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if !inner.is_data() {
-            return GatewayError::InvalidJson(inner.to_string());
-        }
-        let message = inner.to_string();
-        let param = missing_field(&message)
-            .map(|field| join_path(&path, field))
-            .unwrap_or(path);
-        let param = (param != ".").then_some(param);
-        GatewayError::InvalidParameter {
-            message: match &param {
-                Some(p) => format!("Invalid `{p}`: {message}"),
-                None => format!("Invalid request: {message}"),
-            },
-            param,
-        }
-    })?;
+    let chat: Chat = serde_path_to_error::deserialize(&mut json).map_err(path_error)?;
     json.end()
         .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
     validate(&chat)?;
     Ok(chat)
+}
+
+/// A `/v1/completions` request: only what the gateway checks is typed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    /// A string or an array of strings; a fill-in-the-middle prompt carries Qwen's
+    /// `<|fim_prefix|>...<|fim_suffix|>...<|fim_middle|>` markers, or a `suffix` field.
+    pub prompt: Value,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub stop: Option<Value>,
+}
+
+impl CompletionRequest {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+}
+
+/// Parses and checks a `/v1/completions` body.
+pub fn decode_completion(body: &[u8]) -> Result<CompletionRequest, GatewayError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let request: CompletionRequest =
+        serde_path_to_error::deserialize(&mut json).map_err(path_error)?;
+    json.end()
+        .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    if request.model.trim().is_empty() {
+        return Err(GatewayError::param("model", "`model` must not be empty"));
+    }
+    let prompt_ok = match &request.prompt {
+        Value::String(_) => true,
+        Value::Array(items) => !items.is_empty() && items.iter().all(Value::is_string),
+        _ => false,
+    };
+    if !prompt_ok {
+        return Err(GatewayError::param(
+            "prompt",
+            "`prompt` must be a string or an array of strings",
+        ));
+    }
+    validate_sampling(
+        request.temperature,
+        request.top_p,
+        request.presence_penalty,
+        request.n,
+        request.max_tokens,
+        request.stop.as_ref(),
+    )?;
+    Ok(request)
+}
+
+/// A serde error with its path, as the 400 the client gets.
+pub(crate) fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if !inner.is_data() {
+        return GatewayError::InvalidJson(inner.to_string());
+    }
+    let message = inner.to_string();
+    let param = missing_field(&message)
+        .map(|field| join_path(&path, field))
+        .unwrap_or(path);
+    let param = (param != ".").then_some(param);
+    GatewayError::InvalidParameter {
+        message: match &param {
+            Some(p) => format!("Invalid `{p}`: {message}"),
+            None => format!("Invalid request: {message}"),
+        },
+        param,
+    }
+}
+
+/// The sampling parameters both chat and completions take.
+fn validate_sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    presence_penalty: Option<f64>,
+    n: Option<u32>,
+    max_tokens: Option<u32>,
+    stop: Option<&Value>,
+) -> Result<(), GatewayError> {
+    check_range(temperature, "temperature", "[0, 2)", |t| {
+        (0.0..2.0).contains(&t)
+    })?;
+    check_range(top_p, "top_p", "(0, 1]", |p| p > 0.0 && p <= 1.0)?;
+    check_range(presence_penalty, "presence_penalty", "[-2, 2]", |p| {
+        (-2.0..=2.0).contains(&p)
+    })?;
+    if let Some(n) = n {
+        if !(1..=4).contains(&n) {
+            return Err(GatewayError::param(
+                "n",
+                format!("`n` must be in 1..=4, got {n}"),
+            ));
+        }
+    }
+    if max_tokens == Some(0) {
+        return Err(GatewayError::param(
+            "max_tokens",
+            "`max_tokens` must be at least 1",
+        ));
+    }
+    if let Some(stop) = stop {
+        validate_stop(stop)?;
+    }
+    Ok(())
 }
 
 fn missing_field(message: &str) -> Option<&str> {
@@ -201,30 +301,14 @@ pub fn validate(chat: &Chat) -> Result<(), GatewayError> {
     for (i, message) in chat.messages.iter().enumerate() {
         validate_message(i, message)?;
     }
-    check_range(chat.temperature, "temperature", "[0, 2)", |t| {
-        (0.0..2.0).contains(&t)
-    })?;
-    check_range(chat.top_p, "top_p", "(0, 1]", |p| p > 0.0 && p <= 1.0)?;
-    check_range(chat.presence_penalty, "presence_penalty", "[-2, 2]", |p| {
-        (-2.0..=2.0).contains(&p)
-    })?;
-    if let Some(n) = chat.n {
-        if !(1..=4).contains(&n) {
-            return Err(GatewayError::param(
-                "n",
-                format!("`n` must be in 1..=4, got {n}"),
-            ));
-        }
-    }
-    if chat.max_tokens == Some(0) {
-        return Err(GatewayError::param(
-            "max_tokens",
-            "`max_tokens` must be at least 1",
-        ));
-    }
-    if let Some(stop) = &chat.stop {
-        validate_stop(stop)?;
-    }
+    validate_sampling(
+        chat.temperature,
+        chat.top_p,
+        chat.presence_penalty,
+        chat.n,
+        chat.max_tokens,
+        chat.stop.as_ref(),
+    )?;
     if let Some(tools) = &chat.tools {
         for (i, tool) in tools.iter().enumerate() {
             validate_tool(i, tool)?;

@@ -64,6 +64,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Same-dialect traffic skips the canonical round-trip; off only to compare the two paths.
+    pub fast_path: bool,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 20 * 1024 * 1024,
+            fast_path: true,
         }
     }
 }
@@ -127,11 +130,26 @@ pub enum ProviderKind {
     Openai,
 }
 
+/// Which of DashScope's dialects the gateway speaks to a `dashscope` upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamDialect {
+    /// The client's own: no translation.
+    #[default]
+    Auto,
+    /// Always compatible mode.
+    Compatible,
+    /// Always the native API.
+    Native,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
     pub provider: ProviderKind,
+    #[serde(default)]
+    pub dialect: UpstreamDialect,
     pub base_url: String,
     #[serde(default)]
     pub api_key: Option<Secret>,
@@ -159,6 +177,7 @@ impl UpstreamConfig {
         Self {
             name: name.into(),
             provider,
+            dialect: UpstreamDialect::Auto,
             base_url: base_url.into(),
             api_key: None,
             models: all_models(),
@@ -460,6 +479,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::new(
                 at("models"),
                 "must list at least one model name or \"*\"",
+            ));
+        }
+        if up.provider == ProviderKind::Openai && up.dialect == UpstreamDialect::Native {
+            return Err(ConfigError::new(
+                at("dialect"),
+                "only a dashscope upstream speaks the native dialect",
             ));
         }
         if up.weight == 0 {

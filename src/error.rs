@@ -101,7 +101,7 @@ impl GatewayError {
     /// The OpenAI-dialect `error.code`.
     pub fn code(&self) -> &str {
         match self {
-            Self::UpstreamRejected(r) => r.code.as_deref().unwrap_or("upstream_rejected"),
+            Self::UpstreamRejected(r) => r.openai_code(),
             Self::InvalidApiKey => "invalid_api_key",
             Self::InvalidParameter { .. } => "invalid_parameter_error",
             Self::InvalidJson(_) => "invalid_json",
@@ -160,8 +160,61 @@ impl GatewayError {
     /// travels byte for byte.
     pub fn into_openai_response(self, request_id: &str) -> Response {
         let body = match &self {
-            Self::UpstreamRejected(r) if r.openai_shaped => r.body.to_vec(),
+            Self::UpstreamRejected(r) if r.shape == ErrorShape::OpenAi => r.body.to_vec(),
             _ => self.openai_body(request_id),
+        };
+        let mut response = json_response(self.status(), body);
+        if let Some(retry_after) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after.clone());
+        }
+        response
+    }
+
+    /// The native-dialect `code` (DashScope's code strings; the gateway's own in the same style).
+    pub fn native_code(&self) -> &str {
+        match self {
+            Self::InvalidApiKey => "InvalidApiKey",
+            Self::InvalidParameter { .. } => "InvalidParameter",
+            Self::InvalidJson(_) => "BadRequest.IllegalInput",
+            Self::PayloadTooLarge { .. } => "BadRequest.TooLarge",
+            Self::ModelNotFound(_) => "ModelNotFound",
+            Self::ModelNotAllowed(_) => "Model.AccessDenied",
+            Self::RouteNotFound(_) => "NotFound",
+            Self::MethodNotAllowed(_) => "MethodNotAllowed",
+            Self::UpstreamUnreachable { .. } => "UpstreamUnreachable",
+            Self::UpstreamTimeout { .. } => "UpstreamTimeout",
+            Self::UpstreamAuth { .. } => "UpstreamAuthFailed",
+            Self::UpstreamStatus { status: 503, .. } => "UpstreamOverloaded",
+            Self::UpstreamStatus { .. } => "UpstreamError",
+            Self::UpstreamProtocol { .. } => "UpstreamInvalidResponse",
+            Self::UpstreamRejected(r) => r.native_code(),
+            Self::Internal => "InternalError",
+        }
+    }
+
+    /// The native-dialect body: `{"request_id","code","message"}`.
+    pub fn native_body(&self, request_id: &str) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            request_id: &'a str,
+            code: &'a str,
+            message: String,
+        }
+        let body = Body {
+            request_id,
+            code: self.native_code(),
+            message: self.to_string(),
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// A complete native-dialect error response; an upstream's own native refusal travels as is.
+    pub fn into_native_response(self, request_id: &str) -> Response {
+        let body = match &self {
+            Self::UpstreamRejected(r) if r.shape == ErrorShape::Native => r.body.to_vec(),
+            _ => self.native_body(request_id),
         };
         let mut response = json_response(self.status(), body);
         if let Some(retry_after) = self.retry_after() {
@@ -194,13 +247,81 @@ pub struct Rejection {
     pub retry_after: Option<HeaderValue>,
     /// The body as received.
     pub body: bytes::Bytes,
-    /// Whether `body` is already `{"error":{...}}` JSON that can be forwarded unchanged.
-    pub openai_shaped: bool,
+    /// Which dialect's error JSON `body` is, if any: a client of that dialect gets it unchanged.
+    pub shape: ErrorShape,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error":{"message","type","param","code"}}`
+    OpenAi,
+    /// `{"code","message","request_id"}`
+    Native,
+    Other,
 }
 
 impl Rejection {
     fn kind_or_default(&self) -> &str {
-        self.kind.as_deref().unwrap_or("invalid_request_error")
+        match (self.shape, self.code.as_deref()) {
+            (ErrorShape::Native, Some(code)) => openai_of_native(code).1,
+            _ => self.kind.as_deref().unwrap_or("invalid_request_error"),
+        }
+    }
+
+    fn openai_code(&self) -> &str {
+        match (self.shape, self.code.as_deref()) {
+            (ErrorShape::Native, Some(code)) => openai_of_native(code).0,
+            (_, Some(code)) => code,
+            (_, None) => "upstream_rejected",
+        }
+    }
+
+    fn native_code(&self) -> &str {
+        match (self.shape, self.code.as_deref()) {
+            (ErrorShape::Native, Some(code)) => code,
+            (_, Some(code)) => native_of_openai(code, self.status),
+            (_, None) => native_of_status(self.status),
+        }
+    }
+}
+
+/// DashScope's native code for a compatible-mode code (their error table pairs them).
+pub fn native_of_openai(code: &str, status: u16) -> &'static str {
+    match code {
+        "invalid_api_key" => "InvalidApiKey",
+        "invalid_parameter_error" => "InvalidParameter",
+        "model_not_found" => "ModelNotFound",
+        "data_inspection_failed" => "DataInspectionFailed",
+        "limit_requests" | "rate_limit_exceeded" => "Throttling.RateQuota",
+        "limit_burst_rate" => "Throttling.BurstRate",
+        "insufficient_quota" => "Throttling.AllocationQuota",
+        "Arrearage" => "Arrearage",
+        _ => native_of_status(status),
+    }
+}
+
+fn native_of_status(status: u16) -> &'static str {
+    match status {
+        401 => "InvalidApiKey",
+        403 => "AccessDenied",
+        404 => "NotFound",
+        413 => "BadRequest.TooLarge",
+        429 => "Throttling",
+        _ => "InvalidParameter",
+    }
+}
+
+/// The compatible-mode `(code, type)` for a native code.
+pub fn openai_of_native(code: &str) -> (&str, &'static str) {
+    match code {
+        "InvalidApiKey" => ("invalid_api_key", "invalid_request_error"),
+        "InvalidParameter" => ("invalid_parameter_error", "invalid_request_error"),
+        "ModelNotFound" => ("model_not_found", "invalid_request_error"),
+        "DataInspectionFailed" => ("data_inspection_failed", "data_inspection_failed"),
+        "Throttling.AllocationQuota" => ("insufficient_quota", "insufficient_quota"),
+        "Throttling.BurstRate" => ("limit_burst_rate", "limit_burst_rate"),
+        c if c.starts_with("Throttling") => ("limit_requests", "limit_requests"),
+        c => (c, "invalid_request_error"),
     }
 }
 

@@ -5,20 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::serve::ListenerExt;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::dialect::openai;
+use crate::dialect::{native, openai};
 use crate::error::{GatewayError, json_response};
 use crate::provider::Upstream;
 use crate::route;
@@ -86,6 +86,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/compatible-mode/v1/chat/completions",
             post(openai::chat_completions),
+        )
+        .route("/v1/completions", post(openai::completions))
+        .route("/compatible-mode/v1/completions", post(openai::completions))
+        .route(
+            "/api/v1/services/aigc/text-generation/generation",
+            post(native::text_generation),
+        )
+        .route(
+            "/api/v1/services/aigc/multimodal-generation/generation",
+            post(native::multimodal_generation),
         )
         .route("/v1/models", get(openai::models))
         .route("/compatible-mode/v1/models", get(openai::models))

@@ -1,8 +1,59 @@
-//! What clients speak. `openai` is DashScope's compatible mode; the native dialect joins with
-//! its own issue. `sse` is the event framing both share.
+//! What clients speak: `openai` (DashScope's compatible mode) and `native` (DashScope's own
+//! API). `sse` is the event framing both share.
 
+pub mod native;
 pub mod openai;
 pub mod sse;
+
+use axum::http::HeaderValue;
+use axum::response::Response;
+use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use std::convert::Infallible;
+
+use crate::relay::Step;
+
+/// Turns canonical steps into one dialect's stream events.
+pub trait StepEncoder: Send + 'static {
+    /// The event for one step, if it makes one.
+    fn step(&mut self, step: Step) -> Option<Bytes>;
+    /// The closing event after the last step, if the dialect has one.
+    fn finish(&mut self) -> Option<Bytes>;
+}
+
+/// Encodes a translated stream event by event, as the steps arrive.
+pub fn encode_steps<E: StepEncoder>(
+    steps: BoxStream<'static, Step>,
+    encoder: E,
+) -> impl Stream<Item = Bytes> + Send + 'static {
+    futures_util::stream::unfold(Some((steps, encoder)), |state| async move {
+        let (mut steps, mut encoder) = state?;
+        loop {
+            match steps.next().await {
+                Some(step) => {
+                    if let Some(bytes) = encoder.step(step) {
+                        return Some((bytes, Some((steps, encoder))));
+                    }
+                }
+                None => return encoder.finish().map(|bytes| (bytes, None)),
+            }
+        }
+    })
+}
+
+/// An SSE response; dropping its body (the client hung up) drops the upstream call with it.
+pub fn event_stream_response(events: impl Stream<Item = Bytes> + Send + 'static) -> Response {
+    let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream;charset=UTF-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells a reverse proxy in front of the gateway not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};

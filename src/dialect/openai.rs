@@ -1,13 +1,11 @@
-//! The OpenAI-compatible dialect (DashScope compatible mode): `/v1/chat/completions` and
-//! `/v1/models`, with their `/compatible-mode/v1/...` twins.
+//! The OpenAI-compatible dialect (DashScope compatible mode): `/v1/chat/completions`,
+//! `/v1/completions` and `/v1/models`, with their `/compatible-mode/v1/...` twins.
 //!
-//! Same-dialect traffic takes the fast path: the request is parsed to check it, but the bytes
-//! the client sent are the bytes the upstream gets, and the upstream's reply events are the
-//! bytes the client gets.
+//! Replies from an upstream of the same dialect are relayed as they came (the fast path);
+//! translated replies are encoded here from canonical steps, in the key order DashScope uses.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Extension;
 use axum::body::Body;
@@ -15,14 +13,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use serde_json::json;
-use tokio::time::Instant;
+use futures_util::Stream;
+use serde_json::{Map, Value, json};
 
-use super::sse::{EventSplitter, is_done, is_error};
+use super::sse;
+use super::{StepEncoder, encode_steps, event_stream_response};
 use crate::chat;
-use crate::error::{GatewayError, json_response};
-use crate::provider::{self, Call, ReadError, Upstream};
+use crate::error::{GatewayError, json_response, openai_of_native};
+use crate::event::{ChatEvent, Delta, Meta, Reply, StreamError, Usage};
+use crate::provider::{Api, Call};
+use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, Step};
 use crate::server::{AppState, RequestId};
 
 /// `POST /v1/chat/completions`.
@@ -32,185 +32,382 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match relay(&state, &request_id, &headers, body).await {
+    match chat_reply(&state, &request_id, &headers, body).await {
         Ok(response) => response,
         Err(error) => error.into_openai_response(&request_id),
     }
 }
 
-async fn relay(
+async fn chat_reply(
     state: &AppState,
     request_id: &Arc<str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
     let caller = state.auth.authenticate(headers)?;
-    let limits = &state.config.server;
-    let bytes = super::read_body(headers, body, limits.max_body_bytes, state.body_timeout).await?;
+    let bytes = super::read_body(
+        headers,
+        body,
+        state.config.server.max_body_bytes,
+        state.body_timeout,
+    )
+    .await?;
     let chat = chat::decode(&bytes)?;
-    caller.check_model(&chat.model)?;
-    let upstream = state.router.pick(&chat.model)?;
-    let started = Instant::now();
-    let response = upstream
-        .post_chat(Call {
-            body: bytes,
+    let include_usage = chat.wants_usage();
+    let stream = chat.is_stream();
+    let model = chat.model.clone();
+    let outcome = relay::dispatch(
+        state,
+        Request {
+            dialect: Dialect::OpenAi,
+            api: Api::Chat,
+            chat,
+            original: bytes,
+            caller: &caller,
+            headers,
             request_id,
-            mode: state.auth.mode(),
-            passthrough_token: caller.passthrough_token.as_deref(),
-            client_headers: headers,
-        })
-        .await?;
-    let deadline = started + upstream.config.request_timeout();
-    let is_event_stream = response
+        },
+    )
+    .await?;
+    Ok(match outcome {
+        Outcome::Raw {
+            response,
+            upstream,
+            deadline,
+        } => {
+            if stream && relay::is_event_stream(&response) {
+                event_stream_response(raw_events(
+                    SseEvents::new(response, upstream, deadline),
+                    request_id.clone(),
+                ))
+            } else {
+                whole_response(response, &upstream, deadline).await?
+            }
+        }
+        Outcome::Steps(steps) => {
+            let encoder = ChunkEncoder::new(request_id.clone(), model, include_usage);
+            event_stream_response(encode_steps(steps, encoder))
+        }
+        Outcome::Whole(mut reply) => {
+            fill_meta(&mut reply.meta, request_id, &model);
+            json_response(StatusCode::OK, encode_completion(&reply))
+        }
+    })
+}
+
+/// Relays a non-stream upstream reply as it came, with its content type.
+async fn whole_response(
+    response: reqwest::Response,
+    upstream: &crate::provider::Upstream,
+    deadline: tokio::time::Instant,
+) -> Result<Response, GatewayError> {
+    let content_type = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if chat.is_stream() && is_event_stream {
-        return Ok(stream_response(
-            upstream.clone(),
-            response,
-            request_id.clone(),
-            deadline,
-        ));
-    }
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let idle = upstream.config.idle_timeout();
-    let read = provider::read_limited(response, provider::MAX_REPLY_BYTES, idle);
-    let body = match tokio::time::timeout_at(deadline, read).await {
-        Err(_) | Ok(Err(ReadError::Timeout)) => return Err(upstream.timeout()),
-        Ok(Err(ReadError::TooLarge)) => return Err(protocol_error(upstream, "reply too large")),
-        Ok(Err(ReadError::Broken)) => {
-            return Err(protocol_error(upstream, "connection broke mid-reply"));
-        }
-        Ok(Ok(body)) => body,
-    };
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    let body = relay::read_whole(response, upstream, deadline).await?;
     let mut response = Response::new(Body::from(body));
-    let content_type = content_type.unwrap_or(HeaderValue::from_static("application/json"));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, content_type);
     Ok(response)
 }
 
-fn protocol_error(upstream: &Upstream, message: &str) -> GatewayError {
-    GatewayError::UpstreamProtocol {
-        upstream: upstream.config.name.clone(),
-        message: message.into(),
-    }
-}
-
-/// Forwards the upstream's SSE events one by one as they arrive. The stream always ends with
-/// `data: [DONE]`, or with an error event if the upstream failed mid-way. Dropping this body
-/// (the client hung up) drops the upstream response and so closes its connection.
-fn stream_response(
-    upstream: Arc<Upstream>,
-    response: reqwest::Response,
-    request_id: Arc<str>,
-    deadline: Instant,
-) -> Response {
-    let events = relay_events(upstream, response, request_id, deadline);
-    let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream;charset=UTF-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tells a reverse proxy in front of the gateway not to buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
-
-struct Relay {
-    upstream: Arc<Upstream>,
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    splitter: EventSplitter,
-    request_id: Arc<str>,
-    deadline: Instant,
-    idle: Duration,
-    state: Phase,
-}
-
-#[derive(PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// The upstream closed cleanly; flush what is left, then `[DONE]` if it was missing.
-    Closing,
-    Done,
-}
-
-fn relay_events(
-    upstream: Arc<Upstream>,
-    response: reqwest::Response,
-    request_id: Arc<str>,
-    deadline: Instant,
-) -> impl Stream<Item = Bytes> {
-    let idle = upstream.config.idle_timeout();
-    let relay = Relay {
-        upstream,
-        body: response.bytes_stream().boxed(),
-        splitter: EventSplitter::default(),
-        request_id,
-        deadline,
-        idle,
-        state: Phase::Open,
-    };
-    futures_util::stream::unfold(relay, |mut relay| async move {
-        let event = relay.next_event().await?;
-        Some((event, relay))
+/// The fast path for streams: upstream events go to the client as they are, one by one. The
+/// stream ends with `data: [DONE]`, or with an error event if the upstream failed mid-way (the
+/// upstream's own, or the gateway's); nothing follows an error.
+fn raw_events(events: SseEvents, request_id: Arc<str>) -> impl Stream<Item = Bytes> {
+    futures_util::stream::unfold(Some(events), move |state| {
+        let request_id = request_id.clone();
+        async move {
+            let mut events = state?;
+            match events.next().await {
+                Next::Event(event) if sse::is_done(&event) || sse::is_error(&event) => {
+                    Some((event, None))
+                }
+                Next::Event(event) => Some((event, Some(events))),
+                Next::End => Some((Bytes::from_static(DONE), None)),
+                Next::Fail(error) => Some((error_event(&error.openai_body(&request_id)), None)),
+            }
+        }
     })
 }
 
-impl Relay {
-    async fn next_event(&mut self) -> Option<Bytes> {
-        loop {
-            match self.state {
-                Phase::Done => return None,
-                Phase::Closing => {
-                    self.state = Phase::Done;
-                    return match self.splitter.finish() {
-                        Some(event) if is_done(&event) || is_error(&event) => Some(event),
-                        Some(event) => {
-                            self.state = Phase::Closing;
-                            self.splitter = EventSplitter::default();
-                            Some(event)
-                        }
-                        None => Some(Bytes::from_static(b"data: [DONE]\n\n")),
-                    };
-                }
-                Phase::Open => {}
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+fn error_event(json: &[u8]) -> Bytes {
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(json);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// Fills what a translated reply's upstream did not say: DashScope's native replies carry
+/// no id, time or model.
+fn fill_meta(meta: &mut Meta, request_id: &str, model: &str) {
+    if meta.id.is_empty() {
+        meta.id = format!(
+            "chatcmpl-{}",
+            meta.request_id.as_deref().unwrap_or(request_id)
+        );
+    }
+    if meta.created == 0 {
+        meta.created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+    }
+    if meta.model.is_empty() {
+        meta.model = model.to_string();
+    }
+}
+
+/// Encodes canonical steps as compatible-mode chunks.
+pub struct ChunkEncoder {
+    meta: Meta,
+    request_id: Arc<str>,
+    model: String,
+    include_usage: bool,
+    failed: bool,
+}
+
+impl ChunkEncoder {
+    pub fn new(request_id: Arc<str>, model: String, include_usage: bool) -> Self {
+        Self {
+            meta: Meta::default(),
+            request_id,
+            model,
+            include_usage,
+            failed: false,
+        }
+    }
+
+    fn chunk(&self, choices: Value, usage: Value) -> Bytes {
+        let chunk = json!({
+            "choices": choices,
+            "object": "chat.completion.chunk",
+            "usage": usage,
+            "created": self.meta.created,
+            "system_fingerprint": null,
+            "model": self.meta.model,
+            "id": self.meta.id,
+        });
+        error_event(&serde_json::to_vec(&chunk).unwrap_or_default())
+    }
+}
+
+impl StepEncoder for ChunkEncoder {
+    fn step(&mut self, step: Step) -> Option<Bytes> {
+        match step {
+            Step::Meta(meta) => {
+                self.meta = meta;
+                fill_meta(&mut self.meta, &self.request_id, &self.model);
+                None
             }
-            if let Some(event) = self.splitter.next_event() {
-                // After `[DONE]` or the upstream's own error event nothing more is relayed: a
-                // made-up `[DONE]` after an error would tell the client the answer was complete.
-                if is_done(&event) || is_error(&event) {
-                    self.state = Phase::Done;
+            Step::Event(ChatEvent::Delta(delta)) => {
+                if self.meta.id.is_empty() {
+                    fill_meta(&mut self.meta, &self.request_id, &self.model);
                 }
-                return Some(event);
+                let choice = json!({
+                    "delta": delta_json(&delta),
+                    "finish_reason": delta.finish_reason,
+                    "index": delta.index,
+                    "logprobs": null,
+                });
+                Some(self.chunk(json!([choice]), Value::Null))
             }
-            let wait = self
-                .idle
-                .min(self.deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait, self.body.next()).await {
-                Ok(Some(Ok(chunk))) => self.splitter.push(&chunk),
-                Ok(None) => self.state = Phase::Closing,
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(upstream = %self.upstream.config.name, error = %e, "upstream stream broke");
-                    return Some(self.fail(protocol_error(&self.upstream, "the stream broke off")));
-                }
-                Err(_) => return Some(self.fail(self.upstream.timeout())),
+            Step::Event(ChatEvent::Usage(usage)) => {
+                // The gateway always asks for usage; a client that did not ask does not see it.
+                self.include_usage
+                    .then(|| self.chunk(json!([]), usage_json(&usage)))
+            }
+            Step::Event(ChatEvent::Error(error)) => {
+                self.failed = true;
+                Some(error_event(&stream_error_json(&error, &self.request_id)))
+            }
+            Step::Fail(error) => {
+                self.failed = true;
+                Some(error_event(&error.openai_body(&self.request_id)))
             }
         }
     }
 
-    /// Ends the stream with an error the OpenAI SDKs raise: a `data:` event with an `error` object.
-    fn fail(&mut self, error: GatewayError) -> Bytes {
-        self.state = Phase::Done;
-        let mut event = b"data: ".to_vec();
-        event.extend_from_slice(&error.openai_body(&self.request_id));
-        event.extend_from_slice(b"\n\n");
-        Bytes::from(event)
+    fn finish(&mut self) -> Option<Bytes> {
+        (!self.failed).then(|| Bytes::from_static(DONE))
+    }
+}
+
+/// The `delta` of a chunk: `content` when there is some (or `null` beside a role), then
+/// `reasoning_content`, `tool_calls`, `role`, as DashScope orders them.
+fn delta_json(delta: &Delta) -> Value {
+    let mut out = Map::new();
+    match &delta.content {
+        Some(content) => {
+            out.insert("content".into(), json!(content));
+        }
+        None if delta.role => {
+            out.insert("content".into(), Value::Null);
+        }
+        None => {}
+    }
+    if let Some(reasoning) = &delta.reasoning {
+        out.insert("reasoning_content".into(), json!(reasoning));
+    }
+    if !delta.tool_calls.is_empty() {
+        let calls: Vec<Value> = delta
+            .tool_calls
+            .iter()
+            .map(|call| {
+                let mut function = Map::new();
+                if let Some(name) = &call.name {
+                    function.insert("name".into(), json!(name));
+                }
+                function.insert("arguments".into(), json!(call.arguments.as_deref().unwrap_or("")));
+                json!({"index": call.index, "id": call.id.as_deref().unwrap_or(""), "type": "function", "function": function})
+            })
+            .collect();
+        out.insert("tool_calls".into(), Value::Array(calls));
+    }
+    if delta.role {
+        out.insert("role".into(), json!("assistant"));
+    }
+    Value::Object(out)
+}
+
+/// Usage in the compatible-mode shape, details only where the upstream gave them.
+pub fn usage_json(usage: &Usage) -> Value {
+    let mut out = Map::new();
+    out.insert("prompt_tokens".into(), json!(usage.prompt_tokens));
+    out.insert("completion_tokens".into(), json!(usage.completion_tokens));
+    out.insert("total_tokens".into(), json!(usage.total_tokens));
+    let mut prompt = Map::new();
+    for (name, value) in [
+        ("cached_tokens", usage.cached_tokens),
+        ("image_tokens", usage.image_tokens),
+        ("audio_tokens", usage.audio_tokens),
+    ] {
+        if let Some(value) = value {
+            prompt.insert(name.into(), json!(value));
+        }
+    }
+    if !prompt.is_empty() {
+        out.insert("prompt_tokens_details".into(), Value::Object(prompt));
+    }
+    if let Some(reasoning) = usage.reasoning_tokens {
+        out.insert(
+            "completion_tokens_details".into(),
+            json!({"reasoning_tokens": reasoning}),
+        );
+    }
+    Value::Object(out)
+}
+
+/// An upstream's mid-stream error as DashScope's compatible mode sends one.
+fn stream_error_json(error: &StreamError, request_id: &str) -> Vec<u8> {
+    let (code, kind) = match &error.kind {
+        Some(kind) => (error.code.as_str(), kind.as_str()),
+        None => openai_of_native(&error.code),
+    };
+    let body = json!({
+        "error": {"message": error.message, "type": kind, "param": null, "code": code},
+        "request_id": request_id,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A whole reply in the compatible-mode shape.
+pub fn encode_completion(reply: &Reply) -> Vec<u8> {
+    let choices: Vec<Value> = reply
+        .choices
+        .iter()
+        .map(|c| {
+            let message = if c.tool_calls.is_empty() {
+                let mut m = json!({"role": "assistant", "content": c.content});
+                if let Some(reasoning) = &c.reasoning {
+                    m["reasoning_content"] = json!(reasoning);
+                }
+                m
+            } else {
+                let calls: Vec<Value> = c
+                    .tool_calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        json!({"function": {"arguments": t.arguments, "name": t.name}, "id": t.id, "index": i, "type": "function"})
+                    })
+                    .collect();
+                json!({"content": c.content, "role": "assistant", "tool_calls": calls})
+            };
+            json!({"message": message, "finish_reason": c.finish_reason, "index": c.index, "logprobs": null})
+        })
+        .collect();
+    let body = json!({
+        "choices": choices,
+        "object": "chat.completion",
+        "usage": reply.usage.as_ref().map(usage_json),
+        "created": reply.meta.created,
+        "system_fingerprint": null,
+        "model": reply.meta.model,
+        "id": reply.meta.id,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// `POST /v1/completions`: plain and fill-in-the-middle prompts (Qwen coder models), relayed
+/// to the upstream's OpenAI-compatible `/completions`.
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match completion_reply(&state, &request_id, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_openai_response(&request_id),
+    }
+}
+
+async fn completion_reply(
+    state: &AppState,
+    request_id: &Arc<str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let caller = state.auth.authenticate(headers)?;
+    let bytes = super::read_body(
+        headers,
+        body,
+        state.config.server.max_body_bytes,
+        state.body_timeout,
+    )
+    .await?;
+    let request = chat::decode_completion(&bytes)?;
+    caller.check_model(&request.model)?;
+    let upstream = state.router.pick(&request.model)?.clone();
+    let started = tokio::time::Instant::now();
+    let stream = request.is_stream();
+    let response = upstream
+        .send(
+            Api::Completions,
+            Call {
+                body: bytes,
+                stream,
+                request_id,
+                mode: state.auth.mode(),
+                passthrough_token: caller.passthrough_token.as_deref(),
+                client_headers: headers,
+            },
+        )
+        .await?;
+    let deadline = started + upstream.config.request_timeout();
+    if stream && relay::is_event_stream(&response) {
+        Ok(event_stream_response(raw_events(
+            SseEvents::new(response, upstream, deadline),
+            request_id.clone(),
+        )))
+    } else {
+        whole_response(response, &upstream, deadline).await
     }
 }
 

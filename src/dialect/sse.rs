@@ -80,6 +80,24 @@ pub fn is_error(event: &[u8]) -> bool {
     })
 }
 
+/// For a native error frame (`event:error`), its status: from `:HTTP_STATUS/NNN` (DashScope) or
+/// `status:NNN`, else 500.
+pub fn error_status(event: &[u8]) -> Option<u16> {
+    let mut lines = event
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    if !lines.clone().any(|l| l.trim_ascii() == b"event:error") {
+        return None;
+    }
+    let status = lines.find_map(|l| {
+        let value = l
+            .strip_prefix(b":HTTP_STATUS/")
+            .or_else(|| l.strip_prefix(b"status:"))?;
+        std::str::from_utf8(value).ok()?.trim().parse().ok()
+    });
+    Some(status.unwrap_or(500))
+}
+
 /// The payload of an event's first `data:` line.
 pub fn data_of(event: &[u8]) -> Option<&[u8]> {
     event
@@ -130,6 +148,11 @@ mod tests {
         let events = split_all(&[wire]);
         assert_eq!(events.len(), 2);
         assert_eq!(data_of(&events[0]), Some(&b"{\"output\":{}}"[..]));
+        assert_eq!(error_status(&events[0]), None);
+        assert_eq!(
+            error_status(b"id:1\nevent:error\n:HTTP_STATUS/429\ndata:{}\n\n"),
+            Some(429)
+        );
         assert_eq!(&events[1][..], b"id:2\nevent:result\n\n");
     }
 

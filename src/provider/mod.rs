@@ -1,6 +1,10 @@
-//! What upstreams speak. Both providers take OpenAI-compatible chat requests; they differ in
-//! where the endpoint lives (`dashscope`: `{base_url}/compatible-mode/v1/...`, `openai`:
-//! `{base_url}/...`). The native dialect joins with its own issue.
+//! What upstreams speak, and how to call them. A `dashscope` upstream has both DashScope
+//! dialects (`{base_url}/compatible-mode/v1/...` and `{base_url}/api/v1/...`); an `openai`
+//! upstream has the OpenAI-compatible one at `{base_url}/...`. The wire codecs live in
+//! `openai.rs` and `dashscope.rs`.
+
+pub mod dashscope;
+pub mod openai;
 
 use std::time::Duration;
 
@@ -10,28 +14,68 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::config::{AuthMode, ProviderKind, UpstreamConfig};
-use crate::error::{GatewayError, Rejection};
+use crate::error::{ErrorShape, GatewayError, Rejection};
 
 /// Upper bound on an upstream's non-stream reply; replies are text, so this is generous.
 pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Upper bound on an upstream's error body we read to relay its message.
 const MAX_ERROR_BYTES: usize = 256 * 1024;
 
+/// The upstream endpoints the gateway calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI-compatible `/chat/completions`.
+    Chat,
+    /// OpenAI-compatible `/completions` (plain and fill-in-the-middle prompts).
+    Completions,
+    /// DashScope native `/api/v1/services/aigc/text-generation/generation`.
+    NativeText,
+    /// DashScope native `/api/v1/services/aigc/multimodal-generation/generation`.
+    NativeMultimodal,
+}
+
+impl Api {
+    pub fn is_native(self) -> bool {
+        matches!(self, Api::NativeText | Api::NativeMultimodal)
+    }
+}
+
 /// One configured upstream with its own connection pool.
 pub struct Upstream {
     pub config: UpstreamConfig,
     client: reqwest::Client,
-    chat_url: reqwest::Url,
+    /// URLs by `Api`, parsed once; `None` where the provider has no such endpoint.
+    urls: [Option<reqwest::Url>; 4],
 }
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Self, String> {
         let base = config.base_url.trim_end_matches('/');
-        let chat = match config.provider {
-            ProviderKind::Dashscope => format!("{base}/compatible-mode/v1/chat/completions"),
-            ProviderKind::Openai => format!("{base}/chat/completions"),
+        let paths: [Option<String>; 4] = match config.provider {
+            ProviderKind::Dashscope => [
+                Some(format!("{base}/compatible-mode/v1/chat/completions")),
+                Some(format!("{base}/compatible-mode/v1/completions")),
+                Some(format!(
+                    "{base}/api/v1/services/aigc/text-generation/generation"
+                )),
+                Some(format!(
+                    "{base}/api/v1/services/aigc/multimodal-generation/generation"
+                )),
+            ],
+            ProviderKind::Openai => [
+                Some(format!("{base}/chat/completions")),
+                Some(format!("{base}/completions")),
+                None,
+                None,
+            ],
         };
-        let chat_url = reqwest::Url::parse(&chat).map_err(|e| format!("{}: {e}", config.name))?;
+        let mut urls: [Option<reqwest::Url>; 4] = Default::default();
+        for (slot, path) in urls.iter_mut().zip(paths) {
+            if let Some(path) = path {
+                *slot =
+                    Some(reqwest::Url::parse(&path).map_err(|e| format!("{}: {e}", config.name))?);
+            }
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -44,7 +88,7 @@ impl Upstream {
         Ok(Self {
             config,
             client,
-            chat_url,
+            urls,
         })
     }
 
@@ -52,14 +96,32 @@ impl Upstream {
         self.config.models.iter().any(|m| m == "*" || m == model)
     }
 
-    /// Posts a chat request and waits for the response head (the first byte, for LLMs the
-    /// first token). Non-2xx answers come back as the matching `GatewayError`.
-    pub async fn post_chat(&self, call: Call<'_>) -> Result<reqwest::Response, GatewayError> {
+    /// Whether this upstream speaks DashScope's native API.
+    pub fn has_native(&self) -> bool {
+        self.config.provider == ProviderKind::Dashscope
+    }
+
+    /// Posts a request and waits for the response head (the first byte, for LLMs the first
+    /// token). Non-2xx answers come back as the matching `GatewayError`.
+    pub async fn send(&self, api: Api, call: Call<'_>) -> Result<reqwest::Response, GatewayError> {
+        let url =
+            self.urls[api as usize]
+                .clone()
+                .ok_or_else(|| GatewayError::UpstreamProtocol {
+                    upstream: self.config.name.clone(),
+                    message: format!("this provider has no {api:?} endpoint"),
+                })?;
         let mut request = self
             .client
-            .post(self.chat_url.clone())
+            .post(url)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", call.request_id);
+        if api.is_native() && call.stream {
+            // DashScope's native API streams only when asked by header.
+            request = request
+                .header("X-DashScope-SSE", "enable")
+                .header(header::ACCEPT, "text/event-stream");
+        }
         let token = match call.mode {
             AuthMode::Keys => self.config.api_key.as_ref().map(|k| k.expose()),
             AuthMode::Passthrough => call.passthrough_token,
@@ -68,9 +130,10 @@ impl Upstream {
             request = request.bearer_auth(token);
         }
         if self.config.provider == ProviderKind::Dashscope {
-            // DashScope feature switches ride on X-DashScope-* headers (data inspection, ...).
+            // DashScope feature switches ride on X-DashScope-* headers (data inspection, ...);
+            // the SSE switch is the gateway's to set.
             for (name, value) in call.client_headers {
-                if name.as_str().starts_with("x-dashscope-") {
+                if name.as_str().starts_with("x-dashscope-") && name != "x-dashscope-sse" {
                     request = request.header(name, value);
                 }
             }
@@ -136,7 +199,7 @@ impl Upstream {
                 code: parsed.code,
                 param: parsed.param,
                 retry_after,
-                openai_shaped: parsed.openai_shaped,
+                shape: parsed.shape,
                 body,
             })),
             _ => GatewayError::UpstreamStatus {
@@ -152,6 +215,7 @@ impl Upstream {
 /// One chat call: what to send and on whose behalf.
 pub struct Call<'a> {
     pub body: Bytes,
+    pub stream: bool,
     pub request_id: &'a str,
     pub mode: AuthMode,
     pub passthrough_token: Option<&'a str>,
@@ -207,13 +271,13 @@ pub enum ReadError {
 /// The fields of an upstream error body, whichever shape it came in: OpenAI
 /// `{"error":{...}}`, DashScope native `{"code","message"}`, vLLM `{"object":"error",...}`,
 /// or any of those framed as an SSE `data:` line (DashScope does that for early stream errors).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ErrorFields {
     message: Option<String>,
     kind: Option<String>,
     code: Option<String>,
     param: Option<String>,
-    openai_shaped: bool,
+    shape: ErrorShape,
 }
 
 impl ErrorFields {
@@ -228,7 +292,10 @@ impl ErrorFields {
             let snippet: String = text.trim().chars().take(300).collect();
             return Self {
                 message: (!snippet.is_empty()).then_some(snippet),
-                ..Self::default()
+                kind: None,
+                code: None,
+                param: None,
+                shape: ErrorShape::Other,
             };
         };
         let string = |v: Option<&Value>| match v {
@@ -236,9 +303,16 @@ impl ErrorFields {
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
-        let openai_shaped = outer.get("error").is_some_and(Value::is_object)
-            && !text.trim_start().starts_with("data:")
-            && !text.trim_start().starts_with("id:");
+        let framed = text.trim_start().starts_with("data:") || text.trim_start().starts_with("id:");
+        let shape = if framed {
+            ErrorShape::Other
+        } else if outer.get("error").is_some_and(Value::is_object) {
+            ErrorShape::OpenAi
+        } else if outer.get("code").is_some_and(Value::is_string) && outer.contains_key("message") {
+            ErrorShape::Native
+        } else {
+            ErrorShape::Other
+        };
         let fields = outer
             .get("error")
             .and_then(Value::as_object)
@@ -248,7 +322,7 @@ impl ErrorFields {
             kind: string(fields.get("type")),
             code: string(fields.get("code")),
             param: string(fields.get("param")),
-            openai_shaped,
+            shape,
         }
     }
 }
@@ -261,13 +335,13 @@ mod tests {
     fn error_bodies_of_every_shape_are_understood() {
         let openai = ErrorFields::parse(br#"{"error":{"message":"Incorrect API key provided. ","type":"invalid_request_error","param":null,"code":"invalid_api_key"},"request_id":"x"}"#);
         assert_eq!(openai.code.as_deref(), Some("invalid_api_key"));
-        assert!(openai.openai_shaped);
+        assert_eq!(openai.shape, ErrorShape::OpenAi);
         let native = ErrorFields::parse(br#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded","request_id":"x"}"#);
         assert_eq!(native.code.as_deref(), Some("Throttling.RateQuota"));
-        assert!(!native.openai_shaped);
+        assert_eq!(native.shape, ErrorShape::Native);
         let framed = ErrorFields::parse(b"data: {\"error\":{\"code\":\"data_inspection_failed\",\"message\":\"bad\",\"type\":\"data_inspection_failed\"}}\n\n");
         assert_eq!(framed.code.as_deref(), Some("data_inspection_failed"));
-        assert!(!framed.openai_shaped);
+        assert_eq!(framed.shape, ErrorShape::Other);
         let native_framed = ErrorFields::parse(b"id:1\nevent:error\n:HTTP_STATUS/429\ndata:{\"code\":\"Throttling.AllocationQuota\",\"message\":\"Allocated quota exceeded\"}");
         assert_eq!(
             native_framed.code.as_deref(),

@@ -1,0 +1,417 @@
+//! DashScope's native API as an upstream speaks it (`../shared/seeds/002_*`):
+//! `Chat` → `{model, input: {messages}, parameters}`, and native replies → `ChatEvent`s.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::Api;
+use crate::chat::{Chat, Content, Part};
+use crate::event::{ChatEvent, Delta, Meta, Reply, ToolCallDelta, Usage};
+
+/// Whether a request belongs on the multimodal endpoint: a vision/audio model, or media in it.
+pub fn is_multimodal(chat: &Chat) -> bool {
+    let model = chat.model.as_str();
+    let media_model = model.contains("-vl")
+        || model.contains("vl-")
+        || model.starts_with("qvq")
+        || model.contains("omni")
+        || model.contains("audio");
+    media_model
+        || chat.messages.iter().any(|m| match &m.content {
+            Some(Content::Parts(parts)) => parts.iter().any(|p| p.kind != "text"),
+            _ => false,
+        })
+}
+
+/// An OpenAI content part as a native item (`{text}`, `{image}`, `{video}`, `{audio}`); the
+/// part's other fields (`fps`, `min_pixels`, ...) ride along.
+pub fn native_item(part: &Part) -> Value {
+    let mut item = Map::new();
+    let url_of = |name: &str| part.fields.get(name).and_then(|v| v.get("url")).cloned();
+    match part.kind.as_str() {
+        "text" => {
+            item.insert(
+                "text".into(),
+                part.fields.get("text").cloned().unwrap_or(Value::Null),
+            );
+        }
+        "image_url" => {
+            item.insert("image".into(), url_of("image_url").unwrap_or(Value::Null));
+        }
+        "video_url" => {
+            item.insert("video".into(), url_of("video_url").unwrap_or(Value::Null));
+        }
+        "video" => {
+            item.insert(
+                "video".into(),
+                part.fields.get("video").cloned().unwrap_or(Value::Null),
+            );
+        }
+        "input_audio" => {
+            let data = part
+                .fields
+                .get("input_audio")
+                .and_then(|a| a.get("data"))
+                .cloned();
+            item.insert("audio".into(), data.unwrap_or(Value::Null));
+        }
+        other => {
+            item.insert("type".into(), Value::String(other.into()));
+        }
+    }
+    for (key, value) in &part.fields {
+        if !matches!(
+            key.as_str(),
+            "text" | "image_url" | "video_url" | "video" | "input_audio"
+        ) {
+            item.insert(key.clone(), value.clone());
+        }
+    }
+    Value::Object(item)
+}
+
+/// The native request for `chat`, and the endpoint it goes to. Streams ask for deltas
+/// (`incremental_output`) and `message` format: the gateway re-encodes for its client.
+pub fn encode_request(chat: &Chat) -> (Api, Bytes) {
+    let multimodal = is_multimodal(chat);
+    let messages: Vec<Value> = chat
+        .messages
+        .iter()
+        .map(|m| {
+            let mut out = Map::new();
+            out.insert(
+                "role".into(),
+                serde_json::to_value(m.role).unwrap_or(Value::Null),
+            );
+            let content = match &m.content {
+                None => Value::Null,
+                Some(Content::Text(text)) if multimodal => json!([{"text": text}]),
+                Some(Content::Text(text)) => Value::String(text.clone()),
+                Some(Content::Parts(parts)) => {
+                    Value::Array(parts.iter().map(native_item).collect())
+                }
+            };
+            out.insert("content".into(), content);
+            if let Some(calls) = &m.tool_calls {
+                out.insert("tool_calls".into(), calls.clone());
+            }
+            out.extend(m.extra.clone());
+            Value::Object(out)
+        })
+        .collect();
+    let mut parameters = Map::new();
+    parameters.insert("result_format".into(), json!("message"));
+    if chat.is_stream() {
+        parameters.insert("incremental_output".into(), json!(true));
+    }
+    let typed = [
+        ("temperature", chat.temperature.map(|v| json!(v))),
+        ("top_p", chat.top_p.map(|v| json!(v))),
+        ("presence_penalty", chat.presence_penalty.map(|v| json!(v))),
+        ("n", chat.n.map(|v| json!(v))),
+        ("max_tokens", chat.max_tokens.map(|v| json!(v))),
+        ("seed", chat.seed.map(|v| json!(v))),
+        ("stop", chat.stop.clone()),
+        (
+            "tools",
+            chat.tools
+                .as_ref()
+                .and_then(|t| serde_json::to_value(t).ok()),
+        ),
+    ];
+    for (name, value) in typed {
+        if let Some(value) = value {
+            parameters.insert(name.into(), value);
+        }
+    }
+    // Every other field is a parameter in the native dialect (enable_search, enable_thinking,
+    // response_format, translation_options, ...).
+    parameters.extend(chat.extra.clone());
+    let body = json!({
+        "model": chat.model,
+        "input": {"messages": messages},
+        "parameters": parameters,
+    });
+    let api = if multimodal {
+        Api::NativeMultimodal
+    } else {
+        Api::NativeText
+    };
+    (
+        api,
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+    )
+}
+
+#[derive(Deserialize)]
+struct NativeReply {
+    #[serde(default)]
+    output: Option<Output>,
+    #[serde(default)]
+    usage: Option<NativeUsage>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Output {
+    #[serde(default)]
+    choices: Option<Vec<NativeChoice>>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NativeChoice {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
+    message: Option<NativeMessage>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NativeMessage {
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<NativeToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct NativeToolCall {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<NativeFunction>,
+}
+
+#[derive(Deserialize)]
+struct NativeFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct NativeUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    image_tokens: Option<u64>,
+    #[serde(default)]
+    audio_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<TokenDetails>,
+    #[serde(default)]
+    input_tokens_details: Option<TokenDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<TokenDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+    #[serde(default)]
+    image_tokens: Option<u64>,
+    #[serde(default)]
+    audio_tokens: Option<u64>,
+}
+
+impl From<NativeUsage> for Usage {
+    fn from(u: NativeUsage) -> Self {
+        let input = u
+            .prompt_tokens_details
+            .or(u.input_tokens_details)
+            .unwrap_or_default();
+        let output = u.output_tokens_details.unwrap_or_default();
+        Usage {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+            total_tokens: u.total_tokens.unwrap_or(u.input_tokens + u.output_tokens),
+            cached_tokens: input.cached_tokens,
+            reasoning_tokens: output.reasoning_tokens,
+            image_tokens: u.image_tokens.or(input.image_tokens),
+            audio_tokens: u.audio_tokens.or(input.audio_tokens),
+        }
+    }
+}
+
+/// Text of native content: a string, or the `text` items of a list.
+fn text_of(content: Option<Value>) -> Option<String> {
+    match content? {
+        Value::String(s) => Some(s),
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| i.get("text").and_then(Value::as_str))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// `finish_reason` as DashScope streams it: the string `"null"` until the end.
+fn finished(reason: Option<String>) -> Option<String> {
+    reason.filter(|r| r != "null")
+}
+
+/// Decodes native replies. Stateful for streams: the role is announced once per choice.
+#[derive(Default)]
+pub struct Decoder {
+    announced: u64,
+}
+
+impl Decoder {
+    /// One frame of a stream (incremental output), or a whole reply. Each frame's usage so far
+    /// rides on its deltas; the final frame's usage also comes as a `Usage` event.
+    pub fn decode(&mut self, data: &[u8]) -> Result<(Meta, Vec<ChatEvent>), String> {
+        let reply: NativeReply = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        let meta = Meta {
+            request_id: reply.request_id,
+            ..Meta::default()
+        };
+        let usage: Option<Usage> = reply.usage.map(Usage::from);
+        let mut events = Vec::new();
+        let mut done = false;
+        if let Some(output) = reply.output {
+            let choices = match (output.choices, output.text) {
+                (Some(choices), _) => choices,
+                (None, text) => vec![NativeChoice {
+                    index: Some(0),
+                    message: Some(NativeMessage {
+                        content: text.map(Value::String),
+                        reasoning_content: None,
+                        tool_calls: None,
+                    }),
+                    finish_reason: output.finish_reason,
+                }],
+            };
+            for (i, choice) in choices.into_iter().enumerate() {
+                let index = choice.index.unwrap_or(i as u32);
+                let bit = 1u64 << index.min(63);
+                let role = self.announced & bit == 0;
+                self.announced |= bit;
+                let finish_reason = finished(choice.finish_reason);
+                done |= finish_reason.is_some();
+                let message = choice.message;
+                let (content, reasoning, calls) = match message {
+                    Some(m) => (
+                        text_of(m.content),
+                        m.reasoning_content,
+                        m.tool_calls.unwrap_or_default(),
+                    ),
+                    None => (None, None, Vec::new()),
+                };
+                events.push(ChatEvent::Delta(Delta {
+                    index,
+                    role,
+                    content,
+                    reasoning,
+                    tool_calls: calls
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, call)| ToolCallDelta {
+                            index: call.index.unwrap_or(k as u32),
+                            id: call.id,
+                            name: call.function.as_ref().and_then(|f| f.name.clone()),
+                            arguments: call.function.and_then(|f| f.arguments),
+                        })
+                        .collect(),
+                    finish_reason,
+                    usage: usage.clone(),
+                }));
+            }
+        }
+        if done {
+            events.extend(usage.map(ChatEvent::Usage));
+        }
+        Ok((meta, events))
+    }
+}
+
+/// Decodes a whole (non-stream) native reply.
+pub fn decode_reply(body: &[u8]) -> Result<Reply, String> {
+    let (meta, events) = Decoder::default().decode(body)?;
+    let mut reply = Reply::new(meta);
+    for event in &events {
+        reply.apply(event);
+    }
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thinking_frame_decodes() {
+        let frame = br#"{"output":{"choices":[{"message":{"content":"","reasoning_content":"The","role":"assistant"},"finish_reason":"null"}]},"usage":{"total_tokens":290,"output_tokens":3,"input_tokens":287,"output_tokens_details":{"reasoning_tokens":1}},"request_id":"a1959ad1"}"#;
+        let mut decoder = Decoder::default();
+        let (meta, events) = decoder.decode(frame).unwrap_or_default();
+        assert_eq!(meta.request_id.as_deref(), Some("a1959ad1"));
+        let [ChatEvent::Delta(d)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert!(d.role && d.finish_reason.is_none());
+        assert_eq!(
+            (d.content.as_deref(), d.reasoning.as_deref()),
+            (Some(""), Some("The"))
+        );
+        assert_eq!(d.usage.as_ref().and_then(|u| u.reasoning_tokens), Some(1));
+        let (_, again) = decoder.decode(frame).unwrap_or_default();
+        assert!(
+            matches!(&again[..], [ChatEvent::Delta(d)] if !d.role),
+            "role is announced once"
+        );
+    }
+
+    #[test]
+    fn the_final_frame_also_yields_usage_and_text_format_decodes() {
+        let text = br#"{"output":{"finish_reason":"stop","text":"hi"},"usage":{"total_tokens":5,"output_tokens":1,"input_tokens":4},"request_id":"r"}"#;
+        let reply = decode_reply(text).unwrap_or_default();
+        assert_eq!(reply.choices[0].content, "hi");
+        assert_eq!(reply.choices[0].finish_reason.as_deref(), Some("stop"));
+        assert_eq!(
+            reply.usage.map(|u| (u.prompt_tokens, u.total_tokens)),
+            Some((4, 5))
+        );
+    }
+
+    #[test]
+    fn requests_become_native_with_parameters() {
+        let chat = crate::chat::decode(
+            br#"{"model":"qwen-vl-plus","stream":true,"temperature":0.5,"enable_search":true,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a.jpg"},"min_pixels":100},{"type":"text","text":"what"}]}]}"#,
+        );
+        let (api, body) = chat
+            .map(|c| encode_request(&c))
+            .unwrap_or((Api::Chat, Bytes::new()));
+        assert_eq!(api, Api::NativeMultimodal);
+        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(
+            body["input"]["messages"],
+            json!([{"role": "system", "content": [{"text": "be brief"}]},
+                   {"role": "user", "content": [{"image": "https://x/a.jpg", "min_pixels": 100}, {"text": "what"}]}])
+        );
+        assert_eq!(
+            body["parameters"],
+            json!({"result_format": "message", "incremental_output": true, "temperature": 0.5, "enable_search": true})
+        );
+    }
+}
