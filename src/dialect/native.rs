@@ -20,7 +20,7 @@ use super::sse;
 use super::{StepEncoder, encode_steps, event_stream_response};
 use crate::chat::{self, Chat};
 use crate::error::{GatewayError, json_response};
-use crate::event::{ChatEvent, Delta, Reply, ToolCall, Usage};
+use crate::event::{ChatEvent, Choice, Delta, Reply, ToolCall, ToolCallDelta, Usage};
 use crate::provider::Api;
 use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, Step};
 use crate::server::{AppState, RequestId};
@@ -351,7 +351,8 @@ pub fn usage_json(usage: &Usage) -> Value {
     Value::Object(out)
 }
 
-fn tool_calls_json(calls: &[ToolCall]) -> Value {
+/// Tool calls as a whole reply lists them.
+fn whole_calls_json(calls: &[ToolCall]) -> Value {
     calls
         .iter()
         .enumerate()
@@ -359,30 +360,67 @@ fn tool_calls_json(calls: &[ToolCall]) -> Value {
         .collect()
 }
 
-/// The `output` of a native reply or frame.
-fn output_json(
+/// Tool calls as a stream frame carries them: fragments (name only on the first) when
+/// incremental, the calls so far otherwise.
+fn frame_calls_json(calls: &[ToolCallDelta]) -> Value {
+    calls
+        .iter()
+        .map(|c| {
+            let mut function = Map::new();
+            if let Some(name) = &c.name {
+                function.insert("name".into(), json!(name));
+            }
+            function.insert("arguments".into(), json!(c.arguments.as_deref().unwrap_or("")));
+            json!({"index": c.index, "id": c.id.as_deref().unwrap_or(""), "type": "function", "function": function})
+        })
+        .collect()
+}
+
+/// The `output` of a whole native reply, keys in DashScope's order.
+fn whole_output(options: Options, choice: &Choice) -> Value {
+    let finish = choice.finish_reason.as_deref().unwrap_or("stop");
+    if options.text_format {
+        return json!({"finish_reason": finish, "text": choice.content});
+    }
+    let mut message = Map::new();
+    message.insert("role".into(), json!("assistant"));
+    message.insert("content".into(), content_json(options, &choice.content));
+    if let Some(reasoning) = &choice.reasoning {
+        message.insert("reasoning_content".into(), json!(reasoning));
+    }
+    if !choice.tool_calls.is_empty() {
+        message.insert("tool_calls".into(), whole_calls_json(&choice.tool_calls));
+    }
+    json!({"choices": [{"finish_reason": finish, "message": message}]})
+}
+
+fn content_json(options: Options, content: &str) -> Value {
+    if options.multimodal {
+        json!([{"text": content}])
+    } else {
+        json!(content)
+    }
+}
+
+/// The `output` of a stream frame, keys in DashScope's order.
+fn frame_output(
     options: Options,
     content: &str,
     reasoning: Option<&str>,
-    calls: &[ToolCall],
+    calls: &[ToolCallDelta],
     finish: &str,
 ) -> Value {
     if options.text_format {
         return json!({"finish_reason": finish, "text": content});
     }
     let mut message = Map::new();
-    let content = if options.multimodal {
-        json!([{"text": content}])
-    } else {
-        json!(content)
-    };
-    message.insert("content".into(), content);
+    message.insert("content".into(), content_json(options, content));
     if let Some(reasoning) = reasoning {
         message.insert("reasoning_content".into(), json!(reasoning));
     }
     message.insert("role".into(), json!("assistant"));
     if !calls.is_empty() {
-        message.insert("tool_calls".into(), tool_calls_json(calls));
+        message.insert("tool_calls".into(), frame_calls_json(calls));
     }
     json!({"choices": [{"message": message, "finish_reason": finish}]})
 }
@@ -390,16 +428,8 @@ fn output_json(
 /// A whole reply in the native shape.
 pub fn encode_reply(reply: &Reply, options: Options, request_id: &str) -> Vec<u8> {
     let choice = reply.choices.first().cloned().unwrap_or_default();
-    let finish = choice.finish_reason.as_deref().unwrap_or("stop");
-    let output = output_json(
-        options,
-        &choice.content,
-        choice.reasoning.as_deref(),
-        &choice.tool_calls,
-        finish,
-    );
     let body = json!({
-        "output": output,
+        "output": whole_output(options, &choice),
         "usage": reply.usage.as_ref().map(usage_json).unwrap_or(json!({})),
         "request_id": reply.meta.request_id.as_deref().unwrap_or(request_id),
     });
@@ -436,21 +466,12 @@ impl FrameEncoder {
         self.frames += 1;
         let finish = delta.finish_reason.as_deref().unwrap_or("null");
         let output = if self.options.incremental {
-            let calls: Vec<ToolCall> = delta
-                .tool_calls
-                .iter()
-                .map(|c| ToolCall {
-                    id: c.id.clone().unwrap_or_default(),
-                    name: c.name.clone().unwrap_or_default(),
-                    arguments: c.arguments.clone().unwrap_or_default(),
-                })
-                .collect();
             let content = delta.content.as_deref().unwrap_or("");
-            output_json(
+            frame_output(
                 self.options,
                 content,
                 delta.reasoning.as_deref(),
-                &calls,
+                &delta.tool_calls,
                 finish,
             )
         } else {
@@ -461,11 +482,22 @@ impl FrameEncoder {
                 .find(|c| c.index == delta.index)
                 .cloned()
                 .unwrap_or_default();
-            output_json(
+            let calls: Vec<ToolCallDelta> = choice
+                .tool_calls
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ToolCallDelta {
+                    index: i as u32,
+                    id: Some(t.id.clone()),
+                    name: Some(t.name.clone()),
+                    arguments: Some(t.arguments.clone()),
+                })
+                .collect();
+            frame_output(
                 self.options,
                 &choice.content,
                 choice.reasoning.as_deref(),
-                &choice.tool_calls,
+                &calls,
                 finish,
             )
         };

@@ -246,7 +246,8 @@ fn delta_json(delta: &Delta) -> Value {
         Some(content) => {
             out.insert("content".into(), json!(content));
         }
-        None if delta.role => {
+        // DashScope sends `"content":null` beside a role or reasoning that comes without text.
+        None if delta.role || delta.reasoning.is_some() => {
             out.insert("content".into(), Value::Null);
         }
         None => {}

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::reply::{Reply, pieces, reply_for, tokens_of};
-use super::{Knobs, SimState, Stats, authorized, compat_error, uuid_from};
+use super::playback::{Playback, StreamFault};
+use super::reply::{Reply, meaning_hash, pieces, reply_for, tokens_of};
+use super::{Knobs, SimState, authorized, compat_error, uuid_from};
 
 pub(super) async fn chat(
     State(state): State<Arc<SimState>>,
@@ -24,7 +25,11 @@ pub(super) async fn chat(
     body: Bytes,
 ) -> Response {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let hash = hex::encode(Sha256::digest(&body));
+    let parsed = serde_json::from_slice::<Value>(&body);
+    let hash = match &parsed {
+        Ok(Value::Object(request)) => meaning_hash(request),
+        _ => hex::encode(Sha256::digest(&body)),
+    };
     let request_id = uuid_from(&hash);
     let bad = |message: &str| {
         compat_error(
@@ -44,7 +49,7 @@ pub(super) async fn chat(
             &request_id,
         );
     }
-    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(Value::Object(request)) = parsed else {
         return bad(
             "<400> InternalError.Algo.InvalidParameter: The request body is not valid JSON",
         );
@@ -124,6 +129,7 @@ pub(super) async fn chat(
             completion_tokens: tokens_of(&content),
             prompt_tokens: tokens_of(&content),
             content,
+            reasoning: None,
             tool_call: None,
             finish_reason: "stop",
         }
@@ -179,12 +185,16 @@ struct Wire {
 impl Wire {
     fn usage(&self, reply: &Reply) -> Value {
         let completion = reply.completion_tokens * self.n;
-        json!({
+        let mut usage = json!({
             "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": reply.prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-        })
+        });
+        if let Some(reasoning) = reply.reasoning_tokens() {
+            usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning * self.n});
+        }
+        usage
     }
 
     fn completion(&self, reply: &Reply) -> Value {
@@ -199,7 +209,13 @@ impl Wire {
                             "id": call.id, "index": 0, "type": "function",
                         }],
                     }),
-                    None => json!({"role": "assistant", "content": reply.content}),
+                    None => {
+                        let mut message = json!({"role": "assistant", "content": reply.content});
+                        if let Some(reasoning) = &reply.reasoning {
+                            message["reasoning_content"] = json!(reasoning);
+                        }
+                        message
+                    }
                 };
                 json!({"message": message, "finish_reason": reply.finish_reason, "index": index, "logprobs": null})
             })
@@ -228,6 +244,12 @@ impl Wire {
         Bytes::from(format!("data: {chunk}\n\n"))
     }
 
+    /// One chunk for one choice, keys in the order DashScope sends them.
+    fn choice_chunk(&self, index: u64, delta: Value, finish_reason: Value) -> Bytes {
+        let choice = json!([{"delta": delta, "finish_reason": finish_reason, "index": index, "logprobs": null}]);
+        self.chunk(choice, Value::Null)
+    }
+
     /// Every event of the stream, in order.
     fn events(&self, reply: &Reply, chunks: usize, include_usage: bool) -> VecDeque<Bytes> {
         let mut events = VecDeque::new();
@@ -242,23 +264,35 @@ impl Wire {
                             json!({"content": null, "tool_calls": [{"index": 0, "id": call.id, "type": "function",
                                 "function": {"name": call.name, "arguments": fragment}}], "role": "assistant"})
                         } else {
-                            json!({"tool_calls": [{"function": {"arguments": fragment}, "index": 0, "id": "", "type": "function"}]})
+                            json!({"tool_calls": [{"index": 0, "id": "", "type": "function", "function": {"arguments": fragment}}]})
                         };
-                        let choice = json!([{"delta": delta, "finish_reason": null, "index": index, "logprobs": null}]);
-                        events.push_back(self.chunk(choice, Value::Null));
+                        events.push_back(self.choice_chunk(index, delta, Value::Null));
                     }
-                    let finish = json!([{"finish_reason": "tool_calls", "delta": {}, "index": index, "logprobs": null}]);
-                    events.push_back(self.chunk(finish, Value::Null));
+                    events.push_back(self.choice_chunk(index, json!({}), json!("tool_calls")));
                 }
                 None => {
-                    let role = json!([{"delta": {"content": "", "role": "assistant"}, "index": index, "logprobs": null, "finish_reason": null}]);
-                    events.push_back(self.chunk(role, Value::Null));
-                    for piece in pieces(&reply.content, chunks) {
-                        let delta = json!([{"delta": {"content": piece}, "finish_reason": null, "index": index, "logprobs": null}]);
-                        events.push_back(self.chunk(delta, Value::Null));
+                    let role = match &reply.reasoning {
+                        Some(_) => {
+                            json!({"content": null, "reasoning_content": "", "role": "assistant"})
+                        }
+                        None => json!({"content": "", "role": "assistant"}),
+                    };
+                    events.push_back(self.choice_chunk(index, role, Value::Null));
+                    if let Some(reasoning) = &reply.reasoning {
+                        for piece in pieces(reasoning, chunks) {
+                            let delta = json!({"content": null, "reasoning_content": piece});
+                            events.push_back(self.choice_chunk(index, delta, Value::Null));
+                        }
                     }
-                    let finish = json!([{"delta": {"content": ""}, "finish_reason": reply.finish_reason, "index": index, "logprobs": null}]);
-                    events.push_back(self.chunk(finish, Value::Null));
+                    for piece in pieces(&reply.content, chunks) {
+                        events.push_back(self.choice_chunk(
+                            index,
+                            json!({"content": piece}),
+                            Value::Null,
+                        ));
+                    }
+                    let finish = json!(reply.finish_reason);
+                    events.push_back(self.choice_chunk(index, json!({"content": ""}), finish));
                 }
             }
         }
@@ -287,101 +321,23 @@ fn stream_reply(
     let stream_fault = match fault {
         Some("stall") => Some(StreamFault::Stall),
         Some("drop") => Some(StreamFault::Drop),
-        Some("inspection") => Some(StreamFault::Inspection(wire.id.clone())),
+        Some("inspection") => {
+            // DashScope's mid-stream refusal in compatible mode: a plain `data:` error, no `[DONE]`.
+            let error = json!({"error": {"message": "Output data may contain inappropriate content.",
+                "type": "data_inspection_failed", "param": null, "code": "data_inspection_failed"}, "id": wire.id});
+            Some(StreamFault::Refusal(Bytes::from(format!(
+                "data: {error}\n\n"
+            ))))
+        }
         _ => None,
     };
-    let playback = Playback {
-        events: wire.events(reply, chunks, include_usage),
-        sent: 0,
-        fault: stream_fault.map(|f| (knobs.after.unwrap_or(2), f)),
-        delay: Duration::from_millis(knobs.chunk_delay_ms.unwrap_or(state.options.chunk_delay_ms)),
-        guard: CloseGuard {
-            stats: state.stats.clone(),
-            finished: false,
-        },
-    };
-    let body = futures_util::stream::unfold(playback, |mut p| async move {
-        let item = p.next().await?;
-        Some((item, p))
-    });
-    let mut response = Response::new(Body::from_stream(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream;charset=UTF-8"),
-    );
-    response
-}
-
-enum StreamFault {
-    Stall,
-    Drop,
-    Inspection(String),
-}
-
-struct Playback {
-    events: VecDeque<Bytes>,
-    sent: usize,
-    fault: Option<(usize, StreamFault)>,
-    delay: Duration,
-    guard: CloseGuard,
-}
-
-impl Playback {
-    async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
-        if let Some((after, _)) = &self.fault {
-            if self.sent == *after {
-                let (_, fault) = self.fault.take()?;
-                self.events.clear();
-                match fault {
-                    StreamFault::Stall => std::future::pending::<()>().await,
-                    StreamFault::Drop => {
-                        // Let the server flush the events already sent (it flushes while the body
-                        // is pending), so the cut lands mid-stream. With none sent, cutting at once
-                        // closes the connection before any response.
-                        if self.sent > 0 {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        return Some(Err(std::io::Error::other("simulated connection drop")));
-                    }
-                    StreamFault::Inspection(id) => {
-                        // DashScope's mid-stream refusal: a plain `data:` error, no `[DONE]`.
-                        let error = json!({"error": {"message": "Output data may contain inappropriate content.",
-                            "type": "data_inspection_failed", "param": null, "code": "data_inspection_failed"}, "id": id});
-                        self.guard.finished = true;
-                        return Some(Ok(Bytes::from(format!("data: {error}\n\n"))));
-                    }
-                }
-            }
-        }
-        let Some(event) = self.events.pop_front() else {
-            self.guard.finished = true;
-            return None;
-        };
-        if self.sent > 0 && !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-        self.sent += 1;
-        Some(Ok(event))
-    }
-}
-
-/// Counts streams the client closed before their end (dropped bodies) and streams completed.
-struct CloseGuard {
-    stats: Arc<Stats>,
-    finished: bool,
-}
-
-impl Drop for CloseGuard {
-    fn drop(&mut self) {
-        if self.finished {
-            self.stats.streams_completed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats
-                .streams_closed_early
-                .fetch_add(1, Ordering::Relaxed);
-            self.stats.stream_closed_early.notify_one();
-        }
-    }
+    Playback::new(
+        state,
+        wire.events(reply, chunks, include_usage),
+        knobs,
+        stream_fault,
+    )
+    .into_response()
 }
 
 pub(super) async fn models() -> Response {

@@ -19,6 +19,9 @@
 //! requests and streams the client closed before their end.
 
 mod compat;
+mod completions;
+mod native;
+mod playback;
 pub mod reply;
 
 use std::collections::HashMap;
@@ -89,7 +92,7 @@ struct SimState {
 /// The per-request `"sim"` knobs.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Knobs {
+pub(crate) struct Knobs {
     fault: Option<String>,
     times: Option<u32>,
     key: Option<String>,
@@ -128,6 +131,19 @@ pub fn router(options: Options) -> (Router, Arc<Stats>) {
     let router = Router::new()
         .route("/compatible-mode/v1/chat/completions", post(compat::chat))
         .route("/v1/chat/completions", post(compat::chat))
+        .route(
+            "/api/v1/services/aigc/text-generation/generation",
+            post(native::text),
+        )
+        .route(
+            "/api/v1/services/aigc/multimodal-generation/generation",
+            post(native::multimodal),
+        )
+        .route(
+            "/compatible-mode/v1/completions",
+            post(completions::complete),
+        )
+        .route("/v1/completions", post(completions::complete))
         .route("/compatible-mode/v1/models", get(compat::models))
         .route("/v1/models", get(compat::models))
         .route("/sim/stats", get(stats_handler))

@@ -5,13 +5,15 @@
 //! - with `tools` offered and a user message last, it calls the first tool, filling string
 //!   parameters with the user text;
 //! - with a tool result last, it answers `tool result: <content>`;
-//! - `max_tokens` and `stop` cut the reply as a model would (`finish_reason` `length`/`stop`).
+//! - `max_tokens` and `stop` cut the reply as a model would (`finish_reason` `length`/`stop`);
+//! - `enable_thinking: true` adds reasoning before the answer: `thinking about: <text>`.
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 pub struct Reply {
     pub content: String,
+    pub reasoning: Option<String>,
     pub tool_call: Option<ToolCall>,
     pub finish_reason: &'static str,
     pub prompt_tokens: u64,
@@ -65,6 +67,7 @@ pub fn reply_for(request: &Map<String, Value>, request_hash: &str) -> Reply {
         return Reply {
             completion_tokens: tokens_of(&arguments),
             content: String::new(),
+            reasoning: None,
             tool_call: Some(ToolCall {
                 id,
                 name,
@@ -97,13 +100,59 @@ pub fn reply_for(request: &Map<String, Value>, request_hash: &str) -> Reply {
             finish_reason = "length";
         }
     }
+    let thinking = request
+        .get("enable_thinking")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let reasoning = thinking.then(|| format!("thinking about: {text}"));
     Reply {
-        completion_tokens: tokens_of(&content),
+        completion_tokens: tokens_of(&content) + reasoning.as_deref().map_or(0, tokens_of),
         content,
+        reasoning,
         tool_call: None,
         finish_reason,
         prompt_tokens,
     }
+}
+
+impl Reply {
+    pub fn reasoning_tokens(&self) -> Option<u64> {
+        self.reasoning.as_deref().map(tokens_of)
+    }
+}
+
+/// A hash of what a request means (model and messages, object keys sorted), so the same
+/// question gets the same ids however its JSON was laid out.
+pub fn meaning_hash(request: &Map<String, Value>) -> String {
+    fn canonical(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for key in keys {
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    canonical(&map[key], out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for item in items {
+                    canonical(item, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    canonical(request.get("model").unwrap_or(&Value::Null), &mut text);
+    canonical(request.get("messages").unwrap_or(&Value::Null), &mut text);
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// The text of a message's content: the string, or its text parts joined by spaces.
@@ -268,6 +317,24 @@ mod tests {
             (stopped.content.as_str(), stopped.finish_reason),
             ("echo: a ", "stop")
         );
+    }
+
+    #[test]
+    fn thinking_comes_first_and_ids_follow_the_meaning() {
+        let r = reply_for(
+            &request(
+                json!({"enable_thinking": true, "messages":[{"role":"user","content":"why"}]}),
+            ),
+            "h",
+        );
+        assert_eq!(r.reasoning.as_deref(), Some("thinking about: why"));
+        let a = meaning_hash(&request(
+            json!({"model":"m","messages":[{"role":"user","content":"x"}]}),
+        ));
+        let b = meaning_hash(&request(
+            json!({"messages":[{"content":"x","role":"user"}],"stream":true,"model":"m"}),
+        ));
+        assert_eq!(a, b);
     }
 
     #[test]

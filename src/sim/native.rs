@@ -1,0 +1,409 @@
+//! DashScope's native API (`/api/v1/services/aigc/{text,multimodal}-generation/generation`):
+//! `{output, usage, request_id}` replies; with `X-DashScope-SSE: enable`, frames of
+//! `id:N`, `event:result`, `:HTTP_STATUS/200`, `data:{...}`, each with the usage so far and
+//! `finish_reason` `"null"` until the last; no `[DONE]`. `incremental_output` picks deltas or the
+//! whole text so far; `result_format` `text` or `message`. Errors are `{request_id, code, message}`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::playback::{Playback, StreamFault};
+use super::reply::{Reply, meaning_hash, pieces, reply_for};
+use super::{Knobs, SimState, authorized, uuid_from};
+
+pub(super) async fn text(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    generation(&state, &headers, &body, false).await
+}
+
+pub(super) async fn multimodal(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    generation(&state, &headers, &body, true).await
+}
+
+fn native_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response {
+    let body = json!({"request_id": request_id, "code": code, "message": message});
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+/// How the client asked for its reply.
+struct Format {
+    text: bool,
+    incremental: bool,
+    multimodal: bool,
+}
+
+async fn generation(
+    state: &SimState,
+    headers: &HeaderMap,
+    body: &[u8],
+    multimodal: bool,
+) -> Response {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        let id = uuid_from(&super::reply::sha16(body));
+        return native_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest.IllegalInput",
+            "The input parameter requires json format.",
+            &id,
+        );
+    };
+    let input = request.get("input").cloned().unwrap_or(Value::Null);
+    let messages: Vec<Value> = match (input.get("messages"), input.get("prompt")) {
+        (Some(Value::Array(messages)), _) => messages.clone(),
+        (None, Some(Value::String(prompt))) => vec![json!({"role": "user", "content": prompt})],
+        _ => Vec::new(),
+    };
+    let mut meaning = Map::new();
+    meaning.insert(
+        "model".into(),
+        request.get("model").cloned().unwrap_or(Value::Null),
+    );
+    meaning.insert("messages".into(), Value::Array(messages.clone()));
+    let hash = meaning_hash(&meaning);
+    let request_id = uuid_from(&hash);
+    let bad = |code: &str, message: &str| {
+        native_error(StatusCode::BAD_REQUEST, code, message, &request_id)
+    };
+    if !authorized(&state.options, headers) {
+        return native_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidApiKey",
+            "Invalid API-key provided.",
+            &request_id,
+        );
+    }
+    let model = match request.get("model").and_then(Value::as_str) {
+        Some(model) if !model.is_empty() => model.to_string(),
+        _ => {
+            return bad(
+                "BadRequest.EmptyModel",
+                "Required parameter \"model\" missing from request.",
+            );
+        }
+    };
+    if messages.is_empty() {
+        return bad(
+            "InvalidParameter",
+            "Either \"prompt\" or \"messages\" must exist and cannot both be none",
+        );
+    }
+    if model.starts_with("missing-") {
+        return native_error(
+            StatusCode::NOT_FOUND,
+            "ModelNotFound",
+            "Model can not be found.",
+            &request_id,
+        );
+    }
+    let parameters = request
+        .get("parameters")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let knobs: Knobs = parameters
+        .get("sim")
+        .or_else(|| request.get("sim"))
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let latency = knobs.latency_ms.unwrap_or(state.options.latency_ms);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let fault = state.fault(&knobs);
+    let refuse =
+        |status, code: &str, message: &str| native_error(status, code, message, &request_id);
+    match fault.as_deref() {
+        Some("429") => {
+            let mut response = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Throttling.RateQuota",
+                "Requests rate limit exceeded, please try again later.",
+            );
+            if let Some(value) = knobs
+                .retry_after
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+        Some("500") => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "An internal error has occured, please try again later or contact service support.",
+            );
+        }
+        Some("503") => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ModelServingError",
+                "Too many requests. Your requests are being throttled due to system capacity limits. Please try again later.",
+            );
+        }
+        _ => {}
+    }
+    // The reply logic reads OpenAI-shaped requests: parameters beside typed message parts.
+    let mut shaped = parameters.clone();
+    shaped.insert(
+        "messages".into(),
+        Value::Array(messages.iter().map(openai_message).collect()),
+    );
+    let reply = reply_for(&shaped, &hash);
+    let result_format = parameters.get("result_format").and_then(Value::as_str);
+    let format = Format {
+        text: result_format.map_or(!multimodal, |f| f == "text"),
+        incremental: parameters
+            .get("incremental_output")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        multimodal,
+    };
+    let stream = headers
+        .get("x-dashscope-sse")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("enable"));
+    let mut response = if stream {
+        let chunks = knobs.chunks.unwrap_or(state.options.chunks);
+        let events = frames(
+            &reply,
+            &format,
+            chunks,
+            knobs.cached_tokens.unwrap_or(0),
+            &request_id,
+        );
+        let fault = match fault.as_deref() {
+            Some("stall") => Some(StreamFault::Stall),
+            Some("drop") => Some(StreamFault::Drop),
+            Some("inspection") => {
+                let data = json!({"code": "DataInspectionFailed", "message": "Output data may contain inappropriate content.", "request_id": request_id});
+                let frame = format!(
+                    "id:{}\nevent:error\n:HTTP_STATUS/400\ndata:{data}\n\n",
+                    knobs.after.unwrap_or(2) + 1
+                );
+                Some(StreamFault::Refusal(Bytes::from(frame)))
+            }
+            _ => None,
+        };
+        Playback::new(state, events, &knobs, fault).into_response()
+    } else {
+        let usage = usage_json(
+            &reply,
+            reply.completion_tokens,
+            knobs.cached_tokens.unwrap_or(0),
+        );
+        let body = json!({"output": whole_output(&reply, &format), "usage": usage, "request_id": request_id});
+        let mut response = (StatusCode::OK, body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+/// A native message with typed (OpenAI-shaped) content parts, for the reply logic.
+fn openai_message(message: &Value) -> Value {
+    let mut message = message.clone();
+    if let Some(Value::Array(items)) = message.get_mut("content") {
+        for item in items.iter_mut() {
+            let part = if let Some(text) = item.get("text") {
+                json!({"type": "text", "text": text})
+            } else if let Some(image) = item.get("image") {
+                json!({"type": "image_url", "image_url": {"url": image}})
+            } else if let Some(Value::Array(frames)) = item.get("video") {
+                json!({"type": "video", "video": frames})
+            } else if let Some(video) = item.get("video") {
+                json!({"type": "video_url", "video_url": {"url": video}})
+            } else if let Some(audio) = item.get("audio") {
+                json!({"type": "input_audio", "input_audio": {"data": audio}})
+            } else {
+                continue;
+            };
+            *item = part;
+        }
+    }
+    message
+}
+
+fn usage_json(reply: &Reply, output_tokens: u64, cached: u64) -> Value {
+    let mut usage = json!({
+        "total_tokens": reply.prompt_tokens + output_tokens,
+        "output_tokens": output_tokens,
+        "input_tokens": reply.prompt_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    });
+    if let Some(reasoning) = reply.reasoning_tokens() {
+        usage["output_tokens_details"] = json!({"reasoning_tokens": reasoning});
+    }
+    usage
+}
+
+fn content_json(format: &Format, text: &str) -> Value {
+    if format.multimodal {
+        json!([{"text": text}])
+    } else {
+        json!(text)
+    }
+}
+
+/// The `output` of a whole reply, keys in DashScope's order.
+fn whole_output(reply: &Reply, format: &Format) -> Value {
+    if format.text {
+        return json!({"finish_reason": reply.finish_reason, "text": reply.content});
+    }
+    let mut message = json!({"role": "assistant", "content": content_json(format, &reply.content)});
+    if let Some(reasoning) = &reply.reasoning {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    if let Some(call) = &reply.tool_call {
+        message["tool_calls"] = json!([{"function": {"name": call.name, "arguments": call.arguments}, "index": 0, "id": call.id, "type": "function"}]);
+    }
+    json!({"choices": [{"finish_reason": reply.finish_reason, "message": message}]})
+}
+
+/// One step of the stream: what it adds to the reply.
+#[derive(Default)]
+struct Step {
+    content: String,
+    reasoning: String,
+    /// `(id, name, arguments fragment)`; id and name only on the first.
+    tool: Option<(String, Option<String>, String)>,
+    finish: bool,
+}
+
+/// Every frame of the stream, in order.
+fn frames(
+    reply: &Reply,
+    format: &Format,
+    chunks: usize,
+    cached: u64,
+    request_id: &str,
+) -> VecDeque<Bytes> {
+    let mut steps: Vec<Step> = Vec::new();
+    if let Some(reasoning) = &reply.reasoning {
+        steps.extend(pieces(reasoning, chunks).into_iter().map(|r| Step {
+            reasoning: r,
+            ..Step::default()
+        }));
+    }
+    steps.extend(pieces(&reply.content, chunks).into_iter().map(|c| Step {
+        content: c,
+        ..Step::default()
+    }));
+    if let Some(call) = &reply.tool_call {
+        for (k, fragment) in pieces(&call.arguments, chunks.max(2))
+            .into_iter()
+            .enumerate()
+        {
+            let (id, name) = if k == 0 {
+                (call.id.clone(), Some(call.name.clone()))
+            } else {
+                (String::new(), None)
+            };
+            steps.push(Step {
+                tool: Some((id, name, fragment)),
+                ..Step::default()
+            });
+        }
+    }
+    steps.push(Step {
+        finish: true,
+        ..Step::default()
+    });
+
+    let (mut content, mut reasoning, mut arguments) = (String::new(), String::new(), String::new());
+    let mut frames = VecDeque::new();
+    for (n, step) in steps.iter().enumerate() {
+        content.push_str(&step.content);
+        reasoning.push_str(&step.reasoning);
+        if let Some((_, _, fragment)) = &step.tool {
+            arguments.push_str(fragment);
+        }
+        let (shown, thought) = if format.incremental {
+            (&step.content, &step.reasoning)
+        } else {
+            (&content, &reasoning)
+        };
+        let finish = if step.finish {
+            reply.finish_reason
+        } else {
+            "null"
+        };
+        let output = if format.text {
+            json!({"finish_reason": finish, "text": shown})
+        } else {
+            let mut message = Map::new();
+            message.insert("content".into(), content_json(format, shown));
+            if reply.reasoning.is_some() {
+                message.insert("reasoning_content".into(), json!(thought));
+            }
+            message.insert("role".into(), json!("assistant"));
+            if let Some(call) = &reply.tool_call {
+                let call_json = match (&step.tool, format.incremental) {
+                    (Some((id, name, fragment)), true) => {
+                        let mut function = Map::new();
+                        if let Some(name) = name {
+                            function.insert("name".into(), json!(name));
+                        }
+                        function.insert("arguments".into(), json!(fragment));
+                        Some(
+                            json!({"index": 0, "id": id, "type": "function", "function": function}),
+                        )
+                    }
+                    (_, false) if !arguments.is_empty() => Some(
+                        json!({"index": 0, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}),
+                    ),
+                    _ => None,
+                };
+                if let Some(call_json) = call_json {
+                    message.insert("tool_calls".into(), json!([call_json]));
+                }
+            }
+            json!({"choices": [{"message": message, "finish_reason": finish}]})
+        };
+        // Usage so far: DashScope reports it on every frame.
+        let so_far = if step.finish {
+            reply.completion_tokens
+        } else {
+            ((content.chars().count() + reasoning.chars().count() + arguments.chars().count())
+                as u64)
+                .div_ceil(3)
+        };
+        let data = json!({"output": output, "usage": usage_json(reply, so_far, cached), "request_id": request_id});
+        frames.push_back(Bytes::from(format!(
+            "id:{}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n",
+            n + 1
+        )));
+    }
+    frames
+}
