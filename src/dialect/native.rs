@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use super::sse;
 use super::{StepEncoder, encode_steps, event_stream_response};
 use crate::chat::{self, Chat};
-use crate::error::{GatewayError, json_response};
+use crate::error::{GatewayError, json_response, native_of_openai};
 use crate::event::{ChatEvent, Choice, Delta, Reply, ToolCall, ToolCallDelta, Usage};
 use crate::provider::Api;
 use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, Step};
@@ -549,7 +549,13 @@ impl StepEncoder for FrameEncoder {
             }
             Step::Event(ChatEvent::Error(error)) => {
                 let earlier = self.flush_held();
-                let body = json!({"request_id": self.request_id, "code": error.code, "message": error.message});
+                // A code from an OpenAI-dialect upstream (it came with a `type`) gets its native name.
+                let code = match error.kind {
+                    Some(_) => native_of_openai(&error.code, error.status),
+                    None => &error.code,
+                };
+                let body =
+                    json!({"request_id": self.request_id, "code": code, "message": error.message});
                 let data = serde_json::to_vec(&body).unwrap_or_default();
                 Some(join(
                     earlier,

@@ -174,7 +174,12 @@ async fn generation(
         "messages".into(),
         Value::Array(messages.iter().map(openai_message).collect()),
     );
-    let reply = reply_for(&shaped, &hash);
+    let mut reply = reply_for(&shaped, &hash);
+    if knobs.echo_request {
+        reply.content = String::from_utf8_lossy(body).into_owned();
+        reply.tool_call = None;
+        reply.reasoning = None;
+    }
     let result_format = parameters.get("result_format").and_then(Value::as_str);
     let format = Format {
         text: result_format.map_or(!multimodal, |f| f == "text"),
