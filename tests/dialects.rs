@@ -655,8 +655,9 @@ async fn parameters_survive_translation_both_ways() {
     });
     // OpenAI client → native upstream: fields land in `parameters`, messages in `input`.
     let mut body = json!({"model": "via-native", "messages": [{"role": "user", "content": "write f"}, assistant_prefix]});
-    body.as_object_mut()
-        .map(|b| b.extend(shared.as_object().cloned().unwrap_or_default()));
+    if let (Some(b), Some(extra)) = (body.as_object_mut(), shared.as_object()) {
+        b.extend(extra.clone());
+    }
     let reply = json_of(
         gw.chat(&body)
             .send()
