@@ -6,6 +6,7 @@ stdout, which is how we learn the port (and know it is ready to serve).
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,6 +98,20 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def camera_jpeg() -> bytes:
+    """A camera-sized JPEG with real structure in it, as the glasses would capture."""
+    image = Image.new("RGB", (1280, 960), (30, 80, 150))
+    draw = ImageDraw.Draw(image)
+    for x in range(0, 1280, 64):
+        draw.rectangle([x, 0, x + 31, 959], fill=(x % 256, 140, 255 - x % 256))
+    draw.ellipse([400, 240, 880, 720], fill=(240, 200, 40), outline=(0, 0, 0), width=12)
+    draw.line([0, 0, 1279, 959], fill=(255, 255, 255), width=9)
+    draw.text((48, 48), "dashgate e2e", fill=(255, 255, 255))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
 def gateway_config(sim_url: str, dead_url: str) -> str:
     """One gateway, one upstream per failure mode, each on its own model name."""
     return f"""
@@ -124,13 +140,14 @@ api_key = "${{E2E_UPSTREAM_KEY}}"
 models = ["qwen-plus", "qwen-vl-plus", "qwen-max", "missing-qwen"]
 first_byte_timeout_ms = 10000
 
-# The same simulator as a plain OpenAI-compatible server ({{base_url}}/chat/completions).
+# The same simulator as a plain OpenAI-compatible server ({{base_url}}/chat/completions): the
+# gateway translates native requests to it and its replies back.
 [[upstreams]]
 name = "compat"
 provider = "openai"
 base_url = "{sim_url}/v1"
 api_key = "{UPSTREAM_KEY}"
-models = ["qwen-turbo"]
+models = ["qwen-turbo", "qwen-vl-max"]
 
 # Nothing listens here: upstream unreachable.
 [[upstreams]]
@@ -258,3 +275,9 @@ def http(gateway: Service) -> Iterator[httpx2.Client]:
     """Raw HTTP for what the SDK cannot send (bad JSON, oversized bodies)."""
     with httpx2.Client(base_url=gateway.url, timeout=CLIENT_TIMEOUT_S) as raw:
         yield raw
+
+
+@pytest.fixture(scope="session")
+def native_base(gateway: Service) -> str:
+    """The gateway as the dashscope SDK's `base_address` (what `base_http_api_url` would hold)."""
+    return f"{gateway.url}/api/v1"

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 from collections.abc import Callable
 
 import httpx2
 import openai
 import pytest
-from PIL import Image, ImageDraw
 
-from conftest import GLASS_KEY, LIMITED_KEY, MAX_BODY_BYTES, UPSTREAM_KEY, Service
+from conftest import GLASS_KEY, LIMITED_KEY, MAX_BODY_BYTES, UPSTREAM_KEY, Service, camera_jpeg
 
 USER_TEXT = "你是谁?"
 CHAT_PATH = "/compatible-mode/v1/chat/completions"
@@ -54,20 +52,6 @@ def sim(**knobs) -> dict:
 
 def content_of(chunks) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-def camera_jpeg() -> bytes:
-    """A camera-sized JPEG with real structure in it, as the glasses would capture."""
-    image = Image.new("RGB", (1280, 960), (30, 80, 150))
-    draw = ImageDraw.Draw(image)
-    for x in range(0, 1280, 64):
-        draw.rectangle([x, 0, x + 31, 959], fill=(x % 256, 140, 255 - x % 256))
-    draw.ellipse([400, 240, 880, 720], fill=(240, 200, 40), outline=(0, 0, 0), width=12)
-    draw.line([0, 0, 1279, 959], fill=(255, 255, 255), width=9)
-    draw.text((48, 48), "dashgate e2e", fill=(255, 255, 255))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +318,7 @@ def test_models_list_shows_every_configured_model(client: openai.OpenAI) -> None
         "qwen-max",
         "missing-qwen",
         "qwen-turbo",
+        "qwen-vl-max",
         "qwen-dead",
         "qwen-badkey",
         "qwen-slow",
