@@ -57,6 +57,61 @@ pub struct Config {
     pub auth: AuthConfig,
     pub keys: Vec<StaticKey>,
     pub upstreams: Vec<UpstreamConfig>,
+    pub retry: RetryConfig,
+    pub circuit: CircuitConfig,
+}
+
+/// Retries happen only before the first byte has gone to the client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries per request, across upstreams (1: no retry).
+    pub attempts: u32,
+    /// Time allowed for all tries before the first byte.
+    pub budget_ms: u64,
+    /// First backoff; it doubles with each retry, with full jitter.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// The longest `Retry-After` the gateway waits out itself; a longer one goes back to the
+    /// client, which can decide better whether to wait.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            budget_ms: 30_000,
+            backoff_ms: 100,
+            max_backoff_ms: 2_000,
+            max_retry_after_ms: 2_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn budget(&self) -> Duration {
+        Duration::from_millis(self.budget_ms)
+    }
+}
+
+/// A circuit breaker per upstream, fed by real traffic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit refuses traffic before one probe request is let through.
+    pub open_ms: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +121,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Same-dialect traffic skips the canonical round-trip; off only to compare the two paths.
     pub fast_path: bool,
+    /// On shutdown, how long streams in flight may run on before they are closed.
+    pub drain_timeout_ms: u64,
+    /// SSE comments sent while waiting for the upstream's first byte (0: none), for device
+    /// links that drop idle connections.
+    pub sse_keepalive_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +134,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 20 * 1024 * 1024,
             fast_path: true,
+            drain_timeout_ms: 30_000,
+            sse_keepalive_ms: 0,
         }
     }
 }
@@ -157,6 +219,9 @@ pub struct UpstreamConfig {
     pub models: Vec<String>,
     #[serde(default = "one")]
     pub weight: u32,
+    /// Requests in flight at once (0: no cap); a full upstream is skipped, or 503 if all are.
+    #[serde(default)]
+    pub max_concurrency: u32,
     /// Time to open the TCP (and TLS) connection.
     #[serde(default = "defaults::connect_ms")]
     pub connect_timeout_ms: u64,
@@ -182,6 +247,7 @@ impl UpstreamConfig {
             api_key: None,
             models: all_models(),
             weight: 1,
+            max_concurrency: 0,
             connect_timeout_ms: defaults::connect_ms(),
             first_byte_timeout_ms: defaults::first_byte_ms(),
             idle_timeout_ms: defaults::idle_ms(),
@@ -439,6 +505,18 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 ));
             }
         }
+    }
+    if config.retry.attempts == 0 {
+        return Err(ConfigError::new(
+            "retry.attempts",
+            "must be at least 1 (1 means no retry)",
+        ));
+    }
+    if config.circuit.failure_threshold == 0 {
+        return Err(ConfigError::new(
+            "circuit.failure_threshold",
+            "must be at least 1",
+        ));
     }
     if config.upstreams.is_empty() {
         return Err(ConfigError::new(

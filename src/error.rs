@@ -50,6 +50,12 @@ pub enum GatewayError {
     UpstreamRejected(Box<Rejection>),
     #[error("Upstream `{upstream}` sent an invalid reply: {message}")]
     UpstreamProtocol { upstream: String, message: String },
+    #[error("Every upstream serving `{0}` is at its concurrency limit; try again shortly.")]
+    UpstreamBusy(String),
+    #[error("Every upstream serving `{0}` is failing; try again later.")]
+    NoHealthyUpstream(String),
+    #[error("The gateway is shutting down.")]
+    ShuttingDown,
     #[error("Internal gateway error.")]
     Internal,
 }
@@ -80,6 +86,9 @@ impl GatewayError {
             | Self::UpstreamAuth { .. }
             | Self::UpstreamStatus { .. }
             | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamBusy(_) | Self::NoHealthyUpstream(_) | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,8 +100,10 @@ impl GatewayError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamAuth { .. }
             | Self::UpstreamStatus { .. }
-            | Self::UpstreamProtocol { .. } => "upstream_error",
-            Self::Internal => "internal_error",
+            | Self::UpstreamProtocol { .. }
+            | Self::UpstreamBusy(_)
+            | Self::NoHealthyUpstream(_) => "upstream_error",
+            Self::Internal | Self::ShuttingDown => "internal_error",
             Self::UpstreamRejected(r) => r.kind_or_default(),
             _ => "invalid_request_error",
         }
@@ -116,6 +127,9 @@ impl GatewayError {
             Self::UpstreamStatus { status: 503, .. } => "upstream_overloaded",
             Self::UpstreamStatus { .. } => "upstream_error",
             Self::UpstreamProtocol { .. } => "upstream_invalid_response",
+            Self::UpstreamBusy(_) => "upstream_busy",
+            Self::NoHealthyUpstream(_) => "upstream_unavailable",
+            Self::ShuttingDown => "gateway_shutting_down",
             Self::Internal => "internal_error",
         }
     }
@@ -172,6 +186,19 @@ impl GatewayError {
         response
     }
 
+    /// The upstream an error came from, if it came from one.
+    pub fn upstream_name(&self) -> Option<&str> {
+        match self {
+            Self::UpstreamUnreachable { upstream }
+            | Self::UpstreamTimeout { upstream }
+            | Self::UpstreamAuth { upstream }
+            | Self::UpstreamStatus { upstream, .. }
+            | Self::UpstreamProtocol { upstream, .. } => Some(upstream),
+            Self::UpstreamRejected(r) => Some(&r.upstream),
+            _ => None,
+        }
+    }
+
     /// The native-dialect `code` (DashScope's code strings; the gateway's own in the same style).
     pub fn native_code(&self) -> &str {
         match self {
@@ -190,6 +217,9 @@ impl GatewayError {
             Self::UpstreamStatus { .. } => "UpstreamError",
             Self::UpstreamProtocol { .. } => "UpstreamInvalidResponse",
             Self::UpstreamRejected(r) => r.native_code(),
+            Self::UpstreamBusy(_) => "UpstreamBusy",
+            Self::NoHealthyUpstream(_) => "UpstreamUnavailable",
+            Self::ShuttingDown => "GatewayShuttingDown",
             Self::Internal => "InternalError",
         }
     }
@@ -225,9 +255,11 @@ impl GatewayError {
         response
     }
 
-    /// `Retry-After` as the upstream sent it, kept for the client.
+    /// `Retry-After` as the upstream sent it, kept for the client (or the gateway's own).
     pub fn retry_after(&self) -> Option<&HeaderValue> {
+        static ONE_SECOND: HeaderValue = HeaderValue::from_static("1");
         match self {
+            Self::UpstreamBusy(_) => Some(&ONE_SECOND),
             Self::UpstreamStatus { retry_after, .. } => retry_after.as_ref(),
             Self::UpstreamRejected(r) => r.retry_after.as_ref(),
             _ => None,

@@ -12,3 +12,4 @@ pub mod relay;
 pub mod route;
 pub mod server;
 pub mod sim;
+pub mod telemetry;

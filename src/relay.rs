@@ -3,7 +3,6 @@
 //! the fast path) or as canonical steps for the client's dialect to encode.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
@@ -18,8 +17,10 @@ use crate::config::UpstreamDialect;
 use crate::dialect::sse::{self, EventSplitter};
 use crate::error::GatewayError;
 use crate::event::{ChatEvent, Meta, Reply, StreamError};
-use crate::provider::{self, Api, Call, ReadError, Upstream};
+use crate::provider::{self, Api, ReadError, Upstream};
+use crate::route::Lease;
 use crate::server::AppState;
+use tokio_util::sync::CancellationToken;
 
 /// The two dialects of DashScope, as clients and upstreams speak them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,15 +47,40 @@ pub struct Request<'a> {
 /// What came back.
 pub enum Outcome {
     /// The upstream's reply in the client's own dialect, to relay as it is.
-    Raw {
-        response: reqwest::Response,
-        upstream: Arc<Upstream>,
-        deadline: Instant,
-    },
-    /// A translated stream.
-    Steps(BoxStream<'static, Step>),
-    /// A translated whole reply.
-    Whole(Reply),
+    Raw(Upstreamed),
+    /// A translated stream, from the named upstream.
+    Steps(BoxStream<'static, Step>, String),
+    /// A translated whole reply, from the named upstream.
+    Whole(Reply, String),
+}
+
+/// An upstream's successful response head, with what the rest of the reply needs.
+pub struct Upstreamed {
+    pub response: reqwest::Response,
+    /// Holds the upstream's concurrency slot until the reply is done.
+    pub lease: Lease,
+    pub deadline: Instant,
+    /// Cancelled when the shutdown drain time is over.
+    pub abort: CancellationToken,
+}
+
+impl Upstreamed {
+    pub fn is_event_stream(&self) -> bool {
+        is_event_stream(&self.response)
+    }
+
+    pub fn into_events(self) -> SseEvents {
+        SseEvents::new(self)
+    }
+
+    pub async fn read_whole(self) -> Result<Bytes, GatewayError> {
+        let upstream = self.lease.upstream.clone();
+        let body = read_whole(self.response, &upstream, self.deadline).await;
+        if body.is_err() {
+            upstream.slot.circuit.record_failure();
+        }
+        body
+    }
 }
 
 /// One step of a translated stream.
@@ -64,6 +90,143 @@ pub enum Step {
     Event(ChatEvent),
     /// The gateway gave up on the upstream mid-stream (timeout, broken connection).
     Fail(GatewayError),
+}
+
+/// Failures worth another try, before the first byte: the upstream was unreachable, slow,
+/// overloaded or failing; never a client's 4xx other than 429.
+fn retryable(error: &GatewayError) -> bool {
+    match error {
+        GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. } => true,
+        GatewayError::UpstreamStatus { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+        GatewayError::UpstreamRejected(r) => r.status == 429,
+        _ => false,
+    }
+}
+
+/// Failures that count against an upstream's circuit (a 429 is a busy upstream, not a broken one).
+fn counts_against(error: &GatewayError) -> bool {
+    matches!(
+        error,
+        GatewayError::UpstreamUnreachable { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::UpstreamStatus { .. }
+            | GatewayError::UpstreamProtocol { .. }
+    )
+}
+
+/// A short label for metrics and logs.
+fn reason(error: &GatewayError) -> &'static str {
+    match error {
+        GatewayError::UpstreamUnreachable { .. } => "unreachable",
+        GatewayError::UpstreamTimeout { .. } => "timeout",
+        GatewayError::UpstreamRejected(_) => "429",
+        GatewayError::UpstreamStatus { status: 503, .. } => "503",
+        GatewayError::UpstreamStatus { .. } => "5xx",
+        _ => "other",
+    }
+}
+
+/// The client's side of a call, the same for every try.
+pub struct Call<'a> {
+    pub model: &'a str,
+    pub stream: bool,
+    pub caller: &'a Caller,
+    pub headers: &'a HeaderMap,
+    pub request_id: &'a str,
+}
+
+/// Sends to an upstream for `call.model`, retrying and failing over before the first byte:
+/// `body_for` gives the endpoint and body for the upstream taken.
+pub async fn send_with_retries(
+    state: &AppState,
+    call: &Call<'_>,
+    mut body_for: impl FnMut(&Upstream) -> (Api, Bytes),
+) -> Result<Upstreamed, GatewayError> {
+    let retry = &state.config.retry;
+    let budget_end = Instant::now() + retry.budget();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error: Option<GatewayError> = None;
+    for attempt in 1..=retry.attempts {
+        let lease = match state.router.take(call.model, &tried) {
+            Ok(lease) => lease,
+            Err(error) => return Err(last_error.unwrap_or(error)),
+        };
+        let upstream = lease.upstream.clone();
+        let (api, body) = body_for(&upstream);
+        let started = Instant::now();
+        let send = upstream.send(
+            api,
+            provider::Call {
+                body,
+                stream: call.stream,
+                request_id: call.request_id,
+                mode: state.auth.mode(),
+                passthrough_token: call.caller.passthrough_token.as_deref(),
+                client_headers: call.headers,
+            },
+        );
+        let sent = tokio::select! {
+            biased;
+            _ = state.abort.cancelled() => return Err(GatewayError::ShuttingDown),
+            sent = send => sent,
+        };
+        let error = match sent {
+            Ok(response) => {
+                upstream.slot.circuit.record_success();
+                return Ok(Upstreamed {
+                    response,
+                    lease,
+                    deadline: started + upstream.config.request_timeout(),
+                    abort: state.abort.clone(),
+                });
+            }
+            Err(error) => error,
+        };
+        if counts_against(&error) {
+            upstream.slot.circuit.record_failure();
+        }
+        if !retryable(&error) || attempt == retry.attempts {
+            return Err(error);
+        }
+        tried.push(lease.index);
+        drop(lease);
+        // Another upstream can take it at once; the same one gets its backoff, or the wait
+        // its Retry-After asks for.
+        let wait = if state.router.has_fresh(call.model, &tried) {
+            Duration::ZERO
+        } else {
+            match retry_after(&error) {
+                Some(wait) if wait.as_millis() > u128::from(retry.max_retry_after_ms) => {
+                    return Err(error);
+                }
+                Some(wait) => wait,
+                None => backoff(retry, attempt),
+            }
+        };
+        if Instant::now() + wait > budget_end {
+            return Err(error);
+        }
+        tracing::info!(upstream = %upstream.config.name, reason = reason(&error), attempt, "retrying");
+        state.metrics.retry(&upstream.config.name, reason(&error));
+        tokio::time::sleep(wait).await;
+        last_error = Some(error);
+    }
+    Err(last_error.unwrap_or(GatewayError::Internal))
+}
+
+/// Full-jitter exponential backoff.
+fn backoff(retry: &crate::config::RetryConfig, attempt: u32) -> Duration {
+    let ceiling = retry
+        .backoff_ms
+        .saturating_mul(1u64 << (attempt - 1).min(16))
+        .min(retry.max_backoff_ms);
+    Duration::from_millis(fastrand::u64(0..=ceiling))
+}
+
+/// An upstream's `Retry-After` in seconds.
+fn retry_after(error: &GatewayError) -> Option<Duration> {
+    let seconds: u64 = error.retry_after()?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 /// The dialect an upstream is spoken to for a client of `client` dialect.
@@ -80,49 +243,48 @@ fn wire_for(upstream: &Upstream, client: Dialect) -> Dialect {
 
 pub async fn dispatch(state: &AppState, request: Request<'_>) -> Result<Outcome, GatewayError> {
     request.caller.check_model(&request.chat.model)?;
-    let upstream = state.router.pick(&request.chat.model)?.clone();
-    let wire = wire_for(&upstream, request.dialect);
-    let stream = request.chat.is_stream();
-    let fast = wire == request.dialect && state.config.server.fast_path;
-    let (api, body) = match (fast, wire) {
-        (true, _) => (request.api, request.original),
-        (false, Dialect::OpenAi) => (Api::Chat, provider::openai::encode_request(&request.chat)),
-        (false, Dialect::Native) => provider::dashscope::encode_request(&request.chat),
+    let call = Call {
+        model: &request.chat.model,
+        stream: request.chat.is_stream(),
+        caller: request.caller,
+        headers: request.headers,
+        request_id: request.request_id,
     };
-    let started = Instant::now();
-    let response = upstream
-        .send(
-            api,
-            Call {
-                body,
-                stream,
-                request_id: request.request_id,
-                mode: state.auth.mode(),
-                passthrough_token: request.caller.passthrough_token.as_deref(),
-                client_headers: request.headers,
-            },
-        )
-        .await?;
-    let deadline = started + upstream.config.request_timeout();
-    if fast {
-        return Ok(Outcome::Raw {
-            response,
-            upstream,
-            deadline,
-        });
+    let fast_path = state.config.server.fast_path;
+    // Translations are made once, whichever upstream a retry lands on.
+    let mut translated: [Option<(Api, Bytes)>; 2] = [None, None];
+    let upstreamed = send_with_retries(state, &call, |upstream| {
+        let wire = wire_for(upstream, request.dialect);
+        if wire == request.dialect && fast_path {
+            return (request.api, request.original.clone());
+        }
+        let slot = &mut translated[wire as usize];
+        slot.get_or_insert_with(|| match wire {
+            Dialect::OpenAi => (Api::Chat, provider::openai::encode_request(&request.chat)),
+            Dialect::Native => provider::dashscope::encode_request(&request.chat),
+        })
+        .clone()
+    })
+    .await?;
+    let wire = wire_for(&upstreamed.lease.upstream, request.dialect);
+    if wire == request.dialect && fast_path {
+        return Ok(Outcome::Raw(upstreamed));
     }
-    if stream && is_event_stream(&response) {
+    let name = upstreamed.lease.upstream.config.name.clone();
+    if call.stream && upstreamed.is_event_stream() {
         return Ok(Outcome::Steps(
-            decode_stream(response, upstream, wire, deadline).boxed(),
+            decode_stream(upstreamed.into_events(), wire).boxed(),
+            name,
         ));
     }
-    let body = read_whole(response, &upstream, deadline).await?;
+    let upstream = upstreamed.lease.upstream.clone();
+    let body = upstreamed.read_whole().await?;
     let reply = match wire {
         Dialect::OpenAi => provider::openai::decode_completion(&body),
         Dialect::Native => provider::dashscope::decode_reply(&body),
     };
     reply
-        .map(Outcome::Whole)
+        .map(|reply| Outcome::Whole(reply, name))
         .map_err(|e| protocol_error(&upstream, &format!("unreadable reply: {e}")))
 }
 
@@ -159,11 +321,12 @@ pub async fn read_whole(
 
 /// An upstream SSE body, event by event, with the idle and whole-request timeouts applied.
 pub struct SseEvents {
-    upstream: Arc<Upstream>,
+    lease: Lease,
     body: BoxStream<'static, reqwest::Result<Bytes>>,
     splitter: EventSplitter,
     deadline: Instant,
     idle: Duration,
+    abort: CancellationToken,
     ended: bool,
 }
 
@@ -176,19 +339,20 @@ pub enum Next {
 }
 
 impl SseEvents {
-    pub fn new(response: reqwest::Response, upstream: Arc<Upstream>, deadline: Instant) -> Self {
+    fn new(upstreamed: Upstreamed) -> Self {
         Self {
-            idle: upstream.config.idle_timeout(),
-            upstream,
-            body: response.bytes_stream().boxed(),
+            idle: upstreamed.lease.upstream.config.idle_timeout(),
+            body: upstreamed.response.bytes_stream().boxed(),
+            lease: upstreamed.lease,
             splitter: EventSplitter::default(),
-            deadline,
+            deadline: upstreamed.deadline,
+            abort: upstreamed.abort,
             ended: false,
         }
     }
 
     pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+        &self.lease.upstream
     }
 
     pub async fn next(&mut self) -> Next {
@@ -205,26 +369,31 @@ impl SseEvents {
             let wait = self
                 .idle
                 .min(self.deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait, self.body.next()).await {
+            let read = tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => return Next::Fail(GatewayError::ShuttingDown),
+                read = tokio::time::timeout(wait, self.body.next()) => read,
+            };
+            let upstream = &self.lease.upstream;
+            match read {
                 Ok(Some(Ok(chunk))) => self.splitter.push(&chunk),
                 Ok(None) => self.ended = true,
                 Ok(Some(Err(e))) => {
-                    tracing::warn!(upstream = %self.upstream.config.name, error = %e, "upstream stream broke");
-                    return Next::Fail(protocol_error(&self.upstream, "the stream broke off"));
+                    tracing::warn!(upstream = %upstream.config.name, error = %e, "upstream stream broke");
+                    upstream.slot.circuit.record_failure();
+                    return Next::Fail(protocol_error(upstream, "the stream broke off"));
                 }
-                Err(_) => return Next::Fail(self.upstream.timeout()),
+                Err(_) => {
+                    upstream.slot.circuit.record_failure();
+                    return Next::Fail(upstream.timeout());
+                }
             }
         }
     }
 }
 
 /// Decodes an upstream stream of either dialect into canonical steps.
-fn decode_stream(
-    response: reqwest::Response,
-    upstream: Arc<Upstream>,
-    wire: Dialect,
-    deadline: Instant,
-) -> impl Stream<Item = Step> {
+fn decode_stream(events: SseEvents, wire: Dialect) -> impl Stream<Item = Step> {
     struct State {
         events: SseEvents,
         wire: Dialect,
@@ -234,7 +403,7 @@ fn decode_stream(
         done: bool,
     }
     let state = State {
-        events: SseEvents::new(response, upstream, deadline),
+        events,
         wire,
         native: provider::dashscope::Decoder::default(),
         pending: VecDeque::new(),

@@ -1,11 +1,160 @@
-//! Which upstream serves a model: the ones whose `models` match (exact or `"*"`), picked at
-//! random in proportion to their weights.
+//! Which upstream serves a model: the ones whose `models` match (exact or `"*"`), whose
+//! circuit admits traffic and who have room under their concurrency cap, picked at random in
+//! proportion to their weights. A retry prefers an upstream not yet tried (failover).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::CircuitConfig;
 use crate::error::GatewayError;
 use crate::provider::Upstream;
+
+/// A circuit breaker: opens after `threshold` consecutive failures, refuses traffic for
+/// `open_for`, then lets one probe through (half-open); the probe's result closes or re-opens it.
+pub struct Circuit {
+    threshold: u32,
+    open_for: Duration,
+    epoch: Instant,
+    failures: AtomicU32,
+    /// When the circuit opened, in ms since `epoch` plus one (0: closed).
+    opened_at: AtomicU64,
+    /// When the current half-open probe started, same clock (0: none).
+    probe_at: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl Circuit {
+    pub fn new(config: &CircuitConfig) -> Self {
+        Self {
+            threshold: config.failure_threshold,
+            open_for: Duration::from_millis(config.open_ms),
+            epoch: Instant::now(),
+            failures: AtomicU32::new(0),
+            opened_at: AtomicU64::new(0),
+            probe_at: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    pub fn state(&self) -> CircuitState {
+        let opened = self.opened_at.load(Ordering::Acquire);
+        if opened == 0 {
+            CircuitState::Closed
+        } else if self.now().saturating_sub(opened) < self.open_for.as_millis() as u64 {
+            CircuitState::Open
+        } else {
+            CircuitState::HalfOpen
+        }
+    }
+
+    /// Whether a request could go now (without claiming the half-open probe).
+    fn may_admit(&self) -> bool {
+        match self.state() {
+            CircuitState::Closed => true,
+            CircuitState::Open => false,
+            CircuitState::HalfOpen => self.probe_free(self.probe_at.load(Ordering::Acquire)),
+        }
+    }
+
+    /// A probe that never reported back (its client left before the answer) frees its slot
+    /// after a minute, or `open_for` if longer.
+    fn probe_free(&self, probe_at: u64) -> bool {
+        let expiry = self.open_for.max(Duration::from_secs(60)).as_millis() as u64;
+        probe_at == 0 || self.now().saturating_sub(probe_at) >= expiry
+    }
+
+    /// Claims admission; in half-open state only one probe at a time gets it.
+    fn admit(&self) -> bool {
+        match self.state() {
+            CircuitState::Closed => true,
+            CircuitState::Open => false,
+            CircuitState::HalfOpen => {
+                let seen = self.probe_at.load(Ordering::Acquire);
+                self.probe_free(seen)
+                    && self
+                        .probe_at
+                        .compare_exchange(seen, self.now(), Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            }
+        }
+    }
+
+    pub fn record_success(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.opened_at.store(0, Ordering::Release);
+        self.probe_at.store(0, Ordering::Release);
+    }
+
+    pub fn record_failure(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let probing = self.probe_at.swap(0, Ordering::AcqRel) != 0;
+        if probing || failures >= self.threshold {
+            let now = self.now();
+            if self.opened_at.swap(now, Ordering::AcqRel) == 0 || probing {
+                tracing::warn!(failures, "circuit opened");
+            }
+        }
+    }
+}
+
+/// An upstream taken for one request: holds its concurrency slot until dropped.
+pub struct Lease {
+    pub index: usize,
+    pub upstream: Arc<Upstream>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Per-upstream admission state.
+pub struct Slot {
+    pub circuit: Circuit,
+    permits: Option<Arc<Semaphore>>,
+}
+
+impl Slot {
+    pub fn new(max_concurrency: u32, circuit: &CircuitConfig) -> Self {
+        Self {
+            circuit: Circuit::new(circuit),
+            permits: (max_concurrency > 0)
+                .then(|| Arc::new(Semaphore::new(max_concurrency as usize))),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.permits
+            .as_ref()
+            .is_none_or(|p| p.available_permits() > 0)
+    }
+
+    pub fn in_flight(&self, cap: u32) -> u32 {
+        self.permits
+            .as_ref()
+            .map_or(0, |p| cap.saturating_sub(p.available_permits() as u32))
+    }
+}
 
 pub struct Router {
     upstreams: Vec<Arc<Upstream>>,
@@ -20,33 +169,93 @@ impl Router {
         &self.upstreams
     }
 
-    /// Picks an upstream for `model`; none serving it is 404 `model_not_found`.
-    pub fn pick<'a>(&'a self, model: &'a str) -> Result<&'a Arc<Upstream>, GatewayError> {
-        self.pick_with(model, |total| fastrand::u64(0..total))
+    /// Takes an upstream for `model`, preferring those not in `tried`. None serving it is 404
+    /// `model_not_found`; all of them failing or full is 503.
+    pub fn take(&self, model: &str, tried: &[usize]) -> Result<Lease, GatewayError> {
+        self.take_with(model, tried, |total| fastrand::u64(0..total))
     }
 
     /// `draw(total)` returns a number in `0..total`; tests pass a fixed one.
-    pub fn pick_with<'a>(
-        &'a self,
-        model: &'a str,
-        draw: impl FnOnce(u64) -> u64,
-    ) -> Result<&'a Arc<Upstream>, GatewayError> {
-        let total: u64 = self
-            .candidates(model)
-            .map(|u| u64::from(u.config.weight))
-            .sum();
-        if total == 0 {
+    pub fn take_with(
+        &self,
+        model: &str,
+        tried: &[usize],
+        mut draw: impl FnMut(u64) -> u64,
+    ) -> Result<Lease, GatewayError> {
+        let serving: Vec<usize> = (0..self.upstreams.len())
+            .filter(|&i| self.upstreams[i].serves(model))
+            .collect();
+        if serving.is_empty() {
             return Err(GatewayError::ModelNotFound(model.to_string()));
         }
-        let mut ticket = draw(total);
-        for upstream in self.candidates(model) {
-            let weight = u64::from(upstream.config.weight);
-            if ticket < weight {
-                return Ok(upstream);
-            }
-            ticket -= weight;
+        let usable = |i: &usize| {
+            let slot = &self.upstreams[*i].slot;
+            slot.circuit.may_admit() && slot.has_room()
+        };
+        let mut pool: Vec<usize> = serving
+            .iter()
+            .copied()
+            .filter(|i| !tried.contains(i))
+            .filter(usable)
+            .collect();
+        if pool.is_empty() {
+            // Nothing new to fail over to: the ones already tried may go again.
+            pool = serving.iter().copied().filter(usable).collect();
         }
-        Err(GatewayError::ModelNotFound(model.to_string()))
+        while !pool.is_empty() {
+            let total: u64 = pool
+                .iter()
+                .map(|&i| u64::from(self.upstreams[i].config.weight))
+                .sum();
+            let mut ticket = draw(total);
+            let mut at = pool.len() - 1;
+            for (k, &i) in pool.iter().enumerate() {
+                let weight = u64::from(self.upstreams[i].config.weight);
+                if ticket < weight {
+                    at = k;
+                    break;
+                }
+                ticket -= weight;
+            }
+            let index = pool[at];
+            let upstream = &self.upstreams[index];
+            let permit = match &upstream.slot.permits {
+                None => Some(None),
+                Some(permits) => permits.clone().try_acquire_owned().ok().map(Some),
+            };
+            match permit {
+                Some(permit) if upstream.slot.circuit.admit() => {
+                    return Ok(Lease {
+                        index,
+                        upstream: upstream.clone(),
+                        _permit: permit,
+                    });
+                }
+                _ => {
+                    pool.remove(at);
+                }
+            }
+        }
+        let all_open = serving
+            .iter()
+            .all(|&i| !self.upstreams[i].slot.circuit.may_admit());
+        Err(if all_open {
+            GatewayError::NoHealthyUpstream(model.to_string())
+        } else {
+            GatewayError::UpstreamBusy(model.to_string())
+        })
+    }
+
+    /// Whether an upstream not in `tried` could take `model` now (so a retry can fail over
+    /// without waiting).
+    pub fn has_fresh(&self, model: &str, tried: &[usize]) -> bool {
+        (0..self.upstreams.len()).any(|i| {
+            let u = &self.upstreams[i];
+            !tried.contains(&i)
+                && u.serves(model)
+                && u.slot.circuit.may_admit()
+                && u.slot.has_room()
+        })
     }
 
     fn candidates<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
@@ -71,13 +280,13 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ProviderKind, UpstreamConfig};
+    use crate::config::{CircuitConfig, ProviderKind, UpstreamConfig};
 
     fn upstream(name: &str, models: &[&str], weight: u32) -> Arc<Upstream> {
         let mut config = UpstreamConfig::new(name, ProviderKind::Openai, "http://127.0.0.1:1/v1");
         config.models = models.iter().map(|m| m.to_string()).collect();
         config.weight = weight;
-        Arc::new(Upstream::new(config).unwrap_or_else(|e| panic!("{e}")))
+        Arc::new(Upstream::new(config, &CircuitConfig::default()).unwrap_or_else(|e| panic!("{e}")))
     }
 
     #[test]
@@ -88,20 +297,36 @@ mod tests {
         ]);
         let name = |draw: u64| {
             router
-                .pick_with("qwen-plus", |_| draw)
-                .map(|u| u.config.name.clone())
+                .take_with("qwen-plus", &[], |_| draw)
+                .map(|l| l.upstream.config.name.clone())
                 .ok()
         };
         assert_eq!(name(0).as_deref(), Some("a"));
         assert_eq!(name(2).as_deref(), Some("a"));
         assert_eq!(name(3).as_deref(), Some("b"));
-        let other = router.pick_with("qwen-max", |total| {
+        let other = router.take_with("qwen-max", &[], |total| {
             assert_eq!(total, 1);
             0
         });
         assert_eq!(
-            other.map(|u| u.config.name.clone()).ok().as_deref(),
+            other
+                .map(|l| l.upstream.config.name.clone())
+                .ok()
+                .as_deref(),
             Some("b")
+        );
+    }
+
+    #[test]
+    fn a_retry_fails_over_to_an_upstream_not_yet_tried() {
+        let router = Router::new(vec![upstream("a", &["*"], 1), upstream("b", &["*"], 1)]);
+        let first = router.take_with("m", &[0], |_| 0).map(|l| l.index).ok();
+        assert_eq!(first, Some(1));
+        let again = router.take_with("m", &[0, 1], |_| 0).map(|l| l.index).ok();
+        assert_eq!(
+            again,
+            Some(0),
+            "with every upstream tried, a tried one goes again"
         );
     }
 
@@ -109,11 +334,78 @@ mod tests {
     fn no_match_is_model_not_found() {
         let router = Router::new(vec![upstream("a", &["qwen-plus"], 1)]);
         assert!(
-            matches!(router.pick("qwen-max"), Err(GatewayError::ModelNotFound(m)) if m == "qwen-max")
+            matches!(router.take("qwen-max", &[]), Err(GatewayError::ModelNotFound(m)) if m == "qwen-max")
         );
         assert_eq!(
             router.named_models().into_iter().collect::<Vec<_>>(),
             vec!["qwen-plus"]
         );
+    }
+
+    #[test]
+    fn a_circuit_opens_after_consecutive_failures_and_probes_once() {
+        let circuit = Circuit::new(&CircuitConfig {
+            failure_threshold: 2,
+            open_ms: 0,
+        });
+        circuit.record_failure();
+        assert_eq!(circuit.state(), CircuitState::Closed);
+        circuit.record_success();
+        circuit.record_failure();
+        assert_eq!(
+            circuit.state(),
+            CircuitState::Closed,
+            "a success resets the count"
+        );
+        circuit.record_failure();
+        // open_ms = 0: open turns half-open at once; one probe is admitted, a second is not.
+        assert_eq!(circuit.state(), CircuitState::HalfOpen);
+        assert!(circuit.admit());
+        assert!(!circuit.admit());
+        circuit.record_failure();
+        assert_eq!(
+            circuit.state(),
+            CircuitState::HalfOpen,
+            "a failed probe re-opens"
+        );
+        assert!(circuit.admit());
+        circuit.record_success();
+        assert_eq!(circuit.state(), CircuitState::Closed);
+
+        let slow = Circuit::new(&CircuitConfig {
+            failure_threshold: 1,
+            open_ms: 60_000,
+        });
+        slow.record_failure();
+        assert_eq!(slow.state(), CircuitState::Open);
+        assert!(!slow.admit());
+    }
+
+    #[test]
+    fn open_circuits_and_full_caps_give_503s() {
+        let mut config = UpstreamConfig::new("a", ProviderKind::Openai, "http://127.0.0.1:1/v1");
+        config.max_concurrency = 1;
+        let capped = Arc::new(
+            Upstream::new(config, &CircuitConfig::default()).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let router = Router::new(vec![capped]);
+        let held = router.take("m", &[]);
+        assert!(held.is_ok());
+        assert!(matches!(
+            router.take("m", &[]),
+            Err(GatewayError::UpstreamBusy(_))
+        ));
+        drop(held);
+        assert!(router.take("m", &[]).is_ok());
+
+        let failing = upstream("b", &["*"], 1);
+        for _ in 0..CircuitConfig::default().failure_threshold {
+            failing.slot.circuit.record_failure();
+        }
+        let router = Router::new(vec![failing]);
+        assert!(matches!(
+            router.take("m", &[]),
+            Err(GatewayError::NoHealthyUpstream(_))
+        ));
     }
 }

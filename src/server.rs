@@ -22,6 +22,7 @@ use crate::dialect::{native, openai};
 use crate::error::{GatewayError, json_response};
 use crate::provider::Upstream;
 use crate::route;
+use crate::telemetry::Metrics;
 
 /// What every request handler shares.
 pub struct AppState {
@@ -29,6 +30,11 @@ pub struct AppState {
     pub auth: Authenticator,
     pub router: route::Router,
     pub body_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins.
+    pub draining: CancellationToken,
+    /// Cancelled when the shutdown drain time is over: streams still running end with an error.
+    pub abort: CancellationToken,
 }
 
 impl AppState {
@@ -36,12 +42,15 @@ impl AppState {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u.clone()).map(Arc::new))
+            .map(|u| Upstream::new(u.clone(), &config.circuit).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             auth: Authenticator::new(config.auth.mode, &config.keys),
             router: route::Router::new(upstreams),
             body_timeout: Duration::from_secs(300),
+            metrics: Arc::new(Metrics::new()),
+            draining: CancellationToken::new(),
+            abort: CancellationToken::new(),
             config: Arc::new(config),
         })
     }
@@ -62,18 +71,53 @@ fn sane_request_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(id)
 }
 
-async fn request_id(mut request: Request, next: Next) -> Response {
+/// What a handler learned about a request, for the metrics: set on the response.
+#[derive(Clone)]
+pub struct RouteInfo {
+    pub model: String,
+    pub upstream: String,
+}
+
+/// The route label of a path; anything unknown is one label, so clients cannot grow the set.
+fn route_label(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/v1/chat/completions" | "/compatible-mode/v1/chat/completions" => "chat",
+        "/v1/completions" | "/compatible-mode/v1/completions" => "completions",
+        "/api/v1/services/aigc/text-generation/generation" => "native_text",
+        "/api/v1/services/aigc/multimodal-generation/generation" => "native_multimodal",
+        "/v1/models" | "/compatible-mode/v1/models" => "models",
+        "/healthz" | "/readyz" | "/metrics" => return None,
+        _ => "unmatched",
+    })
+}
+
+/// Gives every request its id (and every response the header), logs it, and counts it.
+async fn request_id(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let id: Arc<str> = match request.headers().get(REQUEST_ID).and_then(sane_request_id) {
         Some(id) => Arc::from(id),
         None => Arc::from(uuid::Uuid::new_v4().to_string()),
     };
     request.extensions_mut().insert(RequestId(id.clone()));
     let started = std::time::Instant::now();
+    let route = route_label(request.uri().path());
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let mut response = next.run(request).await;
+    let elapsed = started.elapsed();
     // For a stream this is the time to its head; the body may run on much longer.
     tracing::debug!(request_id = %id, %method, path, status = response.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1e3, "request");
+        ms = elapsed.as_secs_f64() * 1e3, "request");
+    if let Some(route) = route {
+        let info = response.extensions().get::<RouteInfo>();
+        let model = info.map_or("-", |i| i.model.as_str());
+        let upstream = info.map_or("-", |i| i.upstream.as_str());
+        state
+            .metrics
+            .request(route, model, upstream, response.status().as_u16(), elapsed);
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
@@ -101,9 +145,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/compatible-mode/v1/models", get(openai::models))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)
 }
 
@@ -111,18 +156,48 @@ async fn healthz() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
 }
 
+/// Ready when some upstream can take traffic; the detail lists each upstream's circuit.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let upstreams: Vec<_> = state
         .router
         .upstreams()
         .iter()
-        .map(|u| json!({"name": u.config.name, "models": u.config.models}))
+        .map(|u| {
+            json!({
+                "name": u.config.name,
+                "models": u.config.models,
+                "circuit": u.slot.circuit.state().as_str(),
+                "in_flight": u.slot.in_flight(u.config.max_concurrency),
+                "max_concurrency": u.config.max_concurrency,
+            })
+        })
         .collect();
-    let body = json!({"status": "ready", "upstreams": upstreams});
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )
+    let ready = state
+        .router
+        .upstreams()
+        .iter()
+        .any(|u| u.slot.circuit.state() != route::CircuitState::Open);
+    let status = if state.draining.is_cancelled() || !ready {
+        "unavailable"
+    } else {
+        "ready"
+    };
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": status, "upstreams": upstreams});
+    json_response(code, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(state.metrics.render(&state.router)));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 async fn not_found(Extension(RequestId(id)): Extension<RequestId>, request: Request) -> Response {
@@ -139,11 +214,23 @@ async fn method_not_allowed(
 }
 
 /// Serves until `shutdown` is cancelled; requests in flight are allowed to finish.
+/// Serves until `shutdown` is cancelled, then drains: no new connections, readiness reports
+/// unavailable, requests in flight finish; after `drain_timeout_ms` streams still running end
+/// with an error event.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let drain = Duration::from_millis(state.config.server.drain_timeout_ms);
+    let (draining, abort) = (state.draining.clone(), state.abort.clone());
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        draining.cancel();
+        tokio::time::sleep(drain).await;
+        abort.cancel();
+    });
     let app = router(state);
     axum::serve(listener.tap_io(no_delay), app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -11,7 +11,13 @@ use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use std::convert::Infallible;
 
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use crate::event::{ChatEvent, Usage};
 use crate::relay::Step;
+use crate::server::RouteInfo;
+use crate::telemetry::Metrics;
 
 /// Turns canonical steps into one dialect's stream events.
 pub trait StepEncoder: Send + 'static {
@@ -21,29 +27,100 @@ pub trait StepEncoder: Send + 'static {
     fn finish(&mut self) -> Option<Bytes>;
 }
 
+/// Where the tokens a reply used are counted (the metrics now; the usage ledger joins later).
+#[derive(Clone)]
+pub struct UsageSink {
+    metrics: Arc<Metrics>,
+    model: String,
+    upstream: String,
+}
+
+impl UsageSink {
+    pub fn new(metrics: Arc<Metrics>, model: &str, upstream: &str) -> Self {
+        Self {
+            metrics,
+            model: model.to_string(),
+            upstream: upstream.to_string(),
+        }
+    }
+
+    pub fn record(&self, usage: &Usage) {
+        self.metrics.usage(&self.model, &self.upstream, usage);
+    }
+}
+
+/// Times a stream: its first event (time to first token), its whole life, and the count of
+/// streams in flight. Dropped with the stream, also when the client hangs up.
+pub struct StreamTracker {
+    metrics: Arc<Metrics>,
+    route: &'static str,
+    started: Instant,
+    first_sent: bool,
+}
+
+impl StreamTracker {
+    pub fn new(metrics: Arc<Metrics>, route: &'static str, started: Instant) -> Self {
+        metrics.stream_started();
+        Self {
+            metrics,
+            route,
+            started,
+            first_sent: false,
+        }
+    }
+
+    fn sent(&mut self) {
+        if !self.first_sent {
+            self.first_sent = true;
+            self.metrics.first_token(self.route, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for StreamTracker {
+    fn drop(&mut self) {
+        self.metrics
+            .stream_ended(self.route, self.started.elapsed());
+    }
+}
+
 /// Encodes a translated stream event by event, as the steps arrive.
 pub fn encode_steps<E: StepEncoder>(
     steps: BoxStream<'static, Step>,
     encoder: E,
+    usage: UsageSink,
 ) -> impl Stream<Item = Bytes> + Send + 'static {
-    futures_util::stream::unfold(Some((steps, encoder)), |state| async move {
-        let (mut steps, mut encoder) = state?;
-        loop {
-            match steps.next().await {
-                Some(step) => {
-                    if let Some(bytes) = encoder.step(step) {
-                        return Some((bytes, Some((steps, encoder))));
+    futures_util::stream::unfold(Some((steps, encoder)), move |state| {
+        let usage = usage.clone();
+        async move {
+            let (mut steps, mut encoder) = state?;
+            loop {
+                match steps.next().await {
+                    Some(step) => {
+                        if let Step::Event(ChatEvent::Usage(u)) = &step {
+                            usage.record(u);
+                        }
+                        if let Some(bytes) = encoder.step(step) {
+                            return Some((bytes, Some((steps, encoder))));
+                        }
                     }
+                    None => return encoder.finish().map(|bytes| (bytes, None)),
                 }
-                None => return encoder.finish().map(|bytes| (bytes, None)),
             }
         }
     })
 }
 
 /// An SSE response; dropping its body (the client hung up) drops the upstream call with it.
-pub fn event_stream_response(events: impl Stream<Item = Bytes> + Send + 'static) -> Response {
-    let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
+pub fn event_stream_response(
+    events: impl Stream<Item = Bytes> + Send + 'static,
+    mut tracker: StreamTracker,
+) -> Response {
+    let events = events.map(move |bytes| {
+        tracker.sent();
+        Ok::<_, Infallible>(bytes)
+    });
+    let mut response = Response::new(Body::from_stream(events));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -52,6 +129,15 @@ pub fn event_stream_response(events: impl Stream<Item = Bytes> + Send + 'static)
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells a reverse proxy in front of the gateway not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Marks a response with the model and upstream it was for, for the request metrics.
+pub fn tagged(mut response: Response, model: &str, upstream: &str) -> Response {
+    response.extensions_mut().insert(RouteInfo {
+        model: model.to_string(),
+        upstream: upstream.to_string(),
+    });
     response
 }
 

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use super::sse;
-use super::{StepEncoder, encode_steps, event_stream_response};
+use super::{StepEncoder, StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::chat::{self, Chat};
 use crate::error::{GatewayError, json_response, native_of_openai};
 use crate::event::{ChatEvent, Choice, Delta, Reply, ToolCall, ToolCallDelta, Usage};
@@ -57,7 +58,7 @@ pub async fn multimodal_generation(
 }
 
 async fn generation(
-    state: &AppState,
+    state: &Arc<AppState>,
     request_id: &Arc<str>,
     headers: &HeaderMap,
     body: Body,
@@ -65,17 +66,21 @@ async fn generation(
 ) -> Response {
     match reply(state, request_id, headers, body, api).await {
         Ok(response) => response,
-        Err(error) => error.into_native_response(request_id),
+        Err(error) => {
+            let upstream = error.upstream_name().unwrap_or("-").to_string();
+            super::tagged(error.into_native_response(request_id), "-", &upstream)
+        }
     }
 }
 
 async fn reply(
-    state: &AppState,
+    state: &Arc<AppState>,
     request_id: &Arc<str>,
     headers: &HeaderMap,
     body: Body,
     api: Api,
 ) -> Result<Response, GatewayError> {
+    let started = Instant::now();
     let caller = state.auth.authenticate(headers)?;
     let bytes = super::read_body(
         headers,
@@ -100,29 +105,47 @@ async fn reply(
         },
     )
     .await?;
-    let _ = model;
+    let route = if api == Api::NativeMultimodal {
+        "native_multimodal"
+    } else {
+        "native_text"
+    };
+    let tracker = || StreamTracker::new(state.metrics.clone(), route, started);
     Ok(match outcome {
-        Outcome::Raw {
-            response,
-            upstream,
-            deadline,
-        } => {
-            if stream && relay::is_event_stream(&response) {
-                event_stream_response(raw_frames(
-                    SseEvents::new(response, upstream, deadline),
-                    request_id.clone(),
-                ))
+        Outcome::Raw(upstreamed) => {
+            let name = upstreamed.lease.upstream.config.name.clone();
+            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
+            let response = if stream && upstreamed.is_event_stream() {
+                event_stream_response(
+                    raw_frames(upstreamed.into_events(), request_id.clone(), usage),
+                    tracker(),
+                )
             } else {
-                let body = relay::read_whole(response, &upstream, deadline).await?;
+                let body = upstreamed.read_whole().await?;
+                if let Some(u) = crate::provider::dashscope::decode_reply(&body)
+                    .ok()
+                    .and_then(|r| r.usage)
+                {
+                    usage.record(&u);
+                }
                 json_response(StatusCode::OK, body.to_vec())
-            }
+            };
+            super::tagged(response, &model, &name)
         }
-        Outcome::Steps(steps) => event_stream_response(encode_steps(
-            steps,
-            FrameEncoder::new(request_id.clone(), options),
-        )),
-        Outcome::Whole(reply) => {
-            json_response(StatusCode::OK, encode_reply(&reply, options, request_id))
+        Outcome::Steps(steps, name) => {
+            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
+            let frames = encode_steps(steps, FrameEncoder::new(request_id.clone(), options), usage);
+            super::tagged(event_stream_response(frames, tracker()), &model, &name)
+        }
+        Outcome::Whole(reply, name) => {
+            if let Some(usage) = &reply.usage {
+                UsageSink::new(state.metrics.clone(), &model, &name).record(usage);
+            }
+            super::tagged(
+                json_response(StatusCode::OK, encode_reply(&reply, options, request_id)),
+                &model,
+                &name,
+            )
         }
     })
 }
@@ -288,18 +311,46 @@ fn openai_part(item: Value) -> Value {
 
 /// The fast path for streams: native frames go to the client as they are. The stream ends
 /// when the upstream closes it, after an error frame, or with the gateway's own error frame.
-fn raw_frames(events: SseEvents, request_id: Arc<str>) -> impl Stream<Item = Bytes> {
-    futures_util::stream::unfold(Some((events, 0u64)), move |state| {
+/// Every frame carries the usage so far; the last one's is counted.
+fn raw_frames(
+    events: SseEvents,
+    request_id: Arc<str>,
+    usage: UsageSink,
+) -> impl Stream<Item = Bytes> {
+    struct Relay {
+        events: SseEvents,
+        sent: u64,
+        last: Option<Bytes>,
+    }
+    let relay = Relay {
+        events,
+        sent: 0,
+        last: None,
+    };
+    futures_util::stream::unfold(Some(relay), move |state| {
         let request_id = request_id.clone();
+        let usage = usage.clone();
         async move {
-            let (mut events, sent) = state?;
-            match events.next().await {
+            let mut relay = state?;
+            match relay.events.next().await {
                 Next::Event(event) if sse::error_status(&event).is_some() => Some((event, None)),
-                Next::Event(event) => Some((event, Some((events, sent + 1)))),
-                Next::End => None,
+                Next::Event(event) => {
+                    relay.sent += 1;
+                    relay.last = Some(event.clone());
+                    Some((event, Some(relay)))
+                }
+                Next::End => {
+                    let data = relay.last.as_deref().and_then(sse::data_of);
+                    if let Some(Ok(reply)) = data.map(crate::provider::dashscope::decode_reply) {
+                        if let Some(u) = reply.usage {
+                            usage.record(&u);
+                        }
+                    }
+                    None
+                }
                 Next::Fail(error) => {
                     let frame = error_frame(
-                        sent + 1,
+                        relay.sent + 1,
                         error.status().as_u16(),
                         &error.native_body(&request_id),
                     );

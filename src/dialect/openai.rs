@@ -15,14 +15,15 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use super::sse;
-use super::{StepEncoder, encode_steps, event_stream_response};
+use super::{StepEncoder, StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::chat;
 use crate::error::{GatewayError, json_response, openai_of_native};
 use crate::event::{ChatEvent, Delta, Meta, Reply, StreamError, Usage};
-use crate::provider::{Api, Call};
-use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, Step};
+use crate::provider::Api;
+use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, Step, Upstreamed};
 use crate::server::{AppState, RequestId};
 
 /// `POST /v1/chat/completions`.
@@ -34,16 +35,23 @@ pub async fn chat_completions(
 ) -> Response {
     match chat_reply(&state, &request_id, &headers, body).await {
         Ok(response) => response,
-        Err(error) => error.into_openai_response(&request_id),
+        Err(error) => error_response(error, &request_id),
     }
 }
 
+/// An error in this dialect, tagged with the upstream it came from for the metrics.
+fn error_response(error: GatewayError, request_id: &str) -> Response {
+    let upstream = error.upstream_name().unwrap_or("-").to_string();
+    super::tagged(error.into_openai_response(request_id), "-", &upstream)
+}
+
 async fn chat_reply(
-    state: &AppState,
+    state: &Arc<AppState>,
     request_id: &Arc<str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    let started = Instant::now();
     let caller = state.auth.authenticate(headers)?;
     let bytes = super::read_body(
         headers,
@@ -69,44 +77,62 @@ async fn chat_reply(
         },
     )
     .await?;
+    let tracker = || StreamTracker::new(state.metrics.clone(), "chat", started);
     Ok(match outcome {
-        Outcome::Raw {
-            response,
-            upstream,
-            deadline,
-        } => {
-            if stream && relay::is_event_stream(&response) {
-                event_stream_response(raw_events(
-                    SseEvents::new(response, upstream, deadline),
-                    request_id.clone(),
-                ))
+        Outcome::Raw(upstreamed) => {
+            let name = upstreamed.lease.upstream.config.name.clone();
+            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
+            let response = if stream && upstreamed.is_event_stream() {
+                event_stream_response(
+                    raw_events(upstreamed.into_events(), request_id.clone(), usage),
+                    tracker(),
+                )
             } else {
-                whole_response(response, &upstream, deadline).await?
+                whole_response(upstreamed, &usage).await?
+            };
+            super::tagged(response, &model, &name)
+        }
+        Outcome::Steps(steps, name) => {
+            let encoder = ChunkEncoder::new(request_id.clone(), model.clone(), include_usage);
+            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
+            super::tagged(
+                event_stream_response(encode_steps(steps, encoder, usage), tracker()),
+                &model,
+                &name,
+            )
+        }
+        Outcome::Whole(mut reply, name) => {
+            if let Some(usage) = &reply.usage {
+                UsageSink::new(state.metrics.clone(), &model, &name).record(usage);
             }
-        }
-        Outcome::Steps(steps) => {
-            let encoder = ChunkEncoder::new(request_id.clone(), model, include_usage);
-            event_stream_response(encode_steps(steps, encoder))
-        }
-        Outcome::Whole(mut reply) => {
             fill_meta(&mut reply.meta, request_id, &model);
-            json_response(StatusCode::OK, encode_completion(&reply))
+            super::tagged(
+                json_response(StatusCode::OK, encode_completion(&reply)),
+                &model,
+                &name,
+            )
         }
     })
 }
 
-/// Relays a non-stream upstream reply as it came, with its content type.
+/// Relays a non-stream upstream reply as it came, with its content type, counting its usage.
 async fn whole_response(
-    response: reqwest::Response,
-    upstream: &crate::provider::Upstream,
-    deadline: tokio::time::Instant,
+    upstreamed: Upstreamed,
+    usage: &UsageSink,
 ) -> Result<Response, GatewayError> {
-    let content_type = response
+    let content_type = upstreamed
+        .response
         .headers()
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/json"));
-    let body = relay::read_whole(response, upstream, deadline).await?;
+    let body = upstreamed.read_whole().await?;
+    if let Some(u) = crate::provider::openai::decode_completion(&body)
+        .ok()
+        .and_then(|r| r.usage)
+    {
+        usage.record(&u);
+    }
     let mut response = Response::new(Body::from(body));
     response
         .headers_mut()
@@ -117,21 +143,46 @@ async fn whole_response(
 /// The fast path for streams: upstream events go to the client as they are, one by one. The
 /// stream ends with `data: [DONE]`, or with an error event if the upstream failed mid-way (the
 /// upstream's own, or the gateway's); nothing follows an error.
-fn raw_events(events: SseEvents, request_id: Arc<str>) -> impl Stream<Item = Bytes> {
+fn raw_events(
+    events: SseEvents,
+    request_id: Arc<str>,
+    usage: UsageSink,
+) -> impl Stream<Item = Bytes> {
     futures_util::stream::unfold(Some(events), move |state| {
         let request_id = request_id.clone();
+        let usage = usage.clone();
         async move {
             let mut events = state?;
             match events.next().await {
                 Next::Event(event) if sse::is_done(&event) || sse::is_error(&event) => {
                     Some((event, None))
                 }
-                Next::Event(event) => Some((event, Some(events))),
+                Next::Event(event) => {
+                    record_usage(&event, &usage);
+                    Some((event, Some(events)))
+                }
                 Next::End => Some((Bytes::from_static(DONE), None)),
                 Next::Fail(error) => Some((error_event(&error.openai_body(&request_id)), None)),
             }
         }
     })
+}
+
+/// Reads the usage chunk as it passes (only chunks that carry one are parsed).
+fn record_usage(event: &[u8], usage: &UsageSink) {
+    if memchr::memmem::find(event, b"\"usage\":{").is_none() {
+        return;
+    }
+    let Some(data) = sse::data_of(event) else {
+        return;
+    };
+    if let Ok((_, events)) = crate::provider::openai::decode_chunk(data) {
+        for event in events {
+            if let ChatEvent::Usage(u) = event {
+                usage.record(&u);
+            }
+        }
+    }
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -365,16 +416,17 @@ pub async fn completions(
 ) -> Response {
     match completion_reply(&state, &request_id, &headers, body).await {
         Ok(response) => response,
-        Err(error) => error.into_openai_response(&request_id),
+        Err(error) => error_response(error, &request_id),
     }
 }
 
 async fn completion_reply(
-    state: &AppState,
+    state: &Arc<AppState>,
     request_id: &Arc<str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    let started = Instant::now();
     let caller = state.auth.authenticate(headers)?;
     let bytes = super::read_body(
         headers,
@@ -385,31 +437,28 @@ async fn completion_reply(
     .await?;
     let request = chat::decode_completion(&bytes)?;
     caller.check_model(&request.model)?;
-    let upstream = state.router.pick(&request.model)?.clone();
-    let started = tokio::time::Instant::now();
     let stream = request.is_stream();
-    let response = upstream
-        .send(
-            Api::Completions,
-            Call {
-                body: bytes,
-                stream,
-                request_id,
-                mode: state.auth.mode(),
-                passthrough_token: caller.passthrough_token.as_deref(),
-                client_headers: headers,
-            },
+    let call = relay::Call {
+        model: &request.model,
+        stream,
+        caller: &caller,
+        headers,
+        request_id,
+    };
+    let upstreamed =
+        relay::send_with_retries(state, &call, |_| (Api::Completions, bytes.clone())).await?;
+    let name = upstreamed.lease.upstream.config.name.clone();
+    let usage = UsageSink::new(state.metrics.clone(), &request.model, &name);
+    let response = if stream && upstreamed.is_event_stream() {
+        let tracker = StreamTracker::new(state.metrics.clone(), "completions", started);
+        event_stream_response(
+            raw_events(upstreamed.into_events(), request_id.clone(), usage),
+            tracker,
         )
-        .await?;
-    let deadline = started + upstream.config.request_timeout();
-    if stream && relay::is_event_stream(&response) {
-        Ok(event_stream_response(raw_events(
-            SseEvents::new(response, upstream, deadline),
-            request_id.clone(),
-        )))
     } else {
-        whole_response(response, &upstream, deadline).await
-    }
+        whole_response(upstreamed, &usage).await?
+    };
+    Ok(super::tagged(response, &request.model, &name))
 }
 
 /// `GET /v1/models`: the models this key may use, as an OpenAI list.

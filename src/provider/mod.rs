@@ -43,13 +43,18 @@ impl Api {
 /// One configured upstream with its own connection pool.
 pub struct Upstream {
     pub config: UpstreamConfig,
+    /// Circuit state and concurrency cap.
+    pub slot: crate::route::Slot,
     client: reqwest::Client,
     /// URLs by `Api`, parsed once; `None` where the provider has no such endpoint.
     urls: [Option<reqwest::Url>; 4],
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+    pub fn new(
+        config: UpstreamConfig,
+        circuit: &crate::config::CircuitConfig,
+    ) -> Result<Self, String> {
         let base = config.base_url.trim_end_matches('/');
         let paths: [Option<String>; 4] = match config.provider {
             ProviderKind::Dashscope => [
@@ -86,6 +91,7 @@ impl Upstream {
             .build()
             .map_err(|e| format!("{}: {e}", config.name))?;
         Ok(Self {
+            slot: crate::route::Slot::new(config.max_concurrency, circuit),
             config,
             client,
             urls,
