@@ -11,6 +11,7 @@ use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use std::convert::Infallible;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -69,8 +70,9 @@ impl StreamTracker {
         }
     }
 
-    fn sent(&mut self) {
-        if !self.first_sent {
+    fn sent(&mut self, event: &[u8]) {
+        // Keep-alive comments are not tokens.
+        if !self.first_sent && !event.starts_with(b":") {
             self.first_sent = true;
             self.metrics.first_token(self.route, self.started.elapsed());
         }
@@ -117,7 +119,7 @@ pub fn event_stream_response(
     mut tracker: StreamTracker,
 ) -> Response {
     let events = events.map(move |bytes| {
-        tracker.sent();
+        tracker.sent(&bytes);
         Ok::<_, Infallible>(bytes)
     });
     let mut response = Response::new(Body::from_stream(events));
@@ -130,6 +132,52 @@ pub fn event_stream_response(
     // Tells a reverse proxy in front of the gateway not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// A stream whose head goes out at once: SSE comments (`: keep-alive`), the first right away
+/// (the device sees at once that the gateway took the request), then every `every`, until `first` (the upstream call) gives the client's event stream, or an
+/// error event in the client's dialect. For device links that drop idle connections.
+pub fn with_keepalive(
+    first: impl Future<Output = Result<BoxStream<'static, Bytes>, Bytes>> + Send + 'static,
+    every: Duration,
+) -> impl Stream<Item = Bytes> + Send + 'static {
+    enum State<F> {
+        Start(Pin<Box<F>>),
+        Waiting(Pin<Box<F>>, tokio::time::Interval),
+        Streaming(BoxStream<'static, Bytes>),
+        Done,
+    }
+    const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+    futures_util::stream::unfold(State::Start(Box::pin(first)), move |state| async move {
+        match state {
+            State::Start(first) => {
+                let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some((
+                    Bytes::from_static(KEEPALIVE),
+                    State::Waiting(first, interval),
+                ))
+            }
+            State::Waiting(mut first, mut interval) => {
+                tokio::select! {
+                    biased;
+                    result = &mut first => match result {
+                        Ok(mut events) => {
+                            let event = events.next().await?;
+                            Some((event, State::Streaming(events)))
+                        }
+                        Err(error_event) => Some((error_event, State::Done)),
+                    },
+                    _ = interval.tick() => Some((Bytes::from_static(KEEPALIVE), State::Waiting(first, interval))),
+                }
+            }
+            State::Streaming(mut events) => events
+                .next()
+                .await
+                .map(|event| (event, State::Streaming(events))),
+            State::Done => None,
+        }
+    })
 }
 
 /// Marks a response with the model and upstream it was for, for the request metrics.

@@ -12,9 +12,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use std::time::Duration;
 use tokio::time::Instant;
 
 use super::sse;
@@ -92,50 +94,79 @@ async fn reply(
     let (chat, options) = decode(&bytes, wants_stream(headers), api)?;
     let stream = chat.is_stream();
     let model = chat.model.clone();
-    let outcome = relay::dispatch(
-        state,
-        Request {
-            dialect: Dialect::Native,
-            api,
-            chat,
-            original: bytes,
-            caller: &caller,
-            headers,
-            request_id,
-        },
-    )
-    .await?;
     let route = if api == Api::NativeMultimodal {
         "native_multimodal"
     } else {
         "native_text"
     };
-    let tracker = || StreamTracker::new(state.metrics.clone(), route, started);
+    let keepalive = state.config.server.sse_keepalive_ms;
+    if stream && keepalive > 0 {
+        // The head goes out now; the call runs inside the stream, which the client can drop.
+        let (state2, request_id2, headers, model2) = (
+            state.clone(),
+            request_id.clone(),
+            headers.clone(),
+            model.clone(),
+        );
+        let first = async move {
+            let request = Request {
+                dialect: Dialect::Native,
+                api,
+                chat,
+                original: bytes,
+                caller: &caller,
+                headers: &headers,
+                request_id: &request_id2,
+            };
+            match relay::dispatch(&state2, request).await {
+                Ok(outcome) => {
+                    Ok(stream_of(&state2, outcome, request_id2.clone(), &model2, options).0)
+                }
+                Err(error) => Err(error_frame(
+                    1,
+                    error.status().as_u16(),
+                    &error.native_body(&request_id2),
+                )),
+            }
+        };
+        let events = super::with_keepalive(first, Duration::from_millis(keepalive));
+        let tracker = StreamTracker::new(state.metrics.clone(), route, started);
+        return Ok(super::tagged(
+            event_stream_response(events, tracker),
+            &model,
+            "-",
+        ));
+    }
+    let request = Request {
+        dialect: Dialect::Native,
+        api,
+        chat,
+        original: bytes,
+        caller: &caller,
+        headers,
+        request_id,
+    };
+    let outcome = relay::dispatch(state, request).await?;
+    if stream {
+        let (events, name) = stream_of(state, outcome, request_id.clone(), &model, options);
+        let tracker = StreamTracker::new(state.metrics.clone(), route, started);
+        return Ok(super::tagged(
+            event_stream_response(events, tracker),
+            &model,
+            &name,
+        ));
+    }
     Ok(match outcome {
         Outcome::Raw(upstreamed) => {
             let name = upstreamed.lease.upstream.config.name.clone();
-            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
-            let response = if stream && upstreamed.is_event_stream() {
-                event_stream_response(
-                    raw_frames(upstreamed.into_events(), request_id.clone(), usage),
-                    tracker(),
-                )
-            } else {
-                let body = upstreamed.read_whole().await?;
-                if let Some(u) = crate::provider::dashscope::decode_reply(&body)
-                    .ok()
-                    .and_then(|r| r.usage)
-                {
-                    usage.record(&u);
-                }
-                json_response(StatusCode::OK, body.to_vec())
-            };
-            super::tagged(response, &model, &name)
-        }
-        Outcome::Steps(steps, name) => {
-            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
-            let frames = encode_steps(steps, FrameEncoder::new(request_id.clone(), options), usage);
-            super::tagged(event_stream_response(frames, tracker()), &model, &name)
+            let body = upstreamed.read_whole().await?;
+            if let Some(u) = crate::provider::dashscope::decode_reply(&body)
+                .ok()
+                .and_then(|r| r.usage)
+            {
+                UsageSink::new(state.metrics.clone(), &model, &name).record(&u);
+            }
+            super::tagged(json_response(StatusCode::OK, body.to_vec()), &model, &name)
         }
         Outcome::Whole(reply, name) => {
             if let Some(usage) = &reply.usage {
@@ -147,7 +178,59 @@ async fn reply(
                 &name,
             )
         }
+        outcome @ Outcome::Steps(..) => {
+            let (events, name) = stream_of(state, outcome, request_id.clone(), &model, options);
+            let tracker = StreamTracker::new(state.metrics.clone(), route, started);
+            super::tagged(event_stream_response(events, tracker), &model, &name)
+        }
     })
+}
+
+/// The client's frames for an upstream's answer to a stream request, and the upstream's name.
+fn stream_of(
+    state: &Arc<AppState>,
+    outcome: Outcome,
+    request_id: Arc<str>,
+    model: &str,
+    options: Options,
+) -> (BoxStream<'static, Bytes>, String) {
+    let sink = |name: &str| UsageSink::new(state.metrics.clone(), model, name);
+    match outcome {
+        Outcome::Raw(upstreamed) => {
+            let name = upstreamed.lease.upstream.config.name.clone();
+            let usage = sink(&name);
+            if upstreamed.is_event_stream() {
+                return (
+                    raw_frames(upstreamed.into_events(), request_id, usage).boxed(),
+                    name,
+                );
+            }
+            // Asked for a stream, the upstream answered whole: its reply as one frame.
+            let events = futures_util::stream::once(async move {
+                match upstreamed.read_whole().await {
+                    Ok(body) => {
+                        let data: Value = serde_json::from_slice(&body).unwrap_or_default();
+                        result_frame(1, &data)
+                    }
+                    Err(error) => {
+                        error_frame(1, error.status().as_u16(), &error.native_body(&request_id))
+                    }
+                }
+            });
+            (events.boxed(), name)
+        }
+        Outcome::Steps(steps, name) => {
+            let encoder = FrameEncoder::new(request_id, options);
+            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
+        }
+        Outcome::Whole(reply, name) => {
+            let mut steps: Vec<Step> = vec![Step::Meta(reply.meta.clone())];
+            steps.extend(reply.events().into_iter().map(Step::Event));
+            let encoder = FrameEncoder::new(request_id, options);
+            let steps = futures_util::stream::iter(steps).boxed();
+            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
+        }
+    }
 }
 
 /// Native clients ask for a stream by header (the official SDKs send both).

@@ -13,8 +13,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
+use std::time::Duration;
 use tokio::time::Instant;
 
 use super::sse;
@@ -64,42 +66,69 @@ async fn chat_reply(
     let include_usage = chat.wants_usage();
     let stream = chat.is_stream();
     let model = chat.model.clone();
-    let outcome = relay::dispatch(
-        state,
-        Request {
-            dialect: Dialect::OpenAi,
-            api: Api::Chat,
-            chat,
-            original: bytes,
-            caller: &caller,
-            headers,
-            request_id,
-        },
-    )
-    .await?;
-    let tracker = || StreamTracker::new(state.metrics.clone(), "chat", started);
+    let keepalive = state.config.server.sse_keepalive_ms;
+    if stream && keepalive > 0 {
+        // The head goes out now; the call runs inside the stream, which the client can drop.
+        let (state2, request_id2, headers, model2) = (
+            state.clone(),
+            request_id.clone(),
+            headers.clone(),
+            model.clone(),
+        );
+        let first = async move {
+            let request = Request {
+                dialect: Dialect::OpenAi,
+                api: Api::Chat,
+                chat,
+                original: bytes,
+                caller: &caller,
+                headers: &headers,
+                request_id: &request_id2,
+            };
+            match relay::dispatch(&state2, request).await {
+                Ok(outcome) => Ok(stream_of(
+                    &state2,
+                    outcome,
+                    request_id2.clone(),
+                    &model2,
+                    include_usage,
+                )
+                .0),
+                Err(error) => Err(error_event(&error.openai_body(&request_id2))),
+            }
+        };
+        let events = super::with_keepalive(first, Duration::from_millis(keepalive));
+        let tracker = StreamTracker::new(state.metrics.clone(), "chat", started);
+        return Ok(super::tagged(
+            event_stream_response(events, tracker),
+            &model,
+            "-",
+        ));
+    }
+    let request = Request {
+        dialect: Dialect::OpenAi,
+        api: Api::Chat,
+        chat,
+        original: bytes,
+        caller: &caller,
+        headers,
+        request_id,
+    };
+    let outcome = relay::dispatch(state, request).await?;
+    if stream {
+        let (events, name) = stream_of(state, outcome, request_id.clone(), &model, include_usage);
+        let tracker = StreamTracker::new(state.metrics.clone(), "chat", started);
+        return Ok(super::tagged(
+            event_stream_response(events, tracker),
+            &model,
+            &name,
+        ));
+    }
     Ok(match outcome {
         Outcome::Raw(upstreamed) => {
             let name = upstreamed.lease.upstream.config.name.clone();
             let usage = UsageSink::new(state.metrics.clone(), &model, &name);
-            let response = if stream && upstreamed.is_event_stream() {
-                event_stream_response(
-                    raw_events(upstreamed.into_events(), request_id.clone(), usage),
-                    tracker(),
-                )
-            } else {
-                whole_response(upstreamed, &usage).await?
-            };
-            super::tagged(response, &model, &name)
-        }
-        Outcome::Steps(steps, name) => {
-            let encoder = ChunkEncoder::new(request_id.clone(), model.clone(), include_usage);
-            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
-            super::tagged(
-                event_stream_response(encode_steps(steps, encoder, usage), tracker()),
-                &model,
-                &name,
-            )
+            super::tagged(whole_response(upstreamed, &usage).await?, &model, &name)
         }
         Outcome::Whole(mut reply, name) => {
             if let Some(usage) = &reply.usage {
@@ -112,7 +141,70 @@ async fn chat_reply(
                 &name,
             )
         }
+        Outcome::Steps(steps, name) => {
+            // Only a stream request is translated into steps; relay them as a stream anyway.
+            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
+            let encoder = ChunkEncoder::new(request_id.clone(), model.clone(), include_usage);
+            let tracker = StreamTracker::new(state.metrics.clone(), "chat", started);
+            super::tagged(
+                event_stream_response(encode_steps(steps, encoder, usage), tracker),
+                &model,
+                &name,
+            )
+        }
     })
+}
+
+/// The client's event stream for an upstream's answer to a stream request, and the upstream's name.
+fn stream_of(
+    state: &Arc<AppState>,
+    outcome: Outcome,
+    request_id: Arc<str>,
+    model: &str,
+    include_usage: bool,
+) -> (BoxStream<'static, Bytes>, String) {
+    let sink = |name: &str| UsageSink::new(state.metrics.clone(), model, name);
+    match outcome {
+        Outcome::Raw(upstreamed) => {
+            let name = upstreamed.lease.upstream.config.name.clone();
+            let usage = sink(&name);
+            if upstreamed.is_event_stream() {
+                return (
+                    raw_events(upstreamed.into_events(), request_id, usage).boxed(),
+                    name,
+                );
+            }
+            // Asked for a stream, the upstream answered whole: its reply as one event.
+            let events = futures_util::stream::once(async move {
+                match upstreamed.read_whole().await {
+                    Ok(body) => {
+                        if let Some(u) = crate::provider::openai::decode_completion(&body)
+                            .ok()
+                            .and_then(|r| r.usage)
+                        {
+                            usage.record(&u);
+                        }
+                        let mut event = error_event(&body).to_vec();
+                        event.extend_from_slice(DONE);
+                        Bytes::from(event)
+                    }
+                    Err(error) => error_event(&error.openai_body(&request_id)),
+                }
+            });
+            (events.boxed(), name)
+        }
+        Outcome::Steps(steps, name) => {
+            let encoder = ChunkEncoder::new(request_id, model.to_string(), include_usage);
+            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
+        }
+        Outcome::Whole(reply, name) => {
+            let mut steps: Vec<Step> = vec![Step::Meta(reply.meta.clone())];
+            steps.extend(reply.events().into_iter().map(Step::Event));
+            let encoder = ChunkEncoder::new(request_id, model.to_string(), include_usage);
+            let steps = futures_util::stream::iter(steps).boxed();
+            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
+        }
+    }
 }
 
 /// Relays a non-stream upstream reply as it came, with its content type, counting its usage.

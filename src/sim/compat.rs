@@ -85,6 +85,10 @@ pub(super) async fn chat(
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let fault = state.fault(&knobs);
+    let wants_stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     match fault.as_deref() {
         Some("429") => {
             let mut response = compat_error(
@@ -120,6 +124,20 @@ pub(super) async fn chat(
                 "The engine is currently overloaded, please try again later.",
                 &request_id,
             );
+        }
+        // A non-stream request: stall never answers; drop closes the connection unanswered.
+        Some("stall") if !wants_stream => std::future::pending::<()>().await,
+        Some("drop") if !wants_stream => {
+            let cut = Playback::new(
+                &state,
+                VecDeque::new(),
+                &Knobs {
+                    after: Some(0),
+                    ..Knobs::default()
+                },
+                Some(StreamFault::Drop),
+            );
+            return cut.into_response();
         }
         _ => {}
     }

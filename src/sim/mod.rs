@@ -59,6 +59,13 @@ pub struct Options {
     /// The only API key accepted; without it any non-empty bearer token is.
     #[arg(long, env = "DASHGATE_SIM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A fault for every request that names none (`429`, `500`, `503`, `stall`, `drop`, ...):
+    /// a broken upstream beside a healthy one.
+    #[arg(long)]
+    pub fault: Option<String>,
+    /// With `--fault`: only the first N requests suffer it.
+    #[arg(long)]
+    pub fault_times: Option<u32>,
 }
 
 impl Default for Options {
@@ -69,6 +76,8 @@ impl Default for Options {
             chunk_delay_ms: 0,
             chunks: 8,
             api_key: None,
+            fault: None,
+            fault_times: None,
         }
     }
 }
@@ -109,11 +118,21 @@ pub(crate) struct Knobs {
 impl SimState {
     /// The fault this request should suffer, counting `times` per `key`.
     fn fault(&self, knobs: &Knobs) -> Option<String> {
-        let fault = knobs.fault.clone()?;
-        let Some(times) = knobs.times else {
+        let (fault, times, key) = match &knobs.fault {
+            Some(fault) => (
+                fault.clone(),
+                knobs.times,
+                knobs.key.clone().unwrap_or_else(|| fault.clone()),
+            ),
+            None => (
+                self.options.fault.clone()?,
+                self.options.fault_times,
+                "--fault".to_string(),
+            ),
+        };
+        let Some(times) = times else {
             return Some(fault);
         };
-        let key = knobs.key.clone().unwrap_or_else(|| fault.clone());
         let mut counts = self.fault_counts.lock().unwrap_or_else(|p| p.into_inner());
         let seen = counts.entry(key).or_insert(0);
         *seen += 1;

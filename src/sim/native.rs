@@ -134,6 +134,10 @@ async fn generation(
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let fault = state.fault(&knobs);
+    let wants_stream = headers
+        .get("x-dashscope-sse")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("enable"));
     let refuse =
         |status, code: &str, message: &str| native_error(status, code, message, &request_id);
     match fault.as_deref() {
@@ -166,6 +170,20 @@ async fn generation(
                 "Too many requests. Your requests are being throttled due to system capacity limits. Please try again later.",
             );
         }
+        // A non-stream request: stall never answers; drop closes the connection unanswered.
+        Some("stall") if !wants_stream => std::future::pending::<()>().await,
+        Some("drop") if !wants_stream => {
+            let cut = Playback::new(
+                state,
+                VecDeque::new(),
+                &Knobs {
+                    after: Some(0),
+                    ..Knobs::default()
+                },
+                Some(StreamFault::Drop),
+            );
+            return cut.into_response();
+        }
         _ => {}
     }
     // The reply logic reads OpenAI-shaped requests: parameters beside typed message parts.
@@ -189,11 +207,7 @@ async fn generation(
             .unwrap_or(false),
         multimodal,
     };
-    let stream = headers
-        .get("x-dashscope-sse")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("enable"));
-    let mut response = if stream {
+    let mut response = if wants_stream {
         let chunks = knobs.chunks.unwrap_or(state.options.chunks);
         let events = frames(
             &reply,

@@ -139,8 +139,14 @@ pub async fn data_events(response: reqwest::Response) -> Vec<String> {
 }
 
 /// Reads exactly `count` SSE events from a live stream, without waiting for its end.
-pub async fn first_events(response: reqwest::Response, count: usize) -> (Vec<String>, impl Sized) {
-    let mut stream = response.bytes_stream();
+pub async fn first_events(
+    response: reqwest::Response,
+    count: usize,
+) -> (
+    Vec<String>,
+    futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+) {
+    let mut stream = response.bytes_stream().boxed();
     let mut buf = String::new();
     let mut events = Vec::new();
     while events.len() < count {
