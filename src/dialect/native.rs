@@ -37,6 +37,8 @@ pub struct Options {
     pub incremental: bool,
     /// The multimodal endpoint: message content is a list of `{text}` items.
     pub multimodal: bool,
+    /// Choices asked for (`n`); with more than one, each carries its `index`.
+    pub choices: u32,
 }
 
 /// `POST /api/v1/services/aigc/text-generation/generation`.
@@ -328,12 +330,14 @@ pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), Ga
         },
         other => other,
     })?;
+    let choices = chat.n.unwrap_or(1);
     Ok((
         chat,
         Options {
             text_format,
             incremental,
             multimodal,
+            choices,
         },
     ))
 }
@@ -510,22 +514,37 @@ fn frame_calls_json(calls: &[ToolCallDelta]) -> Value {
         .collect()
 }
 
-/// The `output` of a whole native reply, keys in DashScope's order.
-fn whole_output(options: Options, choice: &Choice) -> Value {
-    let finish = choice.finish_reason.as_deref().unwrap_or("stop");
+/// The `output` of a whole native reply, keys in DashScope's order; with several choices
+/// each carries its `index`.
+fn whole_output(options: Options, choices: &[Choice]) -> Value {
+    let first = choices.first().cloned().unwrap_or_default();
     if options.text_format {
-        return json!({"finish_reason": finish, "text": choice.content});
+        let finish = first.finish_reason.as_deref().unwrap_or("stop");
+        return json!({"finish_reason": finish, "text": first.content});
     }
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert("content".into(), content_json(options, &choice.content));
-    if let Some(reasoning) = &choice.reasoning {
-        message.insert("reasoning_content".into(), json!(reasoning));
-    }
-    if !choice.tool_calls.is_empty() {
-        message.insert("tool_calls".into(), whole_calls_json(&choice.tool_calls));
-    }
-    json!({"choices": [{"finish_reason": finish, "message": message}]})
+    let choices: Vec<Value> = choices
+        .iter()
+        .map(|choice| {
+            let finish = choice.finish_reason.as_deref().unwrap_or("stop");
+            let mut message = Map::new();
+            message.insert("role".into(), json!("assistant"));
+            message.insert("content".into(), content_json(options, &choice.content));
+            if let Some(reasoning) = &choice.reasoning {
+                message.insert("reasoning_content".into(), json!(reasoning));
+            }
+            if !choice.tool_calls.is_empty() {
+                message.insert("tool_calls".into(), whole_calls_json(&choice.tool_calls));
+            }
+            let mut out = Map::new();
+            out.insert("finish_reason".into(), json!(finish));
+            if options.choices > 1 {
+                out.insert("index".into(), json!(choice.index));
+            }
+            out.insert("message".into(), Value::Object(message));
+            Value::Object(out)
+        })
+        .collect();
+    json!({"choices": choices})
 }
 
 fn content_json(options: Options, content: &str) -> Value {
@@ -539,6 +558,7 @@ fn content_json(options: Options, content: &str) -> Value {
 /// The `output` of a stream frame, keys in DashScope's order.
 fn frame_output(
     options: Options,
+    index: u32,
     content: &str,
     reasoning: Option<&str>,
     calls: &[ToolCallDelta],
@@ -556,14 +576,17 @@ fn frame_output(
     if !calls.is_empty() {
         message.insert("tool_calls".into(), frame_calls_json(calls));
     }
-    json!({"choices": [{"message": message, "finish_reason": finish}]})
+    let mut choice = json!({"message": message, "finish_reason": finish});
+    if options.choices > 1 {
+        choice["index"] = json!(index);
+    }
+    json!({"choices": [choice]})
 }
 
 /// A whole reply in the native shape.
 pub fn encode_reply(reply: &Reply, options: Options, request_id: &str) -> Vec<u8> {
-    let choice = reply.choices.first().cloned().unwrap_or_default();
     let body = json!({
-        "output": whole_output(options, &choice),
+        "output": whole_output(options, &reply.choices),
         "usage": reply.usage.as_ref().map(usage_json).unwrap_or(json!({})),
         "request_id": reply.meta.request_id.as_deref().unwrap_or(request_id),
     });
@@ -603,6 +626,7 @@ impl FrameEncoder {
             let content = delta.content.as_deref().unwrap_or("");
             frame_output(
                 self.options,
+                delta.index,
                 content,
                 delta.reasoning.as_deref(),
                 &delta.tool_calls,
@@ -629,6 +653,7 @@ impl FrameEncoder {
                 .collect();
             frame_output(
                 self.options,
+                delta.index,
                 &choice.content,
                 choice.reasoning.as_deref(),
                 &calls,
@@ -760,6 +785,7 @@ mod tests {
             text_format: false,
             incremental: false,
             multimodal: false,
+            choices: 1,
         };
         let mut encoder = FrameEncoder::new(Arc::from("rid"), options);
         let delta = |content: &str, finish: Option<&str>| {

@@ -53,6 +53,8 @@ struct Format {
     text: bool,
     incremental: bool,
     multimodal: bool,
+    /// Choices (`n`); with more than one, each carries its `index`.
+    n: u64,
 }
 
 async fn generation(
@@ -206,6 +208,11 @@ async fn generation(
             .and_then(Value::as_bool)
             .unwrap_or(false),
         multimodal,
+        n: parameters
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .clamp(1, 4),
     };
     let mut response = if wants_stream {
         let chunks = knobs.chunks.unwrap_or(state.options.chunks);
@@ -307,7 +314,18 @@ fn whole_output(reply: &Reply, format: &Format) -> Value {
     if let Some(call) = &reply.tool_call {
         message["tool_calls"] = json!([{"function": {"name": call.name, "arguments": call.arguments}, "index": 0, "id": call.id, "type": "function"}]);
     }
-    json!({"choices": [{"finish_reason": reply.finish_reason, "message": message}]})
+    let choices: Vec<Value> = (0..format.n)
+        .map(|index| {
+            let mut choice = Map::new();
+            choice.insert("finish_reason".into(), json!(reply.finish_reason));
+            if format.n > 1 {
+                choice.insert("index".into(), json!(index));
+            }
+            choice.insert("message".into(), message.clone());
+            Value::Object(choice)
+        })
+        .collect();
+    json!({"choices": choices})
 }
 
 /// One step of the stream: what it adds to the reply.
@@ -360,69 +378,76 @@ fn frames(
         ..Step::default()
     });
 
-    let (mut content, mut reasoning, mut arguments) = (String::new(), String::new(), String::new());
     let mut frames = VecDeque::new();
-    for (n, step) in steps.iter().enumerate() {
-        content.push_str(&step.content);
-        reasoning.push_str(&step.reasoning);
-        if let Some((_, _, fragment)) = &step.tool {
-            arguments.push_str(fragment);
-        }
-        let (shown, thought) = if format.incremental {
-            (&step.content, &step.reasoning)
-        } else {
-            (&content, &reasoning)
-        };
-        let finish = if step.finish {
-            reply.finish_reason
-        } else {
-            "null"
-        };
-        let output = if format.text {
-            json!({"finish_reason": finish, "text": shown})
-        } else {
-            let mut message = Map::new();
-            message.insert("content".into(), content_json(format, shown));
-            if reply.reasoning.is_some() {
-                message.insert("reasoning_content".into(), json!(thought));
+    for index in 0..format.n {
+        let (mut content, mut reasoning, mut arguments) =
+            (String::new(), String::new(), String::new());
+        for step in &steps {
+            content.push_str(&step.content);
+            reasoning.push_str(&step.reasoning);
+            if let Some((_, _, fragment)) = &step.tool {
+                arguments.push_str(fragment);
             }
-            message.insert("role".into(), json!("assistant"));
-            if let Some(call) = &reply.tool_call {
-                let call_json = match (&step.tool, format.incremental) {
-                    (Some((id, name, fragment)), true) => {
-                        let mut function = Map::new();
-                        if let Some(name) = name {
-                            function.insert("name".into(), json!(name));
-                        }
-                        function.insert("arguments".into(), json!(fragment));
-                        Some(
-                            json!({"index": 0, "id": id, "type": "function", "function": function}),
-                        )
-                    }
-                    (_, false) if !arguments.is_empty() => Some(
-                        json!({"index": 0, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}),
-                    ),
-                    _ => None,
-                };
-                if let Some(call_json) = call_json {
-                    message.insert("tool_calls".into(), json!([call_json]));
+            let (shown, thought) = if format.incremental {
+                (&step.content, &step.reasoning)
+            } else {
+                (&content, &reasoning)
+            };
+            let finish = if step.finish {
+                reply.finish_reason
+            } else {
+                "null"
+            };
+            let output = if format.text {
+                json!({"finish_reason": finish, "text": shown})
+            } else {
+                let mut message = Map::new();
+                message.insert("content".into(), content_json(format, shown));
+                if reply.reasoning.is_some() {
+                    message.insert("reasoning_content".into(), json!(thought));
                 }
-            }
-            json!({"choices": [{"message": message, "finish_reason": finish}]})
-        };
-        // Usage so far: DashScope reports it on every frame.
-        let so_far = if step.finish {
-            reply.completion_tokens
-        } else {
-            ((content.chars().count() + reasoning.chars().count() + arguments.chars().count())
-                as u64)
-                .div_ceil(3)
-        };
-        let data = json!({"output": output, "usage": usage_json(reply, so_far, cached), "request_id": request_id});
-        frames.push_back(Bytes::from(format!(
-            "id:{}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n",
-            n + 1
-        )));
+                message.insert("role".into(), json!("assistant"));
+                if let Some(call) = &reply.tool_call {
+                    let call_json = match (&step.tool, format.incremental) {
+                        (Some((id, name, fragment)), true) => {
+                            let mut function = Map::new();
+                            if let Some(name) = name {
+                                function.insert("name".into(), json!(name));
+                            }
+                            function.insert("arguments".into(), json!(fragment));
+                            Some(
+                                json!({"index": 0, "id": id, "type": "function", "function": function}),
+                            )
+                        }
+                        (_, false) if !arguments.is_empty() => Some(
+                            json!({"index": 0, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}),
+                        ),
+                        _ => None,
+                    };
+                    if let Some(call_json) = call_json {
+                        message.insert("tool_calls".into(), json!([call_json]));
+                    }
+                }
+                let mut choice = json!({"message": message, "finish_reason": finish});
+                if format.n > 1 {
+                    choice["index"] = json!(index);
+                }
+                json!({"choices": [choice]})
+            };
+            // Usage so far: DashScope reports it on every frame.
+            let so_far = if step.finish {
+                reply.completion_tokens
+            } else {
+                ((content.chars().count() + reasoning.chars().count() + arguments.chars().count())
+                    as u64)
+                    .div_ceil(3)
+            };
+            let data = json!({"output": output, "usage": usage_json(reply, so_far, cached), "request_id": request_id});
+            let id = frames.len() + 1;
+            frames.push_back(Bytes::from(format!(
+                "id:{id}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n"
+            )));
+        }
     }
     frames
 }
