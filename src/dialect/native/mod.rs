@@ -1,0 +1,305 @@
+//! DashScope's native dialect (`../shared/seeds/002_*`): `POST /api/v1/services/aigc/
+//! {text,multimodal}-generation/generation` with `{model, input: {messages | prompt},
+//! parameters}`; SSE when `X-DashScope-SSE: enable`, framed `id:` / `event:result` /
+//! `:HTTP_STATUS/200` / `data:`; replies `{output, usage, request_id}`; errors
+//! `{request_id, code, message}`.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::time::Instant;
+
+mod reply;
+mod request;
+
+pub use reply::{FrameEncoder, encode_reply, usage_json};
+pub use request::decode;
+
+use super::sse;
+use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
+use crate::error::{GatewayError, json_response};
+use crate::provider::Api;
+use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, Step};
+use crate::server::{AppState, RequestId};
+use reply::{error_frame, result_frame};
+
+/// How the native client wants its reply.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// `result_format: "text"` (`output.text`) rather than `"message"` (`output.choices`).
+    pub text_format: bool,
+    /// `incremental_output`: deltas rather than the whole text so far in each event.
+    pub incremental: bool,
+    /// The multimodal endpoint: message content is a list of `{text}` items.
+    pub multimodal: bool,
+    /// Choices asked for (`n`); with more than one, each carries its `index`.
+    pub choices: u32,
+}
+
+/// `POST /api/v1/services/aigc/text-generation/generation`.
+pub async fn text_generation(
+    State(state): State<Arc<AppState>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    generation(&state, &request_id, &headers, body, Api::NativeText).await
+}
+
+/// `POST /api/v1/services/aigc/multimodal-generation/generation`.
+pub async fn multimodal_generation(
+    State(state): State<Arc<AppState>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    generation(&state, &request_id, &headers, body, Api::NativeMultimodal).await
+}
+
+async fn generation(
+    state: &Arc<AppState>,
+    request_id: &Arc<str>,
+    headers: &HeaderMap,
+    body: Body,
+    api: Api,
+) -> Response {
+    match reply(state, request_id, headers, body, api).await {
+        Ok(response) => response,
+        Err(error) => {
+            let upstream = error.upstream_name().unwrap_or("-").to_string();
+            super::tagged(error.into_native_response(request_id), "-", &upstream)
+        }
+    }
+}
+
+async fn reply(
+    state: &Arc<AppState>,
+    request_id: &Arc<str>,
+    headers: &HeaderMap,
+    body: Body,
+    api: Api,
+) -> Result<Response, GatewayError> {
+    let started = Instant::now();
+    let caller = state.auth.authenticate(headers)?;
+    let bytes = super::read_body(
+        headers,
+        body,
+        state.config.server.max_body_bytes,
+        state.body_timeout,
+    )
+    .await?;
+    let (chat, options) = decode(&bytes, wants_stream(headers), api)?;
+    let stream = chat.is_stream();
+    let model = chat.model.clone();
+    let route = if api == Api::NativeMultimodal {
+        "native_multimodal"
+    } else {
+        "native_text"
+    };
+    let keepalive = state.config.server.sse_keepalive_ms;
+    if stream && keepalive > 0 {
+        // The head goes out now; the call runs inside the stream, which the client can drop.
+        let (state2, request_id2, headers, model2) = (
+            state.clone(),
+            request_id.clone(),
+            headers.clone(),
+            model.clone(),
+        );
+        let first = async move {
+            let request = Request {
+                dialect: Dialect::Native,
+                api,
+                chat,
+                original: bytes,
+                caller: &caller,
+                headers: &headers,
+                request_id: &request_id2,
+            };
+            match relay::dispatch(&state2, request).await {
+                Ok(outcome) => {
+                    Ok(stream_of(&state2, outcome, request_id2.clone(), &model2, options).0)
+                }
+                Err(error) => Err(error_frame(
+                    1,
+                    error.status().as_u16(),
+                    &error.native_body(&request_id2),
+                )),
+            }
+        };
+        let events = super::with_keepalive(first, Duration::from_millis(keepalive));
+        let tracker = StreamTracker::new(state.metrics.clone(), route, started);
+        return Ok(super::tagged(
+            event_stream_response(events, tracker),
+            &model,
+            "-",
+        ));
+    }
+    let request = Request {
+        dialect: Dialect::Native,
+        api,
+        chat,
+        original: bytes,
+        caller: &caller,
+        headers,
+        request_id,
+    };
+    let outcome = relay::dispatch(state, request).await?;
+    if stream {
+        let (events, name) = stream_of(state, outcome, request_id.clone(), &model, options);
+        let tracker = StreamTracker::new(state.metrics.clone(), route, started);
+        return Ok(super::tagged(
+            event_stream_response(events, tracker),
+            &model,
+            &name,
+        ));
+    }
+    Ok(match outcome {
+        Outcome::Raw(upstreamed) => {
+            let name = upstreamed.lease.upstream.config.name.clone();
+            let body = upstreamed.read_whole().await?;
+            if let Some(u) = crate::provider::dashscope::decode_reply(&body)
+                .ok()
+                .and_then(|r| r.usage)
+            {
+                UsageSink::new(state.metrics.clone(), &model, &name).record(&u);
+            }
+            super::tagged(json_response(StatusCode::OK, body.to_vec()), &model, &name)
+        }
+        Outcome::Whole(reply, name) => {
+            if let Some(usage) = &reply.usage {
+                UsageSink::new(state.metrics.clone(), &model, &name).record(usage);
+            }
+            super::tagged(
+                json_response(StatusCode::OK, encode_reply(&reply, options, request_id)),
+                &model,
+                &name,
+            )
+        }
+        outcome @ Outcome::Steps(..) => {
+            let (events, name) = stream_of(state, outcome, request_id.clone(), &model, options);
+            let tracker = StreamTracker::new(state.metrics.clone(), route, started);
+            super::tagged(event_stream_response(events, tracker), &model, &name)
+        }
+    })
+}
+
+/// The client's frames for an upstream's answer to a stream request, and the upstream's name.
+fn stream_of(
+    state: &Arc<AppState>,
+    outcome: Outcome,
+    request_id: Arc<str>,
+    model: &str,
+    options: Options,
+) -> (BoxStream<'static, Bytes>, String) {
+    let sink = |name: &str| UsageSink::new(state.metrics.clone(), model, name);
+    match outcome {
+        Outcome::Raw(upstreamed) => {
+            let name = upstreamed.lease.upstream.config.name.clone();
+            let usage = sink(&name);
+            if upstreamed.is_event_stream() {
+                return (
+                    raw_frames(upstreamed.into_events(), request_id, usage).boxed(),
+                    name,
+                );
+            }
+            // Asked for a stream, the upstream answered whole: its reply as one frame.
+            let events = futures_util::stream::once(async move {
+                match upstreamed.read_whole().await {
+                    Ok(body) => {
+                        let data: Value = serde_json::from_slice(&body).unwrap_or_default();
+                        result_frame(1, &data)
+                    }
+                    Err(error) => {
+                        error_frame(1, error.status().as_u16(), &error.native_body(&request_id))
+                    }
+                }
+            });
+            (events.boxed(), name)
+        }
+        Outcome::Steps(steps, name) => {
+            let encoder = FrameEncoder::new(request_id, options);
+            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
+        }
+        Outcome::Whole(reply, name) => {
+            let mut steps: Vec<Step> = vec![Step::Meta(reply.meta.clone())];
+            steps.extend(reply.events().into_iter().map(Step::Event));
+            let encoder = FrameEncoder::new(request_id, options);
+            let steps = futures_util::stream::iter(steps).boxed();
+            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
+        }
+    }
+}
+
+/// Native clients ask for a stream by header (the official SDKs send both).
+fn wants_stream(headers: &HeaderMap) -> bool {
+    let sse_header = headers
+        .get("x-dashscope-sse")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("enable"));
+    let accepts_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    sse_header || accepts_sse
+}
+
+/// The fast path for streams: native frames go to the client as they are. The stream ends
+/// when the upstream closes it, after an error frame, or with the gateway's own error frame.
+/// Every frame carries the usage so far; the last one's is counted.
+fn raw_frames(
+    events: SseEvents,
+    request_id: Arc<str>,
+    usage: UsageSink,
+) -> impl Stream<Item = Bytes> {
+    struct Relay {
+        events: SseEvents,
+        sent: u64,
+        last: Option<Bytes>,
+    }
+    let relay = Relay {
+        events,
+        sent: 0,
+        last: None,
+    };
+    futures_util::stream::unfold(Some(relay), move |state| {
+        let request_id = request_id.clone();
+        let usage = usage.clone();
+        async move {
+            let mut relay = state?;
+            match relay.events.next().await {
+                Next::Event(event) if sse::error_status(&event).is_some() => Some((event, None)),
+                Next::Event(event) => {
+                    relay.sent += 1;
+                    relay.last = Some(event.clone());
+                    Some((event, Some(relay)))
+                }
+                Next::End => {
+                    let data = relay.last.as_deref().and_then(sse::data_of);
+                    if let Some(Ok(reply)) = data.map(crate::provider::dashscope::decode_reply) {
+                        if let Some(u) = reply.usage {
+                            usage.record(&u);
+                        }
+                    }
+                    None
+                }
+                Next::Fail(error) => {
+                    let frame = error_frame(
+                        relay.sent + 1,
+                        error.status().as_u16(),
+                        &error.native_body(&request_id),
+                    );
+                    Some((frame, None))
+                }
+            }
+        }
+    })
+}

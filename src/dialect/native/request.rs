@@ -1,0 +1,200 @@
+//! A native request decoded into the canonical `Chat`.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::Options;
+use crate::chat::{self, Chat};
+use crate::error::GatewayError;
+use crate::provider::Api;
+
+#[derive(Deserialize)]
+struct NativeRequest {
+    model: String,
+    input: NativeInput,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct NativeInput {
+    #[serde(default)]
+    messages: Option<Vec<Value>>,
+    #[serde(default)]
+    prompt: Option<String>,
+}
+
+/// Parses a native request into the canonical `Chat`; errors name the native field
+/// (`input.messages[0].role`, `parameters.temperature`).
+pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), GatewayError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let request: NativeRequest =
+        serde_path_to_error::deserialize(&mut json).map_err(chat::path_error)?;
+    json.end()
+        .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let multimodal = api == Api::NativeMultimodal;
+    let mut parameters = request.parameters;
+    let text_format = match parameters.remove("result_format") {
+        None => !multimodal,
+        Some(Value::String(f)) if f == "text" => true,
+        Some(Value::String(f)) if f == "message" => false,
+        Some(_) => {
+            return Err(GatewayError::param(
+                "parameters.result_format",
+                "`parameters.result_format` must be \"text\" or \"message\"",
+            ));
+        }
+    };
+    let incremental = match parameters.remove("incremental_output") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(GatewayError::param(
+                "parameters.incremental_output",
+                "`parameters.incremental_output` must be a boolean",
+            ));
+        }
+    };
+    let messages = match (request.input.messages, request.input.prompt) {
+        (Some(messages), _) => messages.into_iter().map(openai_message).collect(),
+        (None, Some(prompt)) => vec![json!({"role": "user", "content": prompt})],
+        (None, None) => {
+            return Err(GatewayError::param(
+                "input.messages",
+                "Either `input.prompt` or `input.messages` must be given",
+            ));
+        }
+    };
+    let mut shaped = Map::new();
+    shaped.insert("model".into(), Value::String(request.model));
+    shaped.insert("messages".into(), Value::Array(messages));
+    shaped.insert("stream".into(), Value::Bool(stream));
+    shaped.extend(parameters);
+    shaped.extend(request.extra);
+    let chat: Chat = serde_path_to_error::deserialize(Value::Object(shaped)).map_err(|e| {
+        let path = e.path().to_string();
+        GatewayError::param(
+            native_param(&path),
+            format!("Invalid `{}`: {}", native_param(&path), e.into_inner()),
+        )
+    })?;
+    chat::validate(&chat).map_err(|e| match e {
+        GatewayError::InvalidParameter {
+            param: Some(p),
+            message,
+        } => GatewayError::InvalidParameter {
+            message: message.replace(&format!("`{p}`"), &format!("`{}`", native_param(&p))),
+            param: Some(native_param(&p)),
+        },
+        other => other,
+    })?;
+    let choices = chat.n.unwrap_or(1);
+    Ok((
+        chat,
+        Options {
+            text_format,
+            incremental,
+            multimodal,
+            choices,
+        },
+    ))
+}
+
+/// Where a canonical field lives in a native request.
+fn native_param(param: &str) -> String {
+    if param == "model" || param == "." {
+        param.to_string()
+    } else if param.starts_with("messages") {
+        format!("input.{param}")
+    } else {
+        format!("parameters.{param}")
+    }
+}
+
+/// A native message as the canonical (OpenAI-shaped) one: content items `{text}`, `{image}`,
+/// `{video}` (frame list or URL), `{audio}` become typed parts; other item fields ride along.
+fn openai_message(message: Value) -> Value {
+    let Value::Object(mut message) = message else {
+        return message;
+    };
+    if let Some(Value::Array(items)) = message.get_mut("content") {
+        let parts: Vec<Value> = std::mem::take(items).into_iter().map(openai_part).collect();
+        *items = parts;
+    }
+    Value::Object(message)
+}
+
+fn openai_part(item: Value) -> Value {
+    let Value::Object(mut item) = item else {
+        return item;
+    };
+    if item.contains_key("type") {
+        return Value::Object(item); // already a typed part
+    }
+    let mut part = Map::new();
+    if let Some(text) = item.remove("text") {
+        part.insert("type".into(), json!("text"));
+        part.insert("text".into(), text);
+    } else if let Some(image) = item.remove("image") {
+        part.insert("type".into(), json!("image_url"));
+        part.insert("image_url".into(), json!({"url": image}));
+    } else if let Some(video) = item.remove("video") {
+        if video.is_array() {
+            part.insert("type".into(), json!("video"));
+            part.insert("video".into(), video);
+        } else {
+            part.insert("type".into(), json!("video_url"));
+            part.insert("video_url".into(), json!({"url": video}));
+        }
+    } else if let Some(audio) = item.remove("audio") {
+        part.insert("type".into(), json!("input_audio"));
+        part.insert("input_audio".into(), json!({"data": audio}));
+    }
+    part.extend(item);
+    Value::Object(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_items_become_typed_parts_and_errors_use_native_names() {
+        let body = br#"{"model":"qwen-vl-plus","input":{"messages":[{"role":"user","content":[{"image":"https://x/a.jpg"},{"video":["a","b"],"fps":2},{"video":"https://x/v.mp4"},{"audio":"https://x/a.wav"},{"text":"what"}]}]},"parameters":{"result_format":"message","incremental_output":true,"enable_search":true}}"#;
+        let decoded = decode(body, true, Api::NativeMultimodal);
+        let (chat, options) = decoded.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            chat.is_stream() && options.incremental && !options.text_format && options.multimodal
+        );
+        let parts = serde_json::to_value(&chat.messages[0].content).unwrap_or_default();
+        assert_eq!(
+            parts,
+            json!([{"type": "image_url", "image_url": {"url": "https://x/a.jpg"}},
+                   {"type": "video", "video": ["a", "b"], "fps": 2},
+                   {"type": "video_url", "video_url": {"url": "https://x/v.mp4"}},
+                   {"type": "input_audio", "input_audio": {"data": "https://x/a.wav"}},
+                   {"type": "text", "text": "what"}])
+        );
+        assert_eq!(chat.extra.get("enable_search"), Some(&json!(true)));
+
+        let bad = br#"{"model":"qwen-plus","input":{"messages":[{"role":"user","content":"x"}]},"parameters":{"temperature":3}}"#;
+        let err = decode(bad, false, Api::NativeText).err();
+        assert!(
+            matches!(&err, Some(GatewayError::InvalidParameter { param: Some(p), .. }) if p == "parameters.temperature"),
+            "{err:?}"
+        );
+        let bad_role =
+            br#"{"model":"qwen-plus","input":{"messages":[{"role":"bot","content":"x"}]}}"#;
+        let err = decode(bad_role, false, Api::NativeText).err();
+        assert!(
+            matches!(err, Some(GatewayError::InvalidParameter { param: Some(p), .. }) if p == "input.messages[0].role")
+        );
+        let prompt = br#"{"model":"qwen-plus","input":{"prompt":"hi"}}"#;
+        let (chat, options) =
+            decode(prompt, false, Api::NativeText).unwrap_or_else(|e| panic!("{e}"));
+        assert!(options.text_format);
+        assert_eq!(chat.messages.len(), 1);
+    }
+}
