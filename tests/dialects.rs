@@ -746,19 +746,58 @@ async fn several_choices_reach_native_clients_with_their_index() {
     for model in ["qwen-plus", "via-openai"] {
         let body = json!({"model": model, "input": {"messages": [{"role": "user", "content": "hi"}]},
             "parameters": {"result_format": "message", "n": 2, "incremental_output": true}});
-        let whole = json_of(gw.http.post(&url).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap_or_else(|e| panic!("{e}"))).await;
-        let choices = whole["output"]["choices"].as_array().cloned().unwrap_or_default();
+        let whole = json_of(
+            gw.http
+                .post(&url)
+                .bearer_auth(CLIENT_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await;
+        let choices = whole["output"]["choices"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let seen: Vec<(u64, String)> = choices
             .iter()
-            .map(|c| (c["index"].as_u64().unwrap_or(9), text_of(&c["message"]["content"])))
+            .map(|c| {
+                (
+                    c["index"].as_u64().unwrap_or(9),
+                    text_of(&c["message"]["content"]),
+                )
+            })
             .collect();
-        assert_eq!(seen, vec![(0, "echo: hi".to_string()), (1, "echo: hi".to_string())], "{model}: {whole}");
+        assert_eq!(
+            seen,
+            vec![(0, "echo: hi".to_string()), (1, "echo: hi".to_string())],
+            "{model}: {whole}"
+        );
 
-        let response = gw.http.post(&url).bearer_auth(CLIENT_KEY).header("X-DashScope-SSE", "enable").json(&body).send().await;
-        let text = response.unwrap_or_else(|e| panic!("{e}")).text().await.unwrap_or_default();
+        let response = gw
+            .http
+            .post(&url)
+            .bearer_auth(CLIENT_KEY)
+            .header("X-DashScope-SSE", "enable")
+            .json(&body)
+            .send()
+            .await;
+        let text = response
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default();
         let mut per_choice = [String::new(), String::new()];
         for frame in text.split("\n\n").filter(|f| !f.is_empty()) {
-            let data: Value = serde_json::from_str(frame.lines().last().unwrap_or("").trim_start_matches("data:")).unwrap_or_default();
+            let data: Value = serde_json::from_str(
+                frame
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim_start_matches("data:"),
+            )
+            .unwrap_or_default();
             let choice = &data["output"]["choices"][0];
             let index = choice["index"].as_u64().unwrap_or(9) as usize;
             assert!(index < 2, "{model}: a frame without its index: {frame}");
