@@ -596,17 +596,14 @@ def test_gateway_timeout_mid_stream_ends_with_an_error_response(generate) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Known gaps (strict xfail: they turn red once fixed, so the marker gets removed)
+# Several choices
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a translated whole native reply keeps only choices[0] (encode_reply)",
-)
-def test_n_choices_all_come_back_from_a_translated_upstream(generate) -> None:
-    # Only the openai upstream: the simulator's native endpoint ignores `n`.
-    response = generate(model="qwen-turbo", messages=user(), result_format="message", n=2)
+@pytest.mark.parametrize("model", TEXT_MODELS)
+def test_n_choices_all_come_back_with_their_index(generate, model: str) -> None:
+    response = generate(model=model, messages=user(), result_format="message", n=2)
 
     assert response.status_code == HTTPStatus.OK
-    assert [c.message.content for c in response.output.choices] == ["echo: 你是谁?"] * 2
-
+    choices = response.output.choices
+    assert [c.message.content for c in choices] == ["echo: 你是谁?"] * 2
+    assert [c["index"] for c in choices] == [0, 1]

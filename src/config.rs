@@ -59,6 +59,87 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub retry: RetryConfig,
     pub circuit: CircuitConfig,
+    pub media: MediaConfig,
+}
+
+/// What media parts may be, and what happens to camera frames before they go upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Pixel budget per image; larger ones are downscaled (default: DashScope's own cap).
+    pub max_image_pixels: u64,
+    /// Decoded size limit per image.
+    pub max_image_bytes: usize,
+    /// EXIF, GPS, XMP and comments never leave the gateway.
+    pub strip_metadata: bool,
+    /// Downscale and re-encode an image over budget (else refuse it).
+    pub reencode: bool,
+    pub jpeg_quality: u8,
+    /// Frames in one `video` frame list.
+    pub max_video_frames: usize,
+    /// Decoded size limit per inline audio clip.
+    pub max_audio_bytes: usize,
+    /// URL schemes media parts may use besides `data:`.
+    pub url_schemes: Vec<String>,
+    /// Fetching image URLs for upstreams that cannot (`fetch_image_urls` on the upstream).
+    pub fetch_max_bytes: usize,
+    pub fetch_timeout_ms: u64,
+    pub fetch_max_redirects: usize,
+    /// Hosts or IP addresses fetched even though they are private, loopback or link-local.
+    pub fetch_allow: Vec<String>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_image_pixels: 1_003_520,
+            max_image_bytes: 10 * 1024 * 1024,
+            strip_metadata: true,
+            reencode: true,
+            jpeg_quality: 85,
+            max_video_frames: 512,
+            max_audio_bytes: 10 * 1024 * 1024,
+            url_schemes: vec!["https".into(), "http".into(), "oss".into()],
+            fetch_max_bytes: 10 * 1024 * 1024,
+            fetch_timeout_ms: 10_000,
+            fetch_max_redirects: 3,
+            fetch_allow: Vec::new(),
+        }
+    }
+}
+
+/// Per-upstream changes to `[media]`; unset keys keep the global value.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaOverride {
+    pub max_image_pixels: Option<u64>,
+    pub max_image_bytes: Option<usize>,
+    pub strip_metadata: Option<bool>,
+    pub reencode: Option<bool>,
+    pub jpeg_quality: Option<u8>,
+}
+
+impl MediaConfig {
+    /// This policy with an upstream's overrides applied.
+    pub fn with(&self, over: &MediaOverride) -> MediaConfig {
+        let mut out = self.clone();
+        if let Some(v) = over.max_image_pixels {
+            out.max_image_pixels = v;
+        }
+        if let Some(v) = over.max_image_bytes {
+            out.max_image_bytes = v;
+        }
+        if let Some(v) = over.strip_metadata {
+            out.strip_metadata = v;
+        }
+        if let Some(v) = over.reencode {
+            out.reencode = v;
+        }
+        if let Some(v) = over.jpeg_quality {
+            out.jpeg_quality = v;
+        }
+        out
+    }
 }
 
 /// Retries happen only before the first byte has gone to the client.
@@ -222,6 +303,12 @@ pub struct UpstreamConfig {
     /// Requests in flight at once (0: no cap); a full upstream is skipped, or 503 if all are.
     #[serde(default)]
     pub max_concurrency: u32,
+    /// The gateway fetches image URLs and inlines them, for upstreams that cannot fetch.
+    #[serde(default)]
+    pub fetch_image_urls: bool,
+    /// Changes to the `[media]` policy for this upstream.
+    #[serde(default)]
+    pub media: MediaOverride,
     /// Time to open the TCP (and TLS) connection.
     #[serde(default = "defaults::connect_ms")]
     pub connect_timeout_ms: u64,
@@ -248,6 +335,8 @@ impl UpstreamConfig {
             models: all_models(),
             weight: 1,
             max_concurrency: 0,
+            fetch_image_urls: false,
+            media: MediaOverride::default(),
             connect_timeout_ms: defaults::connect_ms(),
             first_byte_timeout_ms: defaults::first_byte_ms(),
             idle_timeout_ms: defaults::idle_ms(),
@@ -559,6 +648,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 "must list at least one model name or \"*\"",
             ));
         }
+        validate_media(&config.media.with(&up.media), &at("media"))?;
         if up.provider == ProviderKind::Openai && up.dialect == UpstreamDialect::Native {
             return Err(ConfigError::new(
                 at("dialect"),
@@ -578,6 +668,33 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 return Err(ConfigError::new(at(field), "must be greater than 0"));
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_media(media: &MediaConfig, at: &str) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("{at}.{k}");
+    if media.max_image_pixels < 4 * 28 * 28 {
+        return Err(ConfigError::new(
+            key("max_image_pixels"),
+            "must be at least 3136 (four 28x28 blocks)",
+        ));
+    }
+    if !(1..=100).contains(&media.jpeg_quality) {
+        return Err(ConfigError::new(key("jpeg_quality"), "must be in 1..=100"));
+    }
+    if media.max_image_bytes == 0 || media.max_audio_bytes == 0 || media.fetch_max_bytes == 0 {
+        return Err(ConfigError::new(at, "size limits must be greater than 0"));
+    }
+    if media
+        .url_schemes
+        .iter()
+        .any(|s| s.is_empty() || s == "data")
+    {
+        return Err(ConfigError::new(
+            key("url_schemes"),
+            "list schemes such as \"https\"; data: URLs are always allowed",
+        ));
     }
     Ok(())
 }

@@ -7,6 +7,8 @@ pub mod config;
 pub mod dialect;
 pub mod error;
 pub mod event;
+pub mod fetch;
+pub mod media;
 pub mod provider;
 pub mod relay;
 pub mod route;

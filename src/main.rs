@@ -74,14 +74,16 @@ fn main() -> ExitCode {
             run(async move {
                 let listener = TcpListener::bind(config.server.listen).await?;
                 let state = server::AppState::new(config).map_err(std::io::Error::other)?;
+                let shutdown = shutdown_on_signal()?;
                 announce("dashgate", &listener)?;
-                server::serve(listener, std::sync::Arc::new(state), shutdown_on_signal()).await
+                server::serve(listener, std::sync::Arc::new(state), shutdown).await
             })
         }
         Command::Simulate(options) => run(async move {
             let listener = TcpListener::bind(options.listen).await?;
+            let shutdown = shutdown_on_signal()?;
             announce("dashgate simulator", &listener)?;
-            sim::serve(listener, options, shutdown_on_signal()).await
+            sim::serve(listener, options, shutdown).await
         }),
     }
 }
@@ -126,33 +128,30 @@ fn run(work: impl Future<Output = std::io::Result<()>>) -> ExitCode {
     }
 }
 
-/// Cancelled on SIGTERM or SIGINT.
-fn shutdown_on_signal() -> CancellationToken {
+/// Cancelled on SIGTERM or SIGINT. The handlers are registered here, before the address is
+/// announced: a signal that comes right after the announcement must not find the default action.
+fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
     let token = CancellationToken::new();
     let trigger = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
-        }
+            tracing::info!("shutting down");
+            trigger.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
         trigger.cancel();
     });
-    token
+    Ok(token)
 }

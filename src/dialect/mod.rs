@@ -135,49 +135,55 @@ pub fn event_stream_response(
 }
 
 /// A stream whose head goes out at once: SSE comments (`: keep-alive`), the first right away
-/// (the device sees at once that the gateway took the request), then every `every`, until `first` (the upstream call) gives the client's event stream, or an
-/// error event in the client's dialect. For device links that drop idle connections.
+/// (the device sees at once that the gateway took the request), then every `every` until the
+/// upstream's first event, or an error event in the client's dialect if the call failed. For
+/// device links that drop idle connections.
 pub fn with_keepalive(
     first: impl Future<Output = Result<BoxStream<'static, Bytes>, Bytes>> + Send + 'static,
     every: Duration,
 ) -> impl Stream<Item = Bytes> + Send + 'static {
     enum State<F> {
         Start(Pin<Box<F>>),
+        /// Waiting for the upstream's response head.
         Waiting(Pin<Box<F>>, tokio::time::Interval),
+        /// The head came; waiting for its first event.
+        FirstEvent(BoxStream<'static, Bytes>, tokio::time::Interval),
         Streaming(BoxStream<'static, Bytes>),
         Done,
     }
     const KEEPALIVE: &[u8] = b": keep-alive\n\n";
-    futures_util::stream::unfold(State::Start(Box::pin(first)), move |state| async move {
-        match state {
-            State::Start(first) => {
-                let mut interval = tokio::time::interval_at(Instant::now() + every, every);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                Some((
-                    Bytes::from_static(KEEPALIVE),
-                    State::Waiting(first, interval),
-                ))
-            }
-            State::Waiting(mut first, mut interval) => {
-                tokio::select! {
+    let keepalive = || Bytes::from_static(KEEPALIVE);
+    let stream = futures_util::stream::unfold(
+        State::Start(Box::pin(first)),
+        move |state| async move {
+            match state {
+                State::Start(first) => {
+                    let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    Some((Some(keepalive()), State::Waiting(first, interval)))
+                }
+                State::Waiting(mut first, mut interval) => tokio::select! {
                     biased;
                     result = &mut first => match result {
-                        Ok(mut events) => {
-                            let event = events.next().await?;
-                            Some((event, State::Streaming(events)))
-                        }
-                        Err(error_event) => Some((error_event, State::Done)),
+                        Ok(events) => Some((None, State::FirstEvent(events, interval))),
+                        Err(error_event) => Some((Some(error_event), State::Done)),
                     },
-                    _ = interval.tick() => Some((Bytes::from_static(KEEPALIVE), State::Waiting(first, interval))),
-                }
+                    _ = interval.tick() => Some((Some(keepalive()), State::Waiting(first, interval))),
+                },
+                State::FirstEvent(mut events, mut interval) => tokio::select! {
+                    biased;
+                    event = events.next() => event.map(|event| (Some(event), State::Streaming(events))),
+                    _ = interval.tick() => Some((Some(keepalive()), State::FirstEvent(events, interval))),
+                },
+                State::Streaming(mut events) => events
+                    .next()
+                    .await
+                    .map(|event| (Some(event), State::Streaming(events))),
+                State::Done => None,
             }
-            State::Streaming(mut events) => events
-                .next()
-                .await
-                .map(|event| (event, State::Streaming(events))),
-            State::Done => None,
-        }
-    })
+        },
+    );
+    stream.filter_map(|event| async move { event })
 }
 
 /// Marks a response with the model and upstream it was for, for the request metrics.
