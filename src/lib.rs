@@ -8,7 +8,6 @@ pub mod dialect;
 pub mod error;
 pub mod event;
 pub mod fetch;
-pub mod media;
 pub mod provider;
 pub mod relay;
 pub mod route;
