@@ -98,14 +98,17 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def camera_jpeg() -> bytes:
-    """A camera-sized JPEG with real structure in it, as the glasses would capture."""
-    image = Image.new("RGB", (1280, 960), (30, 80, 150))
+def camera_jpeg(width: int = 1152, height: int = 864) -> bytes:
+    """A camera-sized JPEG with real structure in it, as the glasses would capture. The default
+    size is within the gateway's 1 MP budget, so it travels byte-identical; larger ones are
+    downscaled (see test_media.py)."""
+    image = Image.new("RGB", (width, height), (30, 80, 150))
     draw = ImageDraw.Draw(image)
-    for x in range(0, 1280, 64):
-        draw.rectangle([x, 0, x + 31, 959], fill=(x % 256, 140, 255 - x % 256))
-    draw.ellipse([400, 240, 880, 720], fill=(240, 200, 40), outline=(0, 0, 0), width=12)
-    draw.line([0, 0, 1279, 959], fill=(255, 255, 255), width=9)
+    for x in range(0, width, 64):
+        draw.rectangle([x, 0, x + 31, height - 1], fill=(x % 256, 140, 255 - x % 256))
+    cx, cy, r = width // 2, height // 2, min(width, height) // 4
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(240, 200, 40), outline=(0, 0, 0), width=12)
+    draw.line([0, 0, width - 1, height - 1], fill=(255, 255, 255), width=9)
     draw.text((48, 48), "dashgate e2e", fill=(255, 255, 255))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=90)

@@ -20,6 +20,7 @@ use crate::event::{ChatEvent, Meta, Reply, StreamError};
 use crate::provider::{self, Api, ReadError, Upstream};
 use crate::route::Lease;
 use crate::server::AppState;
+use crate::transform::{self, MediaStats, Prepared};
 use tokio_util::sync::CancellationToken;
 
 /// The two dialects of DashScope, as clients and upstreams speak them.
@@ -241,7 +242,10 @@ fn wire_for(upstream: &Upstream, client: Dialect) -> Dialect {
     }
 }
 
-pub async fn dispatch(state: &AppState, request: Request<'_>) -> Result<Outcome, GatewayError> {
+pub async fn dispatch(
+    state: &AppState,
+    request: Request<'_>,
+) -> Result<(Outcome, Option<MediaStats>), GatewayError> {
     request.caller.check_model(&request.chat.model)?;
     let call = Call {
         model: &request.chat.model,
@@ -250,32 +254,54 @@ pub async fn dispatch(state: &AppState, request: Request<'_>) -> Result<Outcome,
         headers: request.headers,
         request_id: request.request_id,
     };
+    let variants = prepare_media(state, &request).await?;
     let fast_path = state.config.server.fast_path;
-    // Translations are made once, whichever upstream a retry lands on.
-    let mut translated: [Option<(Api, Bytes)>; 2] = [None, None];
+    // Bodies are made once per media variant and dialect, whichever upstream a retry lands on.
+    // One set per variant, and a last one for the request as it came.
+    let mut bodies: Vec<[Option<(Api, Bytes)>; 3]> = vec![[None, None, None]; variants.len() + 1];
     let upstreamed = send_with_retries(state, &call, |upstream| {
         let wire = wire_for(upstream, request.dialect);
-        if wire == request.dialect && fast_path {
-            return (request.api, request.original.clone());
-        }
-        let slot = &mut translated[wire as usize];
-        slot.get_or_insert_with(|| match wire {
-            Dialect::OpenAi => (Api::Chat, provider::openai::encode_request(&request.chat)),
-            Dialect::Native => provider::dashscope::encode_request(&request.chat),
-        })
-        .clone()
+        let at = variant_of(&variants, upstream).min(variants.len());
+        let (chat, prepared) = match variants.get(at) {
+            Some(v) => (&v.chat, Some(&v.prepared)),
+            None => (&request.chat, None),
+        };
+        let changed = prepared.is_some_and(|p| !p.replacements.is_empty());
+        let slot = match (wire == request.dialect && fast_path, wire) {
+            (true, _) => 2,
+            (false, Dialect::OpenAi) => 0,
+            (false, Dialect::Native) => 1,
+        };
+        bodies[at][slot]
+            .get_or_insert_with(|| match slot {
+                2 if !changed => (request.api, request.original.clone()),
+                2 => {
+                    let replacements = prepared.map_or(&[][..], |p| &p.replacements[..]);
+                    let native = request.dialect == Dialect::Native;
+                    let body = transform::apply_to_body(&request.original, replacements, native);
+                    (
+                        request.api,
+                        body.unwrap_or_else(|| request.original.clone()),
+                    )
+                }
+                0 => (Api::Chat, provider::openai::encode_request(chat)),
+                _ => provider::dashscope::encode_request(chat),
+            })
+            .clone()
     })
     .await?;
+    let media = variants
+        .get(variant_of(&variants, &upstreamed.lease.upstream))
+        .map(|v| v.prepared.stats)
+        .filter(|stats| stats.images > 0);
     let wire = wire_for(&upstreamed.lease.upstream, request.dialect);
     if wire == request.dialect && fast_path {
-        return Ok(Outcome::Raw(upstreamed));
+        return Ok((Outcome::Raw(upstreamed), media));
     }
     let name = upstreamed.lease.upstream.config.name.clone();
     if call.stream && upstreamed.is_event_stream() {
-        return Ok(Outcome::Steps(
-            decode_stream(upstreamed.into_events(), wire).boxed(),
-            name,
-        ));
+        let steps = decode_stream(upstreamed.into_events(), wire).boxed();
+        return Ok((Outcome::Steps(steps, name), media));
     }
     let upstream = upstreamed.lease.upstream.clone();
     let body = upstreamed.read_whole().await?;
@@ -284,8 +310,58 @@ pub async fn dispatch(state: &AppState, request: Request<'_>) -> Result<Outcome,
         Dialect::Native => provider::dashscope::decode_reply(&body),
     };
     reply
-        .map(|reply| Outcome::Whole(reply, name))
+        .map(|reply| (Outcome::Whole(reply, name), media))
         .map_err(|e| protocol_error(&upstream, &format!("unreadable reply: {e}")))
+}
+
+/// A request as one media policy made it.
+struct Variant {
+    media: crate::config::MediaConfig,
+    fetches: bool,
+    chat: Chat,
+    prepared: Prepared,
+}
+
+/// The variant an upstream's policy makes (an index past the end: no media, the request as is).
+fn variant_of(variants: &[Variant], upstream: &Upstream) -> usize {
+    variants
+        .iter()
+        .position(|v| v.media == upstream.media && v.fetches == upstream.fetcher.is_some())
+        .unwrap_or(usize::MAX)
+}
+
+/// Runs the transform stage once per distinct media policy among the upstreams serving the
+/// model (almost always one); a text-only request needs none.
+async fn prepare_media(
+    state: &AppState,
+    request: &Request<'_>,
+) -> Result<Vec<Variant>, GatewayError> {
+    let mut variants: Vec<Variant> = Vec::new();
+    if !transform::has_media(&request.chat) {
+        return Ok(variants);
+    }
+    for upstream in state.router.serving(&request.chat.model) {
+        if variant_of(&variants, upstream) != usize::MAX {
+            continue;
+        }
+        let limiter = &state.media_limiter;
+        let prepared = transform::prepare(
+            &request.chat,
+            &upstream.media,
+            upstream.fetcher.as_ref(),
+            limiter,
+        )
+        .await?;
+        let mut chat = request.chat.clone();
+        transform::apply_to_chat(&mut chat, &prepared.replacements);
+        variants.push(Variant {
+            media: upstream.media.clone(),
+            fetches: upstream.fetcher.is_some(),
+            chat,
+            prepared,
+        });
+    }
+    Ok(variants)
 }
 
 pub fn is_event_stream(response: &reqwest::Response) -> bool {

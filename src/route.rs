@@ -165,6 +165,11 @@ impl Router {
         Self { upstreams }
     }
 
+    /// The upstreams serving `model`.
+    pub fn serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
+        self.candidates(model)
+    }
+
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
     }
@@ -286,7 +291,10 @@ mod tests {
         let mut config = UpstreamConfig::new(name, ProviderKind::Openai, "http://127.0.0.1:1/v1");
         config.models = models.iter().map(|m| m.to_string()).collect();
         config.weight = weight;
-        Arc::new(Upstream::new(config, &CircuitConfig::default()).unwrap_or_else(|e| panic!("{e}")))
+        Arc::new(
+            Upstream::new(config, &CircuitConfig::default(), &Default::default())
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     #[test]
@@ -386,7 +394,8 @@ mod tests {
         let mut config = UpstreamConfig::new("a", ProviderKind::Openai, "http://127.0.0.1:1/v1");
         config.max_concurrency = 1;
         let capped = Arc::new(
-            Upstream::new(config, &CircuitConfig::default()).unwrap_or_else(|e| panic!("{e}")),
+            Upstream::new(config, &CircuitConfig::default(), &Default::default())
+                .unwrap_or_else(|e| panic!("{e}")),
         );
         let router = Router::new(vec![capped]);
         let held = router.take("m", &[]);

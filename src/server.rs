@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins.
     pub draining: CancellationToken,
+    /// Images decoded at once, across all requests: bounds the memory camera frames take.
+    pub media_limiter: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the shutdown drain time is over: streams still running end with an error.
     pub abort: CancellationToken,
 }
@@ -42,7 +44,7 @@ impl AppState {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u.clone(), &config.circuit).map(Arc::new))
+            .map(|u| Upstream::new(u.clone(), &config.circuit, &config.media).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             auth: Authenticator::new(config.auth.mode, &config.keys),
@@ -50,6 +52,9 @@ impl AppState {
             body_timeout: Duration::from_secs(300),
             metrics: Arc::new(Metrics::new()),
             draining: CancellationToken::new(),
+            media_limiter: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             abort: CancellationToken::new(),
             config: Arc::new(config),
         })

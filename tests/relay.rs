@@ -163,6 +163,18 @@ async fn include_usage_is_honoured() {
     );
 }
 
+/// A small clean JPEG: within every budget, so it must travel byte for byte.
+fn small_jpeg_url() -> String {
+    use base64::Engine;
+    let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 90]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(out.into_inner());
+    format!("data:image/jpeg;base64,{b64}")
+}
+
 #[tokio::test]
 async fn unknown_fields_and_media_parts_reach_the_upstream_intact() {
     let sim = Sim::start().await;
@@ -172,7 +184,7 @@ async fn unknown_fields_and_media_parts_reach_the_upstream_intact() {
         "messages": [
             {"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5PTgyPC4zNDL/"}},
+                {"type": "image_url", "image_url": {"url": small_jpeg_url()}},
                 {"type": "image_url", "image_url": {"url": "https://dashscope.oss-cn-beijing.aliyuncs.com/images/dog_and_girl.jpeg", "detail": "high"}},
                 {"type": "video", "video": ["https://img.alicdn.com/a.jpg", "https://img.alicdn.com/b.jpg"]},
                 {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}},

@@ -19,6 +19,7 @@ use crate::event::{ChatEvent, Usage};
 use crate::relay::Step;
 use crate::server::RouteInfo;
 use crate::telemetry::Metrics;
+use crate::transform::MediaStats;
 
 /// Turns canonical steps into one dialect's stream events.
 pub trait StepEncoder: Send + 'static {
@@ -184,6 +185,22 @@ pub fn with_keepalive(
         },
     );
     stream.filter_map(|event| async move { event })
+}
+
+/// `x-dashgate-image-*`: what the image policy did to the request's images (summed).
+pub fn with_media_headers(mut response: Response, media: Option<MediaStats>) -> Response {
+    let Some(m) = media else { return response };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-dashgate-image-count", u64::from(m.images)),
+        ("x-dashgate-image-original-bytes", m.original_bytes),
+        ("x-dashgate-image-sent-bytes", m.sent_bytes),
+        ("x-dashgate-image-tokens-before", m.tokens_before),
+        ("x-dashgate-image-tokens-after", m.tokens_after),
+    ] {
+        headers.insert(name, HeaderValue::from(value));
+    }
+    response
 }
 
 /// Marks a response with the model and upstream it was for, for the request metrics.

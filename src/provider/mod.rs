@@ -43,6 +43,10 @@ impl Api {
 /// One configured upstream with its own connection pool.
 pub struct Upstream {
     pub config: UpstreamConfig,
+    /// The `[media]` policy with this upstream's overrides.
+    pub media: crate::config::MediaConfig,
+    /// Fetches image URLs for an upstream that cannot (`fetch_image_urls`).
+    pub fetcher: Option<crate::fetch::Fetcher>,
     /// Circuit state and concurrency cap.
     pub slot: crate::route::Slot,
     client: reqwest::Client,
@@ -54,6 +58,7 @@ impl Upstream {
     pub fn new(
         config: UpstreamConfig,
         circuit: &crate::config::CircuitConfig,
+        media: &crate::config::MediaConfig,
     ) -> Result<Self, String> {
         let base = config.base_url.trim_end_matches('/');
         let paths: [Option<String>; 4] = match config.provider {
@@ -90,8 +95,17 @@ impl Upstream {
             .user_agent(concat!("dashgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("{}: {e}", config.name))?;
+        let media = media.with(&config.media);
+        let fetcher = match config.fetch_image_urls {
+            true => Some(
+                crate::fetch::Fetcher::new(&media).map_err(|e| format!("{}: {e}", config.name))?,
+            ),
+            false => None,
+        };
         Ok(Self {
             slot: crate::route::Slot::new(config.max_concurrency, circuit),
+            media,
+            fetcher,
             config,
             client,
             urls,

@@ -124,8 +124,11 @@ async fn reply(
                 headers: &headers,
                 request_id: &request_id2,
             };
-            match relay::dispatch(&state2, request).await {
-                Ok(outcome) => {
+            match relay::dispatch(&state2, request)
+                .await
+                .map_err(request::native_names)
+            {
+                Ok((outcome, _media)) => {
                     Ok(stream_of(&state2, outcome, request_id2.clone(), &model2, options).0)
                 }
                 Err(error) => Err(error_frame(
@@ -152,7 +155,28 @@ async fn reply(
         headers,
         request_id,
     };
-    let outcome = relay::dispatch(state, request).await?;
+    let (outcome, media) = relay::dispatch(state, request)
+        .await
+        .map_err(request::native_names)?;
+    let response = reply_for(
+        state, outcome, request_id, started, &model, stream, options, route,
+    )
+    .await?;
+    Ok(super::with_media_headers(response, media))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reply_for(
+    state: &Arc<AppState>,
+    outcome: Outcome,
+    request_id: &Arc<str>,
+    started: Instant,
+    model: &str,
+    stream: bool,
+    options: Options,
+    route: &'static str,
+) -> Result<Response, GatewayError> {
+    let model = model.to_string();
     if stream {
         let (events, name) = stream_of(state, outcome, request_id.clone(), &model, options);
         let tracker = StreamTracker::new(state.metrics.clone(), route, started);

@@ -80,16 +80,7 @@ pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), Ga
             format!("Invalid `{}`: {}", native_param(&path), e.into_inner()),
         )
     })?;
-    chat::validate(&chat).map_err(|e| match e {
-        GatewayError::InvalidParameter {
-            param: Some(p),
-            message,
-        } => GatewayError::InvalidParameter {
-            message: message.replace(&format!("`{p}`"), &format!("`{}`", native_param(&p))),
-            param: Some(native_param(&p)),
-        },
-        other => other,
-    })?;
+    chat::validate(&chat).map_err(native_names)?;
     let choices = chat.n.unwrap_or(1);
     Ok((
         chat,
@@ -107,9 +98,29 @@ fn native_param(param: &str) -> String {
     if param == "model" || param == "." {
         param.to_string()
     } else if param.starts_with("messages") {
+        // Content parts are items here: `{image}`, `{video}`, `{audio}`.
+        let param = param
+            .replace(".image_url.url", ".image")
+            .replace(".video_url.url", ".video")
+            .replace(".input_audio.data", ".audio")
+            .replace(".input_audio.format", ".audio");
         format!("input.{param}")
     } else {
         format!("parameters.{param}")
+    }
+}
+
+/// An error about a canonical field, renamed for a native client.
+pub fn native_names(error: GatewayError) -> GatewayError {
+    match error {
+        GatewayError::InvalidParameter {
+            param: Some(p),
+            message,
+        } => GatewayError::InvalidParameter {
+            message: message.replace(&format!("`{p}`"), &format!("`{}`", native_param(&p))),
+            param: Some(native_param(&p)),
+        },
+        other => other,
     }
 }
 

@@ -90,7 +90,7 @@ async fn chat_reply(
                 request_id: &request_id2,
             };
             match relay::dispatch(&state2, request).await {
-                Ok(outcome) => Ok(stream_of(
+                Ok((outcome, _media)) => Ok(stream_of(
                     &state2,
                     outcome,
                     request_id2.clone(),
@@ -118,7 +118,31 @@ async fn chat_reply(
         headers,
         request_id,
     };
-    let outcome = relay::dispatch(state, request).await?;
+    let (outcome, media) = relay::dispatch(state, request).await?;
+    let response = reply_for(
+        state,
+        outcome,
+        request_id,
+        started,
+        &model,
+        stream,
+        include_usage,
+    )
+    .await?;
+    Ok(super::with_media_headers(response, media))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reply_for(
+    state: &Arc<AppState>,
+    outcome: Outcome,
+    request_id: &Arc<str>,
+    started: Instant,
+    model: &str,
+    stream: bool,
+    include_usage: bool,
+) -> Result<Response, GatewayError> {
+    let model = model.to_string();
     if stream {
         let (events, name) = stream_of(state, outcome, request_id.clone(), &model, include_usage);
         let tracker = StreamTracker::new(state.metrics.clone(), "chat", started);

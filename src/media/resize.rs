@@ -1,0 +1,105 @@
+//! The over-budget path: decode, turn upright, downscale, re-encode. Re-encoding writes only
+//! pixels, so no metadata survives it.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::PngEncoder;
+use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageReader};
+
+use super::error::MediaError;
+use super::format::ImageFormat;
+use super::tokens::fit_to_budget;
+
+/// A re-encoded image and its size.
+#[derive(Debug)]
+pub(crate) struct Resized {
+    pub bytes: Vec<u8>,
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Decodes `data`, applies its Exif orientation (the orientation tag does not survive
+/// re-encoding, so the pixels must be turned now or the model sees the frame sideways),
+/// downscales to `fit_to_budget` and encodes JPEG at `quality`, or PNG when the result has
+/// any transparent pixel.
+pub(crate) fn downscale(
+    data: &[u8],
+    format: ImageFormat,
+    max_pixels: u64,
+    quality: u8,
+) -> Result<Resized, MediaError> {
+    let codec = format
+        .codec()
+        .ok_or_else(|| MediaError::Decode(format!("no {format} decoder")))?;
+    let decode_err = |e: image::ImageError| MediaError::Decode(e.to_string());
+    let mut decoder = ImageReader::with_format(Cursor::new(data), codec)
+        .into_decoder()
+        .map_err(decode_err)?;
+    // A broken orientation tag is not worth refusing the image over.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    img.apply_orientation(orientation);
+
+    let (width, height) = (img.width(), img.height());
+    let (tw, th) = fit_to_budget(width, height, max_pixels);
+    let (pixels, pixel_type) = if img.color().has_alpha() {
+        (img.into_rgba8().into_raw(), PixelType::U8x4)
+    } else if matches!(
+        img,
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageLuma16(_)
+    ) {
+        (img.into_luma8().into_raw(), PixelType::U8)
+    } else {
+        (img.into_rgb8().into_raw(), PixelType::U8x3)
+    };
+    let enc_err = |e: &dyn std::fmt::Display| MediaError::Encode(e.to_string());
+    let src = Image::from_vec_u8(width, height, pixels, pixel_type).map_err(|e| enc_err(&e))?;
+    let mut dst = Image::new(tw, th, pixel_type);
+    // Lanczos3: the sharpest of the usual filters for a large reduction; text in a frame
+    // (signs, screens, labels) is often what the user asks about.
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| enc_err(&e))?;
+    drop(src);
+
+    let mut buf = dst.into_vec();
+    let mut color = match pixel_type {
+        PixelType::U8x4 => ExtendedColorType::Rgba8,
+        PixelType::U8 => ExtendedColorType::L8,
+        _ => ExtendedColorType::Rgb8,
+    };
+    // An alpha channel that is opaque everywhere (common in screenshots) is dropped so the
+    // result can be a JPEG, typically several times smaller than the PNG.
+    if color == ExtendedColorType::Rgba8 && buf.chunks_exact(4).all(|p| p[3] == u8::MAX) {
+        buf = buf
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
+        color = ExtendedColorType::Rgb8;
+    }
+    let mut bytes = Vec::new();
+    let out_format = if color == ExtendedColorType::Rgba8 {
+        PngEncoder::new(&mut bytes)
+            .write_image(&buf, tw, th, color)
+            .map_err(|e| enc_err(&e))?;
+        ImageFormat::Png
+    } else {
+        JpegEncoder::new_with_quality(&mut bytes, quality.clamp(1, 100))
+            .write_image(&buf, tw, th, color)
+            .map_err(|e| enc_err(&e))?;
+        ImageFormat::Jpeg
+    };
+    Ok(Resized {
+        bytes,
+        format: out_format,
+        width: tw,
+        height: th,
+    })
+}

@@ -1,0 +1,403 @@
+//! End-to-end tests of `process_data_url` on real images encoded here.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::PngEncoder;
+use image::{ExtendedColorType, ImageEncoder};
+
+use super::*;
+
+fn url(mime: &str, bytes: &[u8]) -> String {
+    format!("data:{mime};base64,{}", STANDARD.encode(bytes))
+}
+
+/// Decodes a replacement data URL back to bytes.
+fn bytes_of(url: &str) -> Vec<u8> {
+    let parsed = parse_data_url(url).unwrap();
+    STANDARD.decode(parsed.payload).unwrap()
+}
+
+/// Smooth gradients: a real picture for the codecs, cheap to make, and it compresses well
+/// (a 4000x3000 PNG of it stays well under the 10 MiB limit).
+fn rgb(width: u32, height: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            let (r, g) = (x * 255 / width, y * 255 / height);
+            v.extend_from_slice(&[r as u8, g as u8, ((r + g) / 2) as u8]);
+        }
+    }
+    v
+}
+
+fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, 80)
+        .write_image(&rgb(width, height), width, height, ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+fn png(width: u32, height: u32, color: ExtendedColorType) -> Vec<u8> {
+    let pixels = match color {
+        ExtendedColorType::Rgba8 => rgb(width, height)
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], p[0] / 2])
+            .collect(),
+        _ => rgb(width, height),
+    };
+    let mut out = Vec::new();
+    PngEncoder::new(&mut out)
+        .write_image(&pixels, width, height, color)
+        .unwrap();
+    out
+}
+
+/// An APP1 Exif segment: little-endian TIFF, IFD0 = {Orientation?, GPS IFD pointer}, and a GPS
+/// IFD with GPSLatitudeRef "N" and GPSLatitude 48/1 51/1 2413/100.
+fn exif_app1(orientation: Option<u16>) -> Vec<u8> {
+    let mut ifd0: Vec<[u8; 12]> = Vec::new();
+    if let Some(o) = orientation {
+        let mut e = [0x12, 0x01, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        e[8..10].copy_from_slice(&o.to_le_bytes());
+        ifd0.push(e);
+    }
+    let gps_ifd = 8 + 2 + 12 * (ifd0.len() as u32 + 1) + 4;
+    let mut e = [0x25, 0x88, 4, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    e[8..12].copy_from_slice(&gps_ifd.to_le_bytes());
+    ifd0.push(e);
+    let rationals = gps_ifd + 2 + 12 * 2 + 4;
+    let mut tiff = b"II\x2A\0\x08\0\0\0".to_vec();
+    tiff.extend_from_slice(&(ifd0.len() as u16).to_le_bytes());
+    ifd0.iter().for_each(|e| tiff.extend_from_slice(e));
+    tiff.extend_from_slice(&[0; 4]);
+    tiff.extend_from_slice(&2u16.to_le_bytes());
+    tiff.extend_from_slice(&[1, 0, 2, 0, 2, 0, 0, 0, b'N', 0, 0, 0]);
+    tiff.extend_from_slice(&[2, 0, 5, 0, 3, 0, 0, 0]);
+    tiff.extend_from_slice(&rationals.to_le_bytes());
+    tiff.extend_from_slice(&[0; 4]);
+    for (n, d) in [(48u32, 1u32), (51, 1), (2413, 100)] {
+        tiff.extend_from_slice(&n.to_le_bytes());
+        tiff.extend_from_slice(&d.to_le_bytes());
+    }
+    let mut seg = vec![0xFF, 0xE1];
+    seg.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
+    seg.extend_from_slice(b"Exif\0\0");
+    seg.extend_from_slice(&tiff);
+    seg
+}
+
+fn splice_after_soi(jpeg: &[u8], segment: &[u8]) -> Vec<u8> {
+    [&jpeg[..2], segment, &jpeg[2..]].concat()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn policy() -> ImagePolicy {
+    ImagePolicy::default()
+}
+
+#[test]
+fn jpeg_exif_with_gps_is_stripped_losslessly() {
+    let clean = jpeg(640, 480);
+    assert!(
+        contains(&clean[..20], b"JFIF"),
+        "the encoder writes APP0 JFIF first"
+    );
+    let dirty = splice_after_soi(&clean, &exif_app1(None));
+    let report = process_data_url(&url("image/jpeg", &dirty), &policy()).unwrap();
+    assert!(report.stripped && !report.resized);
+    let sent = bytes_of(report.replacement.as_deref().unwrap());
+    assert!(!contains(&sent, b"Exif\0\0"));
+    assert_eq!(
+        sent, clean,
+        "everything but the Exif segment is kept byte for byte"
+    );
+    assert_eq!(report.original_bytes, dirty.len());
+    assert_eq!(report.sent_bytes, clean.len());
+    assert_eq!((report.width, report.height), (640, 480));
+    assert_eq!((report.sent_width, report.sent_height), (640, 480));
+    assert_eq!(report.tokens_after, 23 * 17 + 2);
+    assert_eq!(report.tokens_before, report.tokens_after);
+    let decoded = image::load_from_memory(&sent).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (640, 480));
+}
+
+#[test]
+fn jpeg_orientation_survives_stripping_but_gps_does_not() {
+    let dirty = splice_after_soi(&jpeg(64, 48), &exif_app1(Some(6)));
+    let report = process_data_url(&url("image/jpg", &dirty), &policy()).unwrap();
+    let sent = bytes_of(report.replacement.as_deref().unwrap());
+    assert!(!contains(&sent, &[0x25, 0x88]), "no GPS IFD pointer");
+    assert!(!contains(&sent, &2413u32.to_le_bytes()), "no latitude");
+    let mut decoder = image::ImageReader::new(std::io::Cursor::new(&sent))
+        .with_guessed_format()
+        .unwrap()
+        .into_decoder()
+        .unwrap();
+    use image::ImageDecoder as _;
+    assert_eq!(
+        decoder.orientation().unwrap(),
+        image::metadata::Orientation::Rotate90
+    );
+}
+
+#[test]
+fn rotated_jpeg_over_budget_is_turned_upright() {
+    let dirty = splice_after_soi(&jpeg(400, 300), &exif_app1(Some(6)));
+    let small = ImagePolicy {
+        max_image_pixels: 50_000,
+        ..policy()
+    };
+    let report = process_data_url(&url("image/jpeg", &dirty), &small).unwrap();
+    assert!(report.resized && report.stripped);
+    assert!(
+        report.sent_height > report.sent_width,
+        "landscape stored, portrait shown"
+    );
+    let sent = bytes_of(report.replacement.as_deref().unwrap());
+    assert!(!contains(&sent, b"Exif\0\0"));
+}
+
+#[test]
+fn big_png_over_budget_is_downscaled_to_patch_multiples() {
+    let big = png(4000, 3000, ExtendedColorType::Rgb8);
+    let report = process_data_url(&url("image/png", &big), &policy()).unwrap();
+    assert!(report.resized && !report.stripped);
+    let (w, h) = (report.sent_width, report.sent_height);
+    assert_eq!((w % 28, h % 28), (0, 0));
+    assert!(w >= 28 && h >= 28);
+    assert!(u64::from(w) * u64::from(h) <= DEFAULT_MAX_PIXELS);
+    assert!(
+        (f64::from(h) - f64::from(w) * 0.75).abs() <= 28.0,
+        "{w}x{h}"
+    );
+    let url = report.replacement.as_deref().unwrap();
+    assert!(url.starts_with("data:image/jpeg;base64,"), "opaque → JPEG");
+    let decoded = image::load_from_memory(&bytes_of(url)).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (w, h));
+    assert_eq!(
+        report.tokens_before,
+        estimate_tokens(4000, 3000, HIGH_RES_MAX_PIXELS)
+    );
+    assert_eq!(report.tokens_after, u64::from(w / 28 * (h / 28)) + 2);
+    assert!(report.tokens_after <= 1282);
+}
+
+#[test]
+fn transparent_png_over_budget_stays_png() {
+    let small = ImagePolicy {
+        max_image_pixels: 20_000,
+        ..policy()
+    };
+    let report = process_data_url(
+        &url("image/png", &png(300, 200, ExtendedColorType::Rgba8)),
+        &small,
+    )
+    .unwrap();
+    let url = report.replacement.unwrap();
+    assert!(url.starts_with("data:image/png;base64,"));
+    assert!(
+        image::load_from_memory(&bytes_of(&url))
+            .unwrap()
+            .color()
+            .has_alpha()
+    );
+}
+
+#[test]
+fn small_clean_jpeg_passes_byte_identical() {
+    let report = process_data_url(&url("image/jpeg", &jpeg(320, 240)), &policy()).unwrap();
+    assert_eq!(report.replacement, None);
+    assert!(!report.stripped && !report.resized);
+    assert_eq!(report.sent_bytes, report.original_bytes);
+    assert_eq!((report.sent_width, report.sent_height), (320, 240));
+}
+
+#[test]
+fn metadata_is_kept_when_stripping_is_off() {
+    let dirty = splice_after_soi(&jpeg(64, 48), &exif_app1(None));
+    let keep = ImagePolicy {
+        strip_metadata: false,
+        ..policy()
+    };
+    let report = process_data_url(&url("image/jpeg", &dirty), &keep).unwrap();
+    assert_eq!(report.replacement, None);
+    assert!(!report.stripped);
+}
+
+#[test]
+fn png_text_chunk_is_stripped_losslessly() {
+    let clean = png(64, 48, ExtendedColorType::Rgb8);
+    // tEXt goes right after IHDR (8 signature + 25 IHDR); the CRC is not checked by us.
+    let body = b"Comment\0taken at 48.8567 N, 2.3508 E";
+    let mut text = (body.len() as u32).to_be_bytes().to_vec();
+    text.extend_from_slice(b"tEXt");
+    text.extend_from_slice(body);
+    text.extend_from_slice(&[0; 4]);
+    let dirty = [&clean[..33], &text, &clean[33..]].concat();
+    let report = process_data_url(&url("image/png", &dirty), &policy()).unwrap();
+    assert!(report.stripped);
+    let sent = bytes_of(&report.replacement.unwrap());
+    assert_eq!(sent, clean);
+    assert!(!contains(&sent, b"tEXt"));
+    assert_eq!(image::load_from_memory(&sent).unwrap().width(), 64);
+}
+
+#[test]
+fn webp_exif_chunk_is_stripped() {
+    let mut clean = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut clean)
+        .write_image(&rgb(32, 16), 32, 16, ExtendedColorType::Rgb8)
+        .unwrap();
+    let mut dirty = clean.clone();
+    dirty.extend_from_slice(b"EXIF\x07\0\0\0Exif\0\0G\0");
+    let size = (dirty.len() - 8) as u32;
+    dirty[4..8].copy_from_slice(&size.to_le_bytes());
+    let report = process_data_url(&url("image/webp", &dirty), &policy()).unwrap();
+    assert!(report.stripped);
+    assert_eq!(bytes_of(&report.replacement.unwrap()), clean);
+}
+
+#[test]
+fn gif_over_budget_becomes_jpeg_and_bmp_within_passes() {
+    let mut gif = Vec::new();
+    image::codecs::gif::GifEncoder::new(&mut gif)
+        .encode(&rgb(200, 100), 200, 100, ExtendedColorType::Rgb8)
+        .unwrap();
+    let small = ImagePolicy {
+        max_image_pixels: 5_000,
+        ..policy()
+    };
+    let report = process_data_url(&url("image/gif", &gif), &small).unwrap();
+    assert!(report.resized);
+    assert!(report.replacement.unwrap().starts_with("data:image/jpeg;"));
+
+    let mut bmp = Vec::new();
+    image::codecs::bmp::BmpEncoder::new(&mut bmp)
+        .encode(&rgb(20, 10), 20, 10, ExtendedColorType::Rgb8)
+        .unwrap();
+    let report = process_data_url(&url("image/bmp", &bmp), &policy()).unwrap();
+    assert_eq!(report.replacement, None);
+    assert_eq!((report.width, report.height), (20, 10));
+}
+
+#[test]
+fn heic_passes_through_with_unknown_size() {
+    let mut heic = 24u32.to_be_bytes().to_vec();
+    heic.extend_from_slice(b"ftypheic\0\0\0\0mif1heic");
+    heic.extend_from_slice(&[0; 64]);
+    let report = process_data_url(&url("image/heif", &heic), &policy()).unwrap();
+    assert_eq!(report.format, ImageFormat::Heic);
+    assert_eq!(report.replacement, None);
+    assert_eq!(
+        (report.width, report.tokens_before, report.tokens_after),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn refusals_name_the_problem() {
+    let p = policy();
+    let small_png = png(8, 8, ExtendedColorType::Rgb8);
+    let err = process_data_url(&url("image/jpeg", &small_png), &p).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "declared image/jpeg but the bytes are a PNG"
+    );
+
+    let mut truncated = url("image/png", &small_png);
+    truncated.truncate(truncated.len() - 3);
+    let err = process_data_url(&truncated, &p).unwrap_err();
+    assert!(matches!(err, MediaError::InvalidBase64(_)), "{err}");
+
+    let cut = url("image/png", &small_png[..small_png.len() - 12]); // IEND gone
+    let err = process_data_url(&cut, &p).unwrap_err();
+    assert!(matches!(err, MediaError::Malformed { .. }), "{err}");
+
+    let tiny = ImagePolicy {
+        max_image_bytes: 50,
+        ..policy()
+    };
+    let err = process_data_url(&url("image/png", &small_png), &tiny).unwrap_err();
+    assert!(
+        matches!(err, MediaError::TooLarge { limit: 50, .. }),
+        "{err}"
+    );
+
+    let strict = ImagePolicy {
+        reencode: false,
+        max_image_pixels: 50,
+        ..policy()
+    };
+    let err = process_data_url(&url("image/png", &small_png), &strict).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "image is 8x8 = 0.0 MP, over the 0.0 MP budget and reencode is off"
+    );
+
+    let bomb = ImagePolicy {
+        max_image_pixels: 10,
+        max_decode_pixels: 50,
+        ..policy()
+    };
+    let err = process_data_url(&url("image/png", &small_png), &bomb).unwrap_err();
+    assert!(matches!(err, MediaError::TooManyPixels { .. }), "{err}");
+
+    assert_eq!(
+        process_data_url("https://example.com/cat.jpg", &p),
+        Err(MediaError::NotDataUrl)
+    );
+    assert_eq!(
+        process_data_url("data:text/plain;base64,aGVsbG8=", &p)
+            .unwrap_err()
+            .to_string(),
+        "the data URL is text/plain, not an image"
+    );
+    assert_eq!(
+        process_data_url("data:image/tiff;base64,SUkqAA==", &p)
+            .unwrap_err()
+            .to_string(),
+        "unsupported image type image/tiff"
+    );
+    let err = process_data_url("data:image/png;base64,aGVsbG8gd29ybGQ=", &p).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "declared image/png but the bytes are not a supported image"
+    );
+}
+
+#[test]
+fn cut_or_corrupted_files_are_refused_or_passed_never_panic() {
+    let mut exif_jpeg = splice_after_soi(&jpeg(64, 48), &exif_app1(Some(3)));
+    exif_jpeg.extend_from_slice(b"trailer");
+    let mut webp = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+        .write_image(&rgb(16, 8), 16, 8, ExtendedColorType::Rgb8)
+        .unwrap();
+    let files = [exif_jpeg, png(40, 30, ExtendedColorType::Rgba8), webp];
+    // A tiny budget sends every readable header on to the decoders as well.
+    let decode_all = ImagePolicy {
+        max_image_pixels: 784,
+        ..policy()
+    };
+    for file in &files {
+        for cut in 0..file.len() {
+            let Some(format) = sniff(&file[..cut]) else {
+                continue;
+            };
+            let _ = process_image(&file[..cut], format, &policy());
+            let _ = process_image(&file[..cut], format, &decode_all);
+        }
+        for i in (0..file.len()).step_by(7) {
+            let mut bad = file.clone();
+            bad[i] ^= 0x5A;
+            if let Some(format) = sniff(&bad) {
+                let _ = process_image(&bad, format, &decode_all);
+            }
+        }
+    }
+}
