@@ -45,40 +45,8 @@ else
     PINNING="not pinned"
 fi
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME FD CMD...: runs CMD in the background with stdout on a fifo opened as fd FD, and
-# reads the first line ("... listening on http://ADDR") into ADDR. No sleeping: `read` blocks
-# until the process announces itself, or fails if it exits first.
-start() {
-    local name=$1 fd=$2
-    shift 2
-    local fifo="$WORK/$name.out"
-    mkfifo "$fifo"
-    "$@" >"$fifo" 2>"$WORK/$name.err" &
-    PIDS+=($!)
-    eval "exec $fd<\"$fifo\""
-    local line=""
-    if ! read -r -t 30 -u "$fd" line || [[ "$line" != *"listening on http://"* ]]; then
-        echo "run.sh: $name did not start: ${line:-no output}" >&2
-        cat "$WORK/$name.err" >&2
-        exit 1
-    fi
-    ADDR=${line##*http://}
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 start simulator 3 "${SERVER_PIN[@]}" "$DASHGATE" simulate --listen 127.0.0.1:0 \
     --latency-ms "$LATENCY_MS" --chunks "$CHUNKS" --chunk-delay-ms "$CHUNK_DELAY_MS"
@@ -102,11 +70,6 @@ GATEWAY=$ADDR
 PATH_CHAT=/compatible-mode/v1/chat/completions
 echo "simulator http://$SIM, gateway http://$GATEWAY; $PINNING" >&2
 echo "simulator: --latency-ms $LATENCY_MS --chunks $CHUNKS --chunk-delay-ms $CHUNK_DELAY_MS; per run: $REQUESTS requests or ${MAX_SECONDS}s, warm-up $WARMUP" >&2
-
-# field JSON NAME: a number (or null) from loadgen's flat JSON line.
-field() {
-    sed -n "s/.*\"$2\":\\([^,}]*\\).*/\\1/p" <<<"$1"
-}
 
 # load TARGET MODE CONCURRENCY: one loadgen run; its JSON line goes to OUT. loadgen runs in
 # the background so an INT/TERM reaches the trap (and kills it) at once.
