@@ -7,7 +7,10 @@ use std::io::{Cursor, Write};
 use base64::Engine;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<u32> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let args: Vec<u32> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
     let (width, height) = match args[..] {
         [w, h, ..] => (w, h),
         _ => return Err("usage: frame WIDTH HEIGHT [QUALITY]".into()),
@@ -20,7 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let mut jpeg = Cursor::new(Vec::new());
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, quality).encode_image(&img)?;
-    let url = format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(jpeg.get_ref()));
+    let url = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(jpeg.get_ref())
+    );
     let body = serde_json::json!({
         "model": "qwen-vl-plus",
         "messages": [{"role": "user", "content": [
@@ -28,6 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             {"type": "text", "text": "这是什么"}]}],
     });
     std::io::stdout().write_all(body.to_string().as_bytes())?;
-    eprintln!("frame: {width}x{height} JPEG q{quality}, {} bytes", jpeg.get_ref().len());
+    eprintln!(
+        "frame: {width}x{height} JPEG q{quality}, {} bytes",
+        jpeg.get_ref().len()
+    );
     Ok(())
 }
