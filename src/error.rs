@@ -173,10 +173,20 @@ impl GatewayError {
     /// A complete OpenAI-dialect error response. An upstream's own OpenAI-shaped refusal
     /// travels byte for byte.
     pub fn into_openai_response(self, request_id: &str) -> Response {
-        let body = match &self {
-            Self::UpstreamRejected(r) if r.shape == ErrorShape::OpenAi => r.body.to_vec(),
-            _ => self.openai_body(request_id),
-        };
+        let body = self.upstream_body(ErrorShape::OpenAi);
+        self.respond(body.unwrap_or_else(|| self.openai_body(request_id)))
+    }
+
+    /// The upstream's own refusal, when it is already in the client's dialect.
+    fn upstream_body(&self, shape: ErrorShape) -> Option<Vec<u8>> {
+        match self {
+            Self::UpstreamRejected(r) if r.shape == shape => Some(r.body.to_vec()),
+            _ => None,
+        }
+    }
+
+    /// The response for this error with `body`: its status, and `Retry-After` where it has one.
+    fn respond(&self, body: Vec<u8>) -> Response {
         let mut response = json_response(self.status(), body);
         if let Some(retry_after) = self.retry_after() {
             response
@@ -242,17 +252,8 @@ impl GatewayError {
 
     /// A complete native-dialect error response; an upstream's own native refusal travels as is.
     pub fn into_native_response(self, request_id: &str) -> Response {
-        let body = match &self {
-            Self::UpstreamRejected(r) if r.shape == ErrorShape::Native => r.body.to_vec(),
-            _ => self.native_body(request_id),
-        };
-        let mut response = json_response(self.status(), body);
-        if let Some(retry_after) = self.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, retry_after.clone());
-        }
-        response
+        let body = self.upstream_body(ErrorShape::Native);
+        self.respond(body.unwrap_or_else(|| self.native_body(request_id)))
     }
 
     /// `Retry-After` as the upstream sent it, kept for the client (or the gateway's own).

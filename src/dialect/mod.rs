@@ -220,6 +220,19 @@ use std::time::Duration;
 
 use crate::error::GatewayError;
 
+/// Admission: the caller's key first (nothing is read for a stranger), then the body within its
+/// size and time limits.
+pub async fn admit(
+    state: &crate::server::AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(crate::auth::Caller, Bytes), GatewayError> {
+    let caller = state.auth.authenticate(headers)?;
+    let limit = state.config.server.max_body_bytes;
+    let bytes = read_body(headers, body, limit, state.body_timeout).await?;
+    Ok((caller, bytes))
+}
+
 /// Reads a request body up to `limit` bytes; more is 413, a stalled upload is 400.
 pub async fn read_body(
     headers: &HeaderMap,

@@ -89,14 +89,7 @@ async fn reply(
     api: Api,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
-    let caller = state.auth.authenticate(headers)?;
-    let bytes = super::read_body(
-        headers,
-        body,
-        state.config.server.max_body_bytes,
-        state.body_timeout,
-    )
-    .await?;
+    let (caller, bytes) = super::admit(state, headers, body).await?;
     let (chat, options) = decode(&bytes, wants_stream(headers), api)?;
     let stream = chat.is_stream();
     let model = chat.model.clone();

@@ -58,14 +58,7 @@ async fn chat_reply(
     body: Body,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
-    let caller = state.auth.authenticate(headers)?;
-    let bytes = super::read_body(
-        headers,
-        body,
-        state.config.server.max_body_bytes,
-        state.body_timeout,
-    )
-    .await?;
+    let (caller, bytes) = super::admit(state, headers, body).await?;
     let chat = chat::decode(&bytes)?;
     let include_usage = chat.wants_usage();
     let stream = chat.is_stream();
@@ -326,14 +319,7 @@ async fn completion_reply(
     body: Body,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
-    let caller = state.auth.authenticate(headers)?;
-    let bytes = super::read_body(
-        headers,
-        body,
-        state.config.server.max_body_bytes,
-        state.body_timeout,
-    )
-    .await?;
+    let (caller, bytes) = super::admit(state, headers, body).await?;
     let request = chat::decode_completion(&bytes)?;
     caller.check_model(&request.model)?;
     let stream = request.is_stream();
