@@ -263,7 +263,7 @@ pub async fn dispatch(
         let wire = wire_for(upstream, request.dialect);
         let at = variant_of(&variants, upstream).min(variants.len());
         let (chat, prepared) = match variants.get(at) {
-            Some(v) => (&v.chat, Some(&v.prepared)),
+            Some(v) => (v.chat.as_ref().unwrap_or(&request.chat), Some(&v.prepared)),
             None => (&request.chat, None),
         };
         let changed = prepared.is_some_and(|p| !p.replacements.is_empty());
@@ -318,7 +318,9 @@ pub async fn dispatch(
 struct Variant {
     media: crate::config::MediaConfig,
     fetches: bool,
-    chat: Chat,
+    /// The request with new URLs, when the policy changed any (a camera frame is megabytes:
+    /// no copy when nothing changed).
+    chat: Option<Chat>,
     prepared: Prepared,
 }
 
@@ -352,8 +354,11 @@ async fn prepare_media(
             limiter,
         )
         .await?;
-        let mut chat = request.chat.clone();
-        transform::apply_to_chat(&mut chat, &prepared.replacements);
+        let chat = (!prepared.replacements.is_empty()).then(|| {
+            let mut chat = request.chat.clone();
+            transform::apply_to_chat(&mut chat, &prepared.replacements);
+            chat
+        });
         variants.push(Variant {
             media: upstream.media.clone(),
             fetches: upstream.fetcher.is_some(),
