@@ -6,6 +6,10 @@ use super::format::ImageFormat;
 /// Why an image was refused (or, for the last two variants, why the gateway failed on it).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MediaError {
+    #[error(
+        "{0} images cannot be stripped of their metadata (GPS included) by the gateway; send JPEG, PNG or WebP"
+    )]
+    CannotStrip(ImageFormat),
     #[error("not a data URL")]
     NotDataUrl,
     #[error("only base64 data URLs are supported")]

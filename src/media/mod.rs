@@ -16,8 +16,9 @@
 //!    transparent). Within budget: strip metadata losslessly if any, else send the original
 //!    bytes untouched ([`ImageReport::replacement`] is `None`).
 //!
-//! HEIC is recognised but not decoded: it passes through unchanged (metadata included: we have
-//! no HEIF writer) with unknown size. GIF and BMP are never stripped; over budget they are
+//! HEIC is recognised but not decoded: with `strip_metadata` on it is refused (its metadata,
+//! GPS included, cannot be removed without a HEIF writer); with it off it passes through
+//! unchanged, size unknown. GIF and BMP are never stripped; over budget they are
 //! decoded (GIF: first frame) and re-encoded like the rest.
 //!
 //! Everything here is synchronous and CPU-bound (a 12 MP decode and resize takes tens of ms):
@@ -164,7 +165,12 @@ pub fn process_image(
         replacement: None,
     };
     let Some(codec) = format.codec() else {
-        return Ok(report); // HEIC: passes through as is, size unknown
+        // HEIC cannot be decoded or rewritten here. iPhones put GPS in it, so with stripping on
+        // it is refused rather than sent with its metadata; with stripping off it passes.
+        if policy.strip_metadata {
+            return Err(MediaError::CannotStrip(format));
+        }
+        return Ok(report);
     };
     // Walk first: it refuses truncated files that a header read would let through.
     let plan = strip::plan(bytes, format)?;

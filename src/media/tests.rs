@@ -286,11 +286,21 @@ fn gif_over_budget_becomes_jpeg_and_bmp_within_passes() {
 }
 
 #[test]
-fn heic_passes_through_with_unknown_size() {
+fn heic_is_refused_while_stripping_and_passes_otherwise() {
     let mut heic = 24u32.to_be_bytes().to_vec();
     heic.extend_from_slice(b"ftypheic\0\0\0\0mif1heic");
     heic.extend_from_slice(&[0; 64]);
-    let report = process_data_url(&url("image/heif", &heic), &policy()).unwrap();
+    // Its GPS cannot be removed here, so it does not leave while stripping is on.
+    let err = process_data_url(&url("image/heif", &heic), &policy()).unwrap_err();
+    assert!(
+        matches!(err, MediaError::CannotStrip(ImageFormat::Heic)),
+        "{err}"
+    );
+    let keep = ImagePolicy {
+        strip_metadata: false,
+        ..policy()
+    };
+    let report = process_data_url(&url("image/heif", &heic), &keep).unwrap();
     assert_eq!(report.format, ImageFormat::Heic);
     assert_eq!(report.replacement, None);
     assert_eq!(
