@@ -10,6 +10,11 @@ use dashgate::{server, sim};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+// The request path allocates many small, short-lived buffers; mimalloc serves them far cheaper
+// than glibc's malloc (which showed as ~12% of the gateway's CPU under load).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "dashgate",

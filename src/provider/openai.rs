@@ -204,6 +204,20 @@ pub fn decode_chunk(data: &[u8]) -> Result<(Meta, Vec<ChatEvent>), String> {
     Ok((meta, events))
 }
 
+/// Only the usage of a whole completion: everything else is skipped over without being built
+/// (the fast path relays the reply as it came and only meters it).
+pub fn usage_of_completion(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct UsageOnly {
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    }
+    serde_json::from_slice::<UsageOnly>(body)
+        .ok()?
+        .usage
+        .map(Usage::from)
+}
+
 /// Decodes a whole (non-stream) completion.
 pub fn decode_completion(body: &[u8]) -> Result<Reply, String> {
     let (meta, events) = decode_chunk(body)?;
@@ -247,6 +261,17 @@ mod tests {
         };
         assert_eq!(d.tool_calls[0].arguments.as_deref(), Some(" \"x\"}"));
         assert!(!d.role);
+    }
+
+    #[test]
+    fn usage_alone_is_read_from_a_whole_completion() {
+        let body = br#"{"choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop","index":0,"logprobs":null}],"object":"chat.completion","usage":{"prompt_tokens":3019,"completion_tokens":104,"total_tokens":3123,"prompt_tokens_details":{"cached_tokens":2048}},"created":1735120033,"system_fingerprint":null,"model":"qwen-plus","id":"chatcmpl-6ada9ed2"}"#;
+        let usage = usage_of_completion(body);
+        assert_eq!(
+            usage.map(|u| (u.prompt_tokens, u.total_tokens, u.cached_tokens)),
+            Some((3019, 3123, Some(2048)))
+        );
+        assert_eq!(usage_of_completion(b"not json"), None);
     }
 
     #[test]

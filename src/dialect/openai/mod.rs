@@ -199,10 +199,7 @@ fn stream_of(
             let events = futures_util::stream::once(async move {
                 match upstreamed.read_whole().await {
                     Ok(body) => {
-                        if let Some(u) = crate::provider::openai::decode_completion(&body)
-                            .ok()
-                            .and_then(|r| r.usage)
-                        {
+                        if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
                             usage.record(&u);
                         }
                         let mut event = error_event(&body).to_vec();
@@ -240,10 +237,7 @@ async fn whole_response(
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/json"));
     let body = upstreamed.read_whole().await?;
-    if let Some(u) = crate::provider::openai::decode_completion(&body)
-        .ok()
-        .and_then(|r| r.usage)
-    {
+    if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
         usage.record(&u);
     }
     let mut response = Response::new(Body::from(body));
