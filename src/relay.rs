@@ -84,6 +84,29 @@ impl Upstreamed {
     }
 }
 
+/// Where a stream client's events come from.
+pub enum StreamSource {
+    /// The upstream's own events, in the client's dialect.
+    Raw(Upstreamed),
+    /// Canonical steps to encode, and the upstream's name.
+    Steps(BoxStream<'static, Step>, String),
+}
+
+impl Outcome {
+    /// The outcome for a client that asked for a stream: a whole translated reply becomes steps.
+    pub fn into_stream_source(self) -> StreamSource {
+        match self {
+            Outcome::Raw(upstreamed) => StreamSource::Raw(upstreamed),
+            Outcome::Steps(steps, name) => StreamSource::Steps(steps, name),
+            Outcome::Whole(reply, name) => {
+                let mut steps = vec![Step::Meta(reply.meta.clone())];
+                steps.extend(reply.events().into_iter().map(Step::Event));
+                StreamSource::Steps(futures_util::stream::iter(steps).boxed(), name)
+            }
+        }
+    }
+}
+
 /// One step of a translated stream.
 pub enum Step {
     /// The reply's id, model and time, once, before its first event.

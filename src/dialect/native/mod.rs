@@ -28,7 +28,7 @@ use super::sse;
 use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::error::{GatewayError, json_response};
 use crate::provider::Api;
-use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, Step};
+use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, StreamSource};
 use crate::server::{AppState, RequestId};
 use reply::{error_frame, result_frame};
 
@@ -218,42 +218,32 @@ fn stream_of(
     options: Options,
 ) -> (BoxStream<'static, Bytes>, String) {
     let sink = |name: &str| UsageSink::new(state.metrics.clone(), model, name);
-    match outcome {
-        Outcome::Raw(upstreamed) => {
-            let name = upstreamed.lease.upstream.config.name.clone();
-            let usage = sink(&name);
-            if upstreamed.is_event_stream() {
-                return (
-                    raw_frames(upstreamed.into_events(), request_id, usage).boxed(),
-                    name,
-                );
-            }
-            // Asked for a stream, the upstream answered whole: its reply as one frame.
-            let events = futures_util::stream::once(async move {
-                match upstreamed.read_whole().await {
-                    Ok(body) => {
-                        let data: Value = serde_json::from_slice(&body).unwrap_or_default();
-                        result_frame(1, &data)
-                    }
-                    Err(error) => {
-                        error_frame(1, error.status().as_u16(), &error.native_body(&request_id))
-                    }
-                }
-            });
-            (events.boxed(), name)
-        }
-        Outcome::Steps(steps, name) => {
+    let upstreamed = match outcome.into_stream_source() {
+        StreamSource::Steps(steps, name) => {
             let encoder = FrameEncoder::new(request_id, options);
-            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
+            return (encode_steps(steps, encoder, sink(&name)).boxed(), name);
         }
-        Outcome::Whole(reply, name) => {
-            let mut steps: Vec<Step> = vec![Step::Meta(reply.meta.clone())];
-            steps.extend(reply.events().into_iter().map(Step::Event));
-            let encoder = FrameEncoder::new(request_id, options);
-            let steps = futures_util::stream::iter(steps).boxed();
-            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
-        }
+        StreamSource::Raw(upstreamed) => upstreamed,
+    };
+    let name = upstreamed.lease.upstream.config.name.clone();
+    let usage = sink(&name);
+    if upstreamed.is_event_stream() {
+        return (
+            raw_frames(upstreamed.into_events(), request_id, usage).boxed(),
+            name,
+        );
     }
+    // Asked for a stream, the upstream answered whole: its reply as one frame.
+    let events = futures_util::stream::once(async move {
+        match upstreamed.read_whole().await {
+            Ok(body) => {
+                let data: Value = serde_json::from_slice(&body).unwrap_or_default();
+                result_frame(1, &data)
+            }
+            Err(error) => error_frame(1, error.status().as_u16(), &error.native_body(&request_id)),
+        }
+    });
+    (events.boxed(), name)
 }
 
 /// Native clients ask for a stream by header (the official SDKs send both).

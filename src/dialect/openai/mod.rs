@@ -28,7 +28,7 @@ use crate::chat;
 use crate::error::{GatewayError, json_response};
 use crate::event::ChatEvent;
 use crate::provider::Api;
-use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, Step, Upstreamed};
+use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, StreamSource, Upstreamed};
 use crate::server::{AppState, RequestId};
 use reply::{DONE, error_event, fill_meta};
 
@@ -162,16 +162,12 @@ async fn reply_for(
                 &name,
             )
         }
-        Outcome::Steps(steps, name) => {
-            // Only a stream request is translated into steps; relay them as a stream anyway.
-            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
-            let encoder = ChunkEncoder::new(request_id.clone(), model.clone(), include_usage);
+        // Only a stream request is translated into steps; relay them as a stream anyway.
+        outcome @ Outcome::Steps(..) => {
+            let (events, name) =
+                stream_of(state, outcome, request_id.clone(), &model, include_usage);
             let tracker = StreamTracker::new(state.metrics.clone(), "chat", started);
-            super::tagged(
-                event_stream_response(encode_steps(steps, encoder, usage), tracker),
-                &model,
-                &name,
-            )
+            super::tagged(event_stream_response(events, tracker), &model, &name)
         }
     })
 }
@@ -185,44 +181,36 @@ fn stream_of(
     include_usage: bool,
 ) -> (BoxStream<'static, Bytes>, String) {
     let sink = |name: &str| UsageSink::new(state.metrics.clone(), model, name);
-    match outcome {
-        Outcome::Raw(upstreamed) => {
-            let name = upstreamed.lease.upstream.config.name.clone();
-            let usage = sink(&name);
-            if upstreamed.is_event_stream() {
-                return (
-                    raw_events(upstreamed.into_events(), request_id, usage).boxed(),
-                    name,
-                );
-            }
-            // Asked for a stream, the upstream answered whole: its reply as one event.
-            let events = futures_util::stream::once(async move {
-                match upstreamed.read_whole().await {
-                    Ok(body) => {
-                        if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
-                            usage.record(&u);
-                        }
-                        let mut event = error_event(&body).to_vec();
-                        event.extend_from_slice(DONE);
-                        Bytes::from(event)
-                    }
-                    Err(error) => error_event(&error.openai_body(&request_id)),
-                }
-            });
-            (events.boxed(), name)
-        }
-        Outcome::Steps(steps, name) => {
+    let upstreamed = match outcome.into_stream_source() {
+        StreamSource::Steps(steps, name) => {
             let encoder = ChunkEncoder::new(request_id, model.to_string(), include_usage);
-            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
+            return (encode_steps(steps, encoder, sink(&name)).boxed(), name);
         }
-        Outcome::Whole(reply, name) => {
-            let mut steps: Vec<Step> = vec![Step::Meta(reply.meta.clone())];
-            steps.extend(reply.events().into_iter().map(Step::Event));
-            let encoder = ChunkEncoder::new(request_id, model.to_string(), include_usage);
-            let steps = futures_util::stream::iter(steps).boxed();
-            (encode_steps(steps, encoder, sink(&name)).boxed(), name)
-        }
+        StreamSource::Raw(upstreamed) => upstreamed,
+    };
+    let name = upstreamed.lease.upstream.config.name.clone();
+    let usage = sink(&name);
+    if upstreamed.is_event_stream() {
+        return (
+            raw_events(upstreamed.into_events(), request_id, usage).boxed(),
+            name,
+        );
     }
+    // Asked for a stream, the upstream answered whole: its reply as one event.
+    let events = futures_util::stream::once(async move {
+        match upstreamed.read_whole().await {
+            Ok(body) => {
+                if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
+                    usage.record(&u);
+                }
+                let mut event = error_event(&body).to_vec();
+                event.extend_from_slice(DONE);
+                Bytes::from(event)
+            }
+            Err(error) => error_event(&error.openai_body(&request_id)),
+        }
+    });
+    (events.boxed(), name)
 }
 
 /// Relays a non-stream upstream reply as it came, with its content type, counting its usage.
