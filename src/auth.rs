@@ -1,7 +1,10 @@
 //! Who is calling: gateway-issued keys (hashed, compared in constant time) or passthrough.
+//! Keys come from the config (`[[keys]]`) and from the store; store lookups are cached for
+//! `auth.key_cache_ms`, which bounds how late a revoke made elsewhere takes effect here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
@@ -9,14 +12,33 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{AuthMode, StaticKey};
 use crate::error::GatewayError;
+use crate::store::{KeyRecord, QuotaPeriod, Store, now_ms};
+
+/// A key's limits; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub token_quota: Option<u64>,
+    pub quota_period: QuotaPeriod,
+}
+
+impl Limits {
+    pub fn any(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.token_quota.is_some()
+    }
+}
 
 /// A client that got in.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The key's name, for logs and usage; never the key itself.
     pub name: Arc<str>,
+    /// The store's id of the key; `None` for a key from the config and in passthrough mode.
+    pub id: Option<Arc<str>>,
     /// Model allow-list; `None` allows all.
     pub models: Option<Arc<[String]>>,
+    pub limits: Limits,
     /// In passthrough mode, the caller's own bearer token, to forward upstream.
     pub passthrough_token: Option<String>,
 }
@@ -46,27 +68,85 @@ struct KeyEntry {
 pub struct Authenticator {
     mode: AuthMode,
     keys: HashMap<[u8; 32], KeyEntry>,
+    store: Option<Store>,
+    /// Store lookups by hash, found or not (`None`), for `key_cache_ms`.
+    cache: moka::sync::Cache<[u8; 32], Option<Arc<KeyRecord>>>,
+}
+
+impl Caller {
+    fn of_record(key: &KeyRecord) -> Caller {
+        Caller {
+            name: Arc::from(key.name.as_str()),
+            id: Some(Arc::from(key.id.as_str())),
+            models: key.models.as_ref().map(|m| Arc::from(m.as_slice())),
+            limits: Limits {
+                rpm: key.rpm,
+                tpm: key.tpm,
+                token_quota: key.token_quota,
+                quota_period: key.quota_period,
+            },
+            passthrough_token: None,
+        }
+    }
 }
 
 pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// A new client key: `sk-dg-` and 192 random bits, hex.
+pub fn mint_key() -> Result<String, GatewayError> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|_| GatewayError::Internal)?;
+    Ok(format!("sk-dg-{}", hex::encode(bytes)))
+}
+
+/// What listings show of a key: enough to tell keys apart, far too little to guess one.
+pub fn key_prefix(key: &str) -> String {
+    key.chars().take(10).collect()
+}
+
 impl Authenticator {
-    pub fn new(mode: AuthMode, static_keys: &[StaticKey]) -> Self {
+    pub fn new(
+        mode: AuthMode,
+        static_keys: &[StaticKey],
+        store: Option<Store>,
+        cache_for: Duration,
+    ) -> Self {
         let keys = static_keys
             .iter()
             .map(|k| {
                 let hash = hash_key(k.key.expose());
                 let caller = Caller {
                     name: Arc::from(k.name.as_str()),
+                    id: None,
                     models: k.models.as_ref().map(|m| Arc::from(m.as_slice())),
+                    limits: Limits {
+                        rpm: k.rpm.map(u64::from),
+                        tpm: k.tpm,
+                        token_quota: k.token_quota,
+                        quota_period: k.quota_period,
+                    },
                     passthrough_token: None,
                 };
                 (hash, KeyEntry { hash, caller })
             })
             .collect();
-        Self { mode, keys }
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(cache_for.max(Duration::from_millis(1)))
+            .build();
+        Self {
+            mode,
+            keys,
+            store,
+            cache,
+        }
+    }
+
+    /// Forgets every cached store lookup: after a change made on this gateway, it holds at once.
+    pub fn forget_cached(&self) {
+        self.cache.invalidate_all();
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -74,22 +154,57 @@ impl Authenticator {
     }
 
     /// Checks `Authorization: Bearer <key>`; a missing or unknown key is 401 `invalid_api_key`.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
         let token = bearer(headers).ok_or(GatewayError::InvalidApiKey)?;
-        match self.mode {
-            AuthMode::Passthrough => Ok(Caller {
+        if self.mode == AuthMode::Passthrough {
+            return Ok(Caller {
                 name: Arc::from("passthrough"),
+                id: None,
                 models: None,
+                limits: Limits::default(),
                 passthrough_token: Some(token.to_string()),
-            }),
-            AuthMode::Keys => {
-                // The map is keyed by the hash, so lookup time says nothing about the key's
-                // bytes; the final comparison is constant-time all the same.
-                let hash = hash_key(token);
-                match self.keys.get(&hash) {
-                    Some(entry) if bool::from(entry.hash.ct_eq(&hash)) => Ok(entry.caller.clone()),
-                    _ => Err(GatewayError::InvalidApiKey),
-                }
+            });
+        }
+        // Maps are keyed by the hash, so lookup time says nothing about the key's bytes; the
+        // final comparison is constant-time all the same.
+        let hash = hash_key(token);
+        if let Some(entry) = self.keys.get(&hash) {
+            if bool::from(entry.hash.ct_eq(&hash)) {
+                return Ok(entry.caller.clone());
+            }
+        }
+        let record = match self.cache.get(&hash) {
+            Some(cached) => cached,
+            None => self.look_up(hash).await?,
+        };
+        let Some(record) = record else {
+            return Err(GatewayError::InvalidApiKey);
+        };
+        if record.revoked_at.is_some() {
+            return Err(GatewayError::KeyUnusable("was revoked"));
+        }
+        if record.disabled {
+            return Err(GatewayError::KeyUnusable("is disabled"));
+        }
+        if record.expires_at.is_some_and(|t| t <= now_ms()) {
+            return Err(GatewayError::KeyUnusable("has expired"));
+        }
+        Ok(Caller::of_record(&record))
+    }
+
+    async fn look_up(&self, hash: [u8; 32]) -> Result<Option<Arc<KeyRecord>>, GatewayError> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        match store.key_by_hash(&hex::encode(hash)).await {
+            Ok(found) => {
+                let found = found.map(Arc::new);
+                self.cache.insert(hash, found.clone());
+                Ok(found)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "key lookup failed");
+                Err(GatewayError::StoreUnavailable)
             }
         }
     }
@@ -124,13 +239,27 @@ mod tests {
             models: Some(vec!["qwen-plus".into()]),
             rpm: None,
             tpm: None,
+            token_quota: None,
+            quota_period: QuotaPeriod::Total,
         };
-        Authenticator::new(AuthMode::Keys, &[key])
+        Authenticator::new(AuthMode::Keys, &[key], None, Duration::from_secs(5))
     }
 
     #[test]
-    fn known_key_gets_in_with_its_allow_list() {
-        let caller = table().authenticate(&headers("Bearer sk-glass3-demo"));
+    fn minted_keys_are_long_random_and_prefixed() {
+        let (a, b) = (mint_key().ok(), mint_key().ok());
+        assert!(
+            a.as_deref()
+                .is_some_and(|k| k.starts_with("sk-dg-") && k.len() == 54)
+        );
+        assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn known_key_gets_in_with_its_allow_list() {
+        let caller = table()
+            .authenticate(&headers("Bearer sk-glass3-demo"))
+            .await;
         let caller = caller.map_err(|e| e.to_string());
         assert_eq!(caller.as_ref().map(|c| c.name.as_ref()), Ok("glass"));
         assert!(
@@ -140,8 +269,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn wrong_missing_or_malformed_keys_are_refused() {
+    #[tokio::test]
+    async fn wrong_missing_or_malformed_keys_are_refused() {
         for value in [
             "Bearer sk-glass3-dem",
             "sk-glass3-demo",
@@ -151,7 +280,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    table().authenticate(&headers(value)),
+                    table().authenticate(&headers(value)).await,
                     Err(GatewayError::InvalidApiKey)
                 ),
                 "{value}"
@@ -159,10 +288,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn passthrough_keeps_the_callers_token() {
-        let auth = Authenticator::new(AuthMode::Passthrough, &[]);
-        let caller = auth.authenticate(&headers("bearer sk-callers-own"));
+    #[tokio::test]
+    async fn passthrough_keeps_the_callers_token() {
+        let auth = Authenticator::new(AuthMode::Passthrough, &[], None, Duration::from_secs(5));
+        let caller = auth.authenticate(&headers("bearer sk-callers-own")).await;
         assert_eq!(
             caller.ok().and_then(|c| c.passthrough_token),
             Some("sk-callers-own".into())

@@ -60,6 +60,77 @@ pub struct Config {
     pub retry: RetryConfig,
     pub circuit: CircuitConfig,
     pub media: MediaConfig,
+    pub limits: LimitsConfig,
+    pub usage: UsageConfig,
+    /// Prices per model, for the cost in each usage record.
+    pub prices: std::collections::BTreeMap<String, Price>,
+}
+
+/// Where per-key limits are counted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Shared counters for all gateways (`redis://host:port/db`); unset: in this process.
+    pub redis_url: Option<Secret>,
+    /// What a request gets while Redis cannot be reached: `open` lets it through (logged and
+    /// counted), `closed` refuses it with 503.
+    pub on_redis_error: FailMode,
+    /// The longest a limit check waits for Redis.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            on_redis_error: FailMode::Open,
+            redis_timeout_ms: 250,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    Open,
+    Closed,
+}
+
+/// The usage ledger's writer: batches, and where records wait while the store is down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Records queued between the request path and the writer.
+    pub queue_records: usize,
+    /// Records written per transaction at most (a batch is what has queued up meanwhile).
+    pub batch_records: usize,
+    /// Records held in memory while the store is down; beyond this they go to the spill file.
+    pub memory_records: usize,
+    /// Where records wait on disk while the store is down (JSON lines; replayed at start and
+    /// when the store is back).
+    pub spill_path: std::path::PathBuf,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            queue_records: 65_536,
+            batch_records: 256,
+            memory_records: 100_000,
+            spill_path: "dashgate-usage.spill".into(),
+        }
+    }
+}
+
+/// A model's price, in any currency, per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    /// Cached prompt tokens, when cheaper (default: the input price).
+    #[serde(default)]
+    pub cached_input_per_million: Option<f64>,
 }
 
 /// What media parts may be, and what happens to camera frames before they go upstream.
@@ -245,12 +316,25 @@ pub enum AuthMode {
     Passthrough,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub mode: AuthMode,
     /// Guards `/admin`; empty or absent means there is no admin API.
     pub admin_token: Option<Secret>,
+    /// How long a key looked up in the store is trusted: the bound on how late another
+    /// gateway sees a revoke (the gateway that revokes sees it at once).
+    pub key_cache_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Keys,
+            admin_token: None,
+            key_cache_ms: 5_000,
+        }
+    }
 }
 
 /// A client key written in the config, beside the keys kept in the store.
@@ -262,9 +346,13 @@ pub struct StaticKey {
     pub models: Option<Vec<String>>,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
+    /// Tokens this key may use in all, or per `quota_period`.
+    pub token_quota: Option<u64>,
+    #[serde(default)]
+    pub quota_period: crate::store::QuotaPeriod,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// Alibaba Cloud Model Studio; `base_url` is the host root.
@@ -593,6 +681,36 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                     "model names must not be empty",
                 ));
             }
+        }
+    }
+    if config.usage.queue_records == 0
+        || config.usage.batch_records == 0
+        || config.usage.memory_records == 0
+    {
+        return Err(ConfigError::new(
+            "usage",
+            "queue_records, batch_records and memory_records must be at least 1",
+        ));
+    }
+    if let Some(url) = &config.limits.redis_url {
+        if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "limits.redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+    }
+    for (model, price) in &config.prices {
+        let prices = [
+            price.input_per_million,
+            price.output_per_million,
+            price.cached_input_per_million.unwrap_or(0.0),
+        ];
+        if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
+            return Err(ConfigError::new(
+                format!("prices.{model}"),
+                "prices must be finite and not negative",
+            ));
         }
     }
     if config.retry.attempts == 0 {

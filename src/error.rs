@@ -13,6 +13,21 @@ use serde::Serialize;
 pub enum GatewayError {
     #[error("Incorrect API key provided.")]
     InvalidApiKey,
+    /// A known key that may not be used now: "has expired", "is disabled", "was revoked".
+    #[error("This API key {0}.")]
+    KeyUnusable(&'static str),
+    /// A per-key limit is reached; `Retry-After` says when the window turns over.
+    #[error("{}", .limit.message())]
+    RateLimited {
+        limit: Limit,
+        retry_after: HeaderValue,
+    },
+    #[error("No key `{0}`.")]
+    KeyNotFound(String),
+    #[error("The gateway's key store cannot be reached; try again shortly.")]
+    StoreUnavailable,
+    #[error("The gateway's rate limiter cannot be reached; try again shortly.")]
+    LimitsUnavailable,
     #[error("{message}")]
     InvalidParameter {
         param: Option<String>,
@@ -71,10 +86,14 @@ impl GatewayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::InvalidApiKey | Self::KeyUnusable(_) => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::StoreUnavailable | Self::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidParameter { .. } | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ModelNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::RouteNotFound(_) | Self::KeyNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -104,6 +123,8 @@ impl GatewayError {
             | Self::UpstreamBusy(_)
             | Self::NoHealthyUpstream(_) => "upstream_error",
             Self::Internal | Self::ShuttingDown => "internal_error",
+            Self::StoreUnavailable | Self::LimitsUnavailable => "internal_error",
+            Self::RateLimited { .. } => "rate_limit_error",
             Self::UpstreamRejected(r) => r.kind_or_default(),
             _ => "invalid_request_error",
         }
@@ -113,7 +134,11 @@ impl GatewayError {
     pub fn code(&self) -> &str {
         match self {
             Self::UpstreamRejected(r) => r.openai_code(),
-            Self::InvalidApiKey => "invalid_api_key",
+            Self::InvalidApiKey | Self::KeyUnusable(_) => "invalid_api_key",
+            Self::RateLimited { limit, .. } => limit.openai_code(),
+            Self::StoreUnavailable => "store_unavailable",
+            Self::KeyNotFound(_) => "key_not_found",
+            Self::LimitsUnavailable => "limits_unavailable",
             Self::InvalidParameter { .. } => "invalid_parameter_error",
             Self::InvalidJson(_) => "invalid_json",
             Self::PayloadTooLarge { .. } => "request_too_large",
@@ -212,7 +237,11 @@ impl GatewayError {
     /// The native-dialect `code` (DashScope's code strings; the gateway's own in the same style).
     pub fn native_code(&self) -> &str {
         match self {
-            Self::InvalidApiKey => "InvalidApiKey",
+            Self::InvalidApiKey | Self::KeyUnusable(_) => "InvalidApiKey",
+            Self::RateLimited { limit, .. } => limit.native_code(),
+            Self::StoreUnavailable => "StoreUnavailable",
+            Self::KeyNotFound(_) => "NotFound",
+            Self::LimitsUnavailable => "LimitsUnavailable",
             Self::InvalidParameter { .. } => "InvalidParameter",
             Self::InvalidJson(_) => "BadRequest.IllegalInput",
             Self::PayloadTooLarge { .. } => "BadRequest.TooLarge",
@@ -260,10 +289,55 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<&HeaderValue> {
         static ONE_SECOND: HeaderValue = HeaderValue::from_static("1");
         match self {
-            Self::UpstreamBusy(_) => Some(&ONE_SECOND),
+            Self::UpstreamBusy(_) | Self::StoreUnavailable | Self::LimitsUnavailable => {
+                Some(&ONE_SECOND)
+            }
+            Self::RateLimited { retry_after, .. } => Some(retry_after),
             Self::UpstreamStatus { retry_after, .. } => retry_after.as_ref(),
             Self::UpstreamRejected(r) => r.retry_after.as_ref(),
             _ => None,
+        }
+    }
+}
+
+/// The per-key limits a request can run into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    RequestsPerMinute,
+    TokensPerMinute,
+    TokenQuota,
+}
+
+impl Limit {
+    fn message(&self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "This API key has reached its requests-per-minute limit.",
+            Self::TokensPerMinute => "This API key has reached its tokens-per-minute limit.",
+            Self::TokenQuota => "This API key has used up its token quota.",
+        }
+    }
+
+    /// DashScope's compatible-mode codes for its own 429s; `insufficient_quota` as OpenAI says it.
+    fn openai_code(&self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "limit_requests",
+            Self::TokensPerMinute => "limit_tokens",
+            Self::TokenQuota => "insufficient_quota",
+        }
+    }
+
+    fn native_code(&self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute | Self::TokensPerMinute => "Throttling.RateQuota",
+            Self::TokenQuota => "Throttling.AllocationQuota",
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "rpm",
+            Self::TokensPerMinute => "tpm",
+            Self::TokenQuota => "quota",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! dashgate: a gateway between device and app clients and DashScope (Qwen) or any
 //! OpenAI-compatible upstream. See `ARCHITECTURE.md` for the plan of the house.
 
+pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod config;
@@ -8,11 +9,14 @@ pub mod dialect;
 pub mod error;
 pub mod event;
 pub mod fetch;
+pub mod limit;
 pub mod media;
 pub mod provider;
 pub mod relay;
 pub mod route;
 pub mod server;
 pub mod sim;
+pub mod store;
 pub mod telemetry;
 pub mod transform;
+pub mod usage;

@@ -1,4 +1,4 @@
-//! The `dashgate` command: serve | simulate | check. Nothing else lives here.
+//! The `dashgate` command: serve | simulate | keys | check. Nothing else lives here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use dashgate::config::{self, Source};
 use dashgate::{server, sim};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+mod keys;
 
 // The request path allocates many small, short-lived buffers; mimalloc serves them far cheaper
 // than glibc's malloc (which showed as ~12% of the gateway's CPU under load).
@@ -44,6 +46,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Manage client keys in the store.
+    Keys {
+        /// Config file (its [store] is used); same default as `serve`.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: keys::Action,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,11 +88,26 @@ fn main() -> ExitCode {
             }
             run(async move {
                 let listener = TcpListener::bind(config.server.listen).await?;
-                let state = server::AppState::new(config).map_err(std::io::Error::other)?;
+                let state = server::AppState::new(config)
+                    .await
+                    .map_err(std::io::Error::other)?;
                 let shutdown = shutdown_on_signal()?;
                 announce("dashgate", &listener)?;
                 server::serve(listener, std::sync::Arc::new(state), shutdown).await
             })
+        }
+        Command::Keys { config, action } => {
+            let config = match load(config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            match action.check() {
+                Ok(()) => run_code(keys::run(config, action)),
+                Err(message) => {
+                    eprintln!("dashgate: {message}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Simulate(options) => run(async move {
             let listener = TcpListener::bind(options.listen).await?;
@@ -111,6 +136,20 @@ fn announce(what: &str, listener: &TcpListener) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{what} listening on http://{addr}")?;
     out.flush()
+}
+
+/// Runs work that decides its own exit status.
+fn run_code(work: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => {
+            eprintln!("dashgate: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(work: impl Future<Output = std::io::Result<()>>) -> ExitCode {

@@ -279,6 +279,10 @@ pub async fn dispatch(
     };
     let variants = prepare_media(state, &request).await?;
     let fast_path = state.config.server.fast_path;
+    // Every stream is metered from the upstream's own usage, also for a client that did not
+    // ask for it (the usage chunk is then kept from it).
+    let ask_usage =
+        request.dialect == Dialect::OpenAi && call.stream && !request.chat.wants_usage();
     // Bodies are made once per media variant and dialect, whichever upstream a retry lands on.
     // One set per variant, and a last one for the request as it came.
     let mut bodies: Vec<[Option<(Api, Bytes)>; 3]> = vec![[None, None, None]; variants.len() + 1];
@@ -297,15 +301,19 @@ pub async fn dispatch(
         };
         bodies[at][slot]
             .get_or_insert_with(|| match slot {
+                2 if !changed && ask_usage => (request.api, asking_usage(&request.original, chat)),
                 2 if !changed => (request.api, request.original.clone()),
                 2 => {
                     let replacements = prepared.map_or(&[][..], |p| &p.replacements[..]);
                     let native = request.dialect == Dialect::Native;
                     let body = transform::apply_to_body(&request.original, replacements, native);
-                    (
-                        request.api,
-                        body.unwrap_or_else(|| request.original.clone()),
-                    )
+                    let body = body.unwrap_or_else(|| request.original.clone());
+                    let body = if ask_usage {
+                        asking_usage(&body, chat)
+                    } else {
+                        body
+                    };
+                    (request.api, body)
                 }
                 0 => (Api::Chat, provider::openai::encode_request(chat)),
                 _ => provider::dashscope::encode_request(chat),
@@ -335,6 +343,24 @@ pub async fn dispatch(
     reply
         .map(|reply| (Outcome::Whole(reply, name), media))
         .map_err(|e| protocol_error(&upstream, &format!("unreadable reply: {e}")))
+}
+
+/// An OpenAI-dialect stream request body that asks for the usage chunk. Without
+/// `stream_options` the field is put in front, bytes otherwise untouched; with one (that does
+/// not ask), the request is encoded anew.
+fn asking_usage(body: &Bytes, chat: &Chat) -> Bytes {
+    const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    match start {
+        Some(i) if chat.stream_options.is_none() && body[i] == b'{' => {
+            let mut out = Vec::with_capacity(body.len() + FIELD.len());
+            out.extend_from_slice(&body[..=i]);
+            out.extend_from_slice(FIELD);
+            out.extend_from_slice(&body[i + 1..]);
+            Bytes::from(out)
+        }
+        _ => provider::openai::encode_request(chat),
+    }
 }
 
 /// A request as one media policy made it.

@@ -20,9 +20,12 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::dialect::{native, openai};
 use crate::error::{GatewayError, json_response};
+use crate::limit::Limiter;
 use crate::provider::Upstream;
 use crate::route;
+use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::usage::{Ledger, MeterContext};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -37,20 +40,50 @@ pub struct AppState {
     pub media_limiter: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the shutdown drain time is over: streams still running end with an error.
     pub abort: CancellationToken,
+    pub store: Store,
+    pub limiter: Arc<Limiter>,
+    /// The usage ledger and what else every request's meter reports to.
+    pub meters: MeterContext,
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Result<Self, String> {
+    /// Opens the store (applying its migrations) and starts the usage writer.
+    pub async fn new(config: Config) -> Result<Self, String> {
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::new(u.clone(), &config.circuit, &config.media).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let store = Store::open(&config.store.url)
+            .await
+            .map_err(|e| format!("store.url: {e}"))?;
+        let metrics = Arc::new(Metrics::new());
+        let limiter = Arc::new(Limiter::new(
+            &config.limits,
+            store.clone(),
+            metrics.clone(),
+        )?);
+        let ledger = Ledger::start(store.clone(), &config.usage, metrics.clone());
+        let meters = MeterContext {
+            ledger,
+            limiter: limiter.clone(),
+            metrics: metrics.clone(),
+            prices: Arc::new(config.prices.clone()),
+        };
+        let key_cache = Duration::from_millis(config.auth.key_cache_ms);
         Ok(Self {
-            auth: Authenticator::new(config.auth.mode, &config.keys),
+            auth: Authenticator::new(
+                config.auth.mode,
+                &config.keys,
+                Some(store.clone()),
+                key_cache,
+            ),
+            store,
+            limiter,
+            meters,
             router: route::Router::new(upstreams),
             body_timeout: Duration::from_secs(300),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             draining: CancellationToken::new(),
             media_limiter: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -92,6 +125,7 @@ fn route_label(path: &str) -> Option<&'static str> {
         "/api/v1/services/aigc/multimodal-generation/generation" => "native_multimodal",
         "/v1/models" | "/compatible-mode/v1/models" => "models",
         "/healthz" | "/readyz" | "/metrics" => return None,
+        _ if path.starts_with("/admin/") => "admin",
         _ => "unmatched",
     })
 }
@@ -130,8 +164,11 @@ async fn request_id(
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(openai::chat_completions))
+    let mut app = Router::new();
+    if let Some(admin) = crate::admin::routes(&state) {
+        app = app.merge(admin);
+    }
+    app.route("/v1/chat/completions", post(openai::chat_completions))
         .route(
             "/compatible-mode/v1/chat/completions",
             post(openai::chat_completions),
@@ -236,10 +273,15 @@ pub async fn serve(
         tokio::time::sleep(drain).await;
         abort.cancel();
     });
-    let app = router(state);
-    axum::serve(listener.tap_io(no_delay), app)
+    let app = router(state.clone());
+    let served = axum::serve(listener.tap_io(no_delay), app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .await;
+    // Every request is done and metered: what the writer holds goes to the store (or the
+    // spill file) before the process ends.
+    state.meters.ledger.close().await;
+    state.store.close().await;
+    served
 }
 
 /// Small SSE writes must leave at once: with Nagle's algorithm on, an event waits for the
@@ -254,7 +296,7 @@ pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(AppState::new(config).map_err(std::io::Error::other)?);
+    let state = Arc::new(AppState::new(config).await.map_err(std::io::Error::other)?);
     tokio::spawn(async move {
         if let Err(e) = serve(listener, state, shutdown).await {
             tracing::error!(error = %e, "server stopped");

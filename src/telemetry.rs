@@ -62,6 +62,26 @@ pub struct Metrics {
     circuit: Family<UpstreamLabels, Gauge>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
     streams: Gauge,
+    limiter_errors: Counter,
+    ledger: Family<LedgerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LedgerLabels {
+    outcome: &'static str,
+}
+
+/// What became of usage records.
+#[derive(Debug, Clone, Copy)]
+pub enum LedgerOutcome {
+    /// Written to the store.
+    Written,
+    /// Put in the spill file while the store was down.
+    Spilled,
+    /// Lost: the queue was full, or the spill file could not be written or read.
+    Lost,
+    /// A write to the store failed (the records wait and are tried again).
+    StoreError,
 }
 
 impl Default for Metrics {
@@ -127,7 +147,21 @@ impl Metrics {
             "Streams being relayed now",
             streams.clone(),
         );
+        let limiter_errors = Counter::default();
+        registry.register(
+            "limiter_errors",
+            "Limit checks or token updates that could not reach Redis",
+            limiter_errors.clone(),
+        );
+        let ledger = Family::<LedgerLabels, Counter>::default();
+        registry.register(
+            "usage_records",
+            "Usage records by outcome: written, spilled (to the local file), lost, store_error",
+            ledger.clone(),
+        );
         Self {
+            limiter_errors,
+            ledger,
             registry,
             requests,
             duration,
@@ -194,6 +228,22 @@ impl Metrics {
                 self.tokens.get_or_create(&labels).inc_by(count);
             }
         }
+    }
+
+    pub fn limiter_error(&self) {
+        self.limiter_errors.inc();
+    }
+
+    pub fn ledger(&self, outcome: LedgerOutcome, count: u64) {
+        let outcome = match outcome {
+            LedgerOutcome::Written => "written",
+            LedgerOutcome::Spilled => "spilled",
+            LedgerOutcome::Lost => "lost",
+            LedgerOutcome::StoreError => "store_error",
+        };
+        self.ledger
+            .get_or_create(&LedgerLabels { outcome })
+            .inc_by(count);
     }
 
     pub fn retry(&self, upstream: &str, reason: &'static str) {

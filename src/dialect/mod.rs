@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use crate::event::{ChatEvent, Usage};
+use crate::event::ChatEvent;
 use crate::relay::Step;
 use crate::server::RouteInfo;
 use crate::telemetry::Metrics;
@@ -29,27 +29,8 @@ pub trait StepEncoder: Send + 'static {
     fn finish(&mut self) -> Option<Bytes>;
 }
 
-/// Where the tokens a reply used are counted (the metrics now; the usage ledger joins later).
-#[derive(Clone)]
-pub struct UsageSink {
-    metrics: Arc<Metrics>,
-    model: String,
-    upstream: String,
-}
-
-impl UsageSink {
-    pub fn new(metrics: Arc<Metrics>, model: &str, upstream: &str) -> Self {
-        Self {
-            metrics,
-            model: model.to_string(),
-            upstream: upstream.to_string(),
-        }
-    }
-
-    pub fn record(&self, usage: &Usage) {
-        self.metrics.usage(&self.model, &self.upstream, usage);
-    }
-}
+/// Where the tokens a reply used are counted: the request's meter.
+pub type UsageSink = crate::usage::Meter;
 
 /// Times a stream: its first event (time to first token), its whole life, and the count of
 /// streams in flight. Dropped with the stream, also when the client hangs up.
@@ -58,20 +39,28 @@ pub struct StreamTracker {
     route: &'static str,
     started: Instant,
     first_sent: bool,
+    meter: UsageSink,
 }
 
 impl StreamTracker {
-    pub fn new(metrics: Arc<Metrics>, route: &'static str, started: Instant) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        route: &'static str,
+        started: Instant,
+        meter: &UsageSink,
+    ) -> Self {
         metrics.stream_started();
         Self {
             metrics,
             route,
             started,
             first_sent: false,
+            meter: meter.clone(),
         }
     }
 
     fn sent(&mut self, event: &[u8]) {
+        self.meter.sent(event);
         // Keep-alive comments are not tokens.
         if !self.first_sent && !event.starts_with(b":") {
             self.first_sent = true;
@@ -100,8 +89,11 @@ pub fn encode_steps<E: StepEncoder>(
             loop {
                 match steps.next().await {
                     Some(step) => {
-                        if let Step::Event(ChatEvent::Usage(u)) = &step {
-                            usage.record(u);
+                        match &step {
+                            Step::Event(ChatEvent::Usage(u)) => usage.usage(u),
+                            Step::Event(ChatEvent::Error(e)) => usage.failed(200, &e.code),
+                            Step::Fail(e) => usage.failed(200, e.code()),
+                            _ => {}
                         }
                         if let Some(bytes) = encoder.step(step) {
                             return Some((bytes, Some((steps, encoder))));
@@ -220,17 +212,52 @@ use std::time::Duration;
 
 use crate::error::GatewayError;
 
-/// Admission: the caller's key first (nothing is read for a stranger), then the body within its
-/// size and time limits.
+/// Where a request came in, for its usage record.
+#[derive(Clone, Copy)]
+pub struct Entry<'a> {
+    pub route: &'static str,
+    pub dialect: &'static str,
+    pub request_id: &'a str,
+}
+
+/// Admission: the caller's key first (nothing is read for a stranger), then the key's limits,
+/// then the body within its size and time limits. From the key on, the request has a meter:
+/// a refused request is recorded too.
 pub async fn admit(
     state: &crate::server::AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(crate::auth::Caller, Bytes), GatewayError> {
-    let caller = state.auth.authenticate(headers)?;
-    let limit = state.config.server.max_body_bytes;
-    let bytes = read_body(headers, body, limit, state.body_timeout).await?;
-    Ok((caller, bytes))
+    entry: Entry<'_>,
+) -> Result<(crate::auth::Caller, Bytes, UsageSink), GatewayError> {
+    let caller = state.auth.authenticate(headers).await?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let meter = UsageSink::new(
+        &state.meters,
+        &caller,
+        entry.request_id,
+        entry.route,
+        entry.dialect,
+        declared,
+    );
+    let admitted = async {
+        state.limiter.admit(&caller).await?;
+        let limit = state.config.server.max_body_bytes;
+        read_body(headers, body, limit, state.body_timeout).await
+    };
+    match admitted.await {
+        Ok(bytes) => {
+            meter.received(bytes.len());
+            Ok((caller, bytes, meter))
+        }
+        Err(error) => {
+            meter.failed(error.status().as_u16(), error.code());
+            Err(error)
+        }
+    }
 }
 
 /// Reads a request body up to `limit` bytes; more is 413, a stalled upload is 400.

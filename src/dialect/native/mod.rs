@@ -89,23 +89,55 @@ async fn reply(
     api: Api,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
-    let (caller, bytes) = super::admit(state, headers, body).await?;
-    let (chat, options) = decode(&bytes, wants_stream(headers), api)?;
-    let stream = chat.is_stream();
-    let model = chat.model.clone();
     let route = if api == Api::NativeMultimodal {
         "native_multimodal"
     } else {
         "native_text"
     };
+    let entry = super::Entry {
+        route,
+        dialect: "native",
+        request_id,
+    };
+    let (caller, bytes, meter) = super::admit(state, headers, body, entry).await?;
+    let result = metered(
+        state, request_id, headers, caller, bytes, api, &meter, started,
+    )
+    .await;
+    if let Err(error) = &result {
+        meter.failed(error.status().as_u16(), error.native_code());
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn metered(
+    state: &Arc<AppState>,
+    request_id: &Arc<str>,
+    headers: &HeaderMap,
+    caller: crate::auth::Caller,
+    bytes: Bytes,
+    api: Api,
+    meter: &UsageSink,
+    started: Instant,
+) -> Result<Response, GatewayError> {
+    let route = if api == Api::NativeMultimodal {
+        "native_multimodal"
+    } else {
+        "native_text"
+    };
+    let (chat, options) = decode(&bytes, wants_stream(headers), api)?;
+    let stream = chat.is_stream();
+    let model = chat.model.clone();
+    meter.request(&model, stream);
     let keepalive = state.config.server.sse_keepalive_ms;
     if stream && keepalive > 0 {
         // The head goes out now; the call runs inside the stream, which the client can drop.
-        let (state2, request_id2, headers, model2) = (
+        let (state2, request_id2, headers, meter2) = (
             state.clone(),
             request_id.clone(),
             headers.clone(),
-            model.clone(),
+            meter.clone(),
         );
         let first = async move {
             let request = Request {
@@ -121,18 +153,19 @@ async fn reply(
                 .await
                 .map_err(request::native_names)
             {
-                Ok((outcome, _media)) => {
-                    Ok(stream_of(&state2, outcome, request_id2.clone(), &model2, options).0)
+                Ok((outcome, media)) => {
+                    meter2.media(media);
+                    Ok(stream_of(outcome, request_id2.clone(), options, &meter2).0)
                 }
-                Err(error) => Err(error_frame(
-                    1,
-                    error.status().as_u16(),
-                    &error.native_body(&request_id2),
-                )),
+                Err(error) => {
+                    meter2.failed(200, error.native_code());
+                    let status = error.status().as_u16();
+                    Err(error_frame(1, status, &error.native_body(&request_id2)))
+                }
             }
         };
         let events = super::with_keepalive(first, Duration::from_millis(keepalive));
-        let tracker = StreamTracker::new(state.metrics.clone(), route, started);
+        let tracker = StreamTracker::new(state.metrics.clone(), route, started, meter);
         return Ok(super::tagged(
             event_stream_response(events, tracker),
             &model,
@@ -151,8 +184,9 @@ async fn reply(
     let (outcome, media) = relay::dispatch(state, request)
         .await
         .map_err(request::native_names)?;
+    meter.media(media);
     let response = reply_for(
-        state, outcome, request_id, started, &model, stream, options, route,
+        state, outcome, request_id, started, &model, stream, options, route, meter,
     )
     .await?;
     Ok(super::with_media_headers(response, media))
@@ -168,65 +202,62 @@ async fn reply_for(
     stream: bool,
     options: Options,
     route: &'static str,
+    meter: &UsageSink,
 ) -> Result<Response, GatewayError> {
     let model = model.to_string();
+    let as_stream = |outcome| {
+        let (events, name) = stream_of(outcome, request_id.clone(), options, meter);
+        let tracker = StreamTracker::new(state.metrics.clone(), route, started, meter);
+        super::tagged(event_stream_response(events, tracker), &model, &name)
+    };
     if stream {
-        let (events, name) = stream_of(state, outcome, request_id.clone(), &model, options);
-        let tracker = StreamTracker::new(state.metrics.clone(), route, started);
-        return Ok(super::tagged(
-            event_stream_response(events, tracker),
-            &model,
-            &name,
-        ));
+        return Ok(as_stream(outcome));
     }
     Ok(match outcome {
         Outcome::Raw(upstreamed) => {
             let name = upstreamed.lease.upstream.config.name.clone();
+            meter.upstream(&name);
             let body = upstreamed.read_whole().await?;
             if let Some(u) = crate::provider::dashscope::decode_reply(&body)
                 .ok()
                 .and_then(|r| r.usage)
             {
-                UsageSink::new(state.metrics.clone(), &model, &name).record(&u);
+                meter.usage(&u);
             }
+            meter.sent(&body);
             super::tagged(json_response(StatusCode::OK, body.to_vec()), &model, &name)
         }
         Outcome::Whole(reply, name) => {
+            meter.upstream(&name);
             if let Some(usage) = &reply.usage {
-                UsageSink::new(state.metrics.clone(), &model, &name).record(usage);
+                meter.usage(usage);
             }
-            super::tagged(
-                json_response(StatusCode::OK, encode_reply(&reply, options, request_id)),
-                &model,
-                &name,
-            )
+            let body = encode_reply(&reply, options, request_id);
+            meter.sent(&body);
+            super::tagged(json_response(StatusCode::OK, body), &model, &name)
         }
-        outcome @ Outcome::Steps(..) => {
-            let (events, name) = stream_of(state, outcome, request_id.clone(), &model, options);
-            let tracker = StreamTracker::new(state.metrics.clone(), route, started);
-            super::tagged(event_stream_response(events, tracker), &model, &name)
-        }
+        outcome @ Outcome::Steps(..) => as_stream(outcome),
     })
 }
 
 /// The client's frames for an upstream's answer to a stream request, and the upstream's name.
 fn stream_of(
-    state: &Arc<AppState>,
     outcome: Outcome,
     request_id: Arc<str>,
-    model: &str,
     options: Options,
+    meter: &UsageSink,
 ) -> (BoxStream<'static, Bytes>, String) {
-    let sink = |name: &str| UsageSink::new(state.metrics.clone(), model, name);
+    let usage = meter.clone();
     let upstreamed = match outcome.into_stream_source() {
         StreamSource::Steps(steps, name) => {
+            usage.upstream(&name);
             let encoder = FrameEncoder::new(request_id, options);
-            return (encode_steps(steps, encoder, sink(&name)).boxed(), name);
+            return (encode_steps(steps, encoder, usage).boxed(), name);
         }
         StreamSource::Raw(upstreamed) => upstreamed,
     };
     let name = upstreamed.lease.upstream.config.name.clone();
-    let usage = sink(&name);
+    usage.upstream(&name);
     if upstreamed.is_event_stream() {
         return (
             raw_frames(upstreamed.into_events(), request_id, usage).boxed(),
@@ -237,10 +268,19 @@ fn stream_of(
     let events = futures_util::stream::once(async move {
         match upstreamed.read_whole().await {
             Ok(body) => {
+                if let Some(u) = crate::provider::dashscope::decode_reply(&body)
+                    .ok()
+                    .and_then(|r| r.usage)
+                {
+                    usage.usage(&u);
+                }
                 let data: Value = serde_json::from_slice(&body).unwrap_or_default();
                 result_frame(1, &data)
             }
-            Err(error) => error_frame(1, error.status().as_u16(), &error.native_body(&request_id)),
+            Err(error) => {
+                usage.failed(200, error.native_code());
+                error_frame(1, error.status().as_u16(), &error.native_body(&request_id))
+            }
         }
     });
     (events.boxed(), name)
@@ -261,7 +301,8 @@ fn wants_stream(headers: &HeaderMap) -> bool {
 
 /// The fast path for streams: native frames go to the client as they are. The stream ends
 /// when the upstream closes it, after an error frame, or with the gateway's own error frame.
-/// Every frame carries the usage so far; the last one's is counted.
+/// Every frame carries the usage so far: the meter keeps the last one and reads it at the end,
+/// also when the client hangs up.
 fn raw_frames(
     events: SseEvents,
     request_id: Arc<str>,
@@ -270,35 +311,30 @@ fn raw_frames(
     struct Relay {
         events: SseEvents,
         sent: u64,
-        last: Option<Bytes>,
+        usage: UsageSink,
     }
     let relay = Relay {
         events,
         sent: 0,
-        last: None,
+        usage,
     };
     futures_util::stream::unfold(Some(relay), move |state| {
         let request_id = request_id.clone();
-        let usage = usage.clone();
         async move {
             let mut relay = state?;
             match relay.events.next().await {
-                Next::Event(event) if sse::error_status(&event).is_some() => Some((event, None)),
+                Next::Event(event) if sse::error_status(&event).is_some() => {
+                    relay.usage.failed(200, "upstream_error");
+                    Some((event, None))
+                }
                 Next::Event(event) => {
                     relay.sent += 1;
-                    relay.last = Some(event.clone());
+                    relay.usage.native_frame(&event);
                     Some((event, Some(relay)))
                 }
-                Next::End => {
-                    let data = relay.last.as_deref().and_then(sse::data_of);
-                    if let Some(Ok(reply)) = data.map(crate::provider::dashscope::decode_reply) {
-                        if let Some(u) = reply.usage {
-                            usage.record(&u);
-                        }
-                    }
-                    None
-                }
+                Next::End => None,
                 Next::Fail(error) => {
+                    relay.usage.failed(200, error.native_code());
                     let frame = error_frame(
                         relay.sent + 1,
                         error.status().as_u16(),

@@ -58,19 +58,42 @@ async fn chat_reply(
     body: Body,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
-    let (caller, bytes) = super::admit(state, headers, body).await?;
+    let entry = super::Entry {
+        route: "chat",
+        dialect: "openai",
+        request_id,
+    };
+    let (caller, bytes, meter) = super::admit(state, headers, body, entry).await?;
+    let result = metered_chat(state, request_id, headers, caller, bytes, &meter, started).await;
+    if let Err(error) = &result {
+        meter.failed(error.status().as_u16(), error.code());
+    }
+    result
+}
+
+async fn metered_chat(
+    state: &Arc<AppState>,
+    request_id: &Arc<str>,
+    headers: &HeaderMap,
+    caller: crate::auth::Caller,
+    bytes: Bytes,
+    meter: &UsageSink,
+    started: Instant,
+) -> Result<Response, GatewayError> {
     let chat = chat::decode(&bytes)?;
+    meter.request(&chat.model, chat.is_stream());
     let include_usage = chat.wants_usage();
     let stream = chat.is_stream();
     let model = chat.model.clone();
     let keepalive = state.config.server.sse_keepalive_ms;
     if stream && keepalive > 0 {
         // The head goes out now; the call runs inside the stream, which the client can drop.
-        let (state2, request_id2, headers, model2) = (
+        let (state2, request_id2, headers, model2, meter2) = (
             state.clone(),
             request_id.clone(),
             headers.clone(),
             model.clone(),
+            meter.clone(),
         );
         let first = async move {
             let request = Request {
@@ -83,19 +106,19 @@ async fn chat_reply(
                 request_id: &request_id2,
             };
             match relay::dispatch(&state2, request).await {
-                Ok((outcome, _media)) => Ok(stream_of(
-                    &state2,
-                    outcome,
-                    request_id2.clone(),
-                    &model2,
-                    include_usage,
-                )
-                .0),
-                Err(error) => Err(error_event(&error.openai_body(&request_id2))),
+                Ok((outcome, media)) => {
+                    meter2.media(media);
+                    let stream = stream_of(outcome, request_id2.clone(), &model2, include_usage);
+                    Ok(stream(&meter2).0)
+                }
+                Err(error) => {
+                    meter2.failed(200, error.code());
+                    Err(error_event(&error.openai_body(&request_id2)))
+                }
             }
         };
         let events = super::with_keepalive(first, Duration::from_millis(keepalive));
-        let tracker = StreamTracker::new(state.metrics.clone(), "chat", started);
+        let tracker = StreamTracker::new(state.metrics.clone(), "chat", started, meter);
         return Ok(super::tagged(
             event_stream_response(events, tracker),
             &model,
@@ -112,6 +135,7 @@ async fn chat_reply(
         request_id,
     };
     let (outcome, media) = relay::dispatch(state, request).await?;
+    meter.media(media);
     let response = reply_for(
         state,
         outcome,
@@ -120,6 +144,7 @@ async fn chat_reply(
         &model,
         stream,
         include_usage,
+        meter,
     )
     .await?;
     Ok(super::with_media_headers(response, media))
@@ -134,80 +159,89 @@ async fn reply_for(
     model: &str,
     stream: bool,
     include_usage: bool,
+    meter: &UsageSink,
 ) -> Result<Response, GatewayError> {
     let model = model.to_string();
+    let as_stream = |outcome| {
+        let (events, name) = stream_of(outcome, request_id.clone(), &model, include_usage)(meter);
+        let tracker = StreamTracker::new(state.metrics.clone(), "chat", started, meter);
+        super::tagged(event_stream_response(events, tracker), &model, &name)
+    };
     if stream {
-        let (events, name) = stream_of(state, outcome, request_id.clone(), &model, include_usage);
-        let tracker = StreamTracker::new(state.metrics.clone(), "chat", started);
-        return Ok(super::tagged(
-            event_stream_response(events, tracker),
-            &model,
-            &name,
-        ));
+        return Ok(as_stream(outcome));
     }
     Ok(match outcome {
         Outcome::Raw(upstreamed) => {
             let name = upstreamed.lease.upstream.config.name.clone();
-            let usage = UsageSink::new(state.metrics.clone(), &model, &name);
-            super::tagged(whole_response(upstreamed, &usage).await?, &model, &name)
+            meter.upstream(&name);
+            super::tagged(whole_response(upstreamed, meter).await?, &model, &name)
         }
         Outcome::Whole(mut reply, name) => {
+            meter.upstream(&name);
             if let Some(usage) = &reply.usage {
-                UsageSink::new(state.metrics.clone(), &model, &name).record(usage);
+                meter.usage(usage);
             }
             fill_meta(&mut reply.meta, request_id, &model);
-            super::tagged(
-                json_response(StatusCode::OK, encode_completion(&reply)),
-                &model,
-                &name,
-            )
+            let body = encode_completion(&reply);
+            meter.sent(&body);
+            super::tagged(json_response(StatusCode::OK, body), &model, &name)
         }
         // Only a stream request is translated into steps; relay them as a stream anyway.
-        outcome @ Outcome::Steps(..) => {
-            let (events, name) =
-                stream_of(state, outcome, request_id.clone(), &model, include_usage);
-            let tracker = StreamTracker::new(state.metrics.clone(), "chat", started);
-            super::tagged(event_stream_response(events, tracker), &model, &name)
-        }
+        outcome @ Outcome::Steps(..) => as_stream(outcome),
     })
 }
 
-/// The client's event stream for an upstream's answer to a stream request, and the upstream's name.
+/// The client's event stream for an upstream's answer to a stream request, and the upstream's
+/// name, metered by the meter it is given.
 fn stream_of(
-    state: &Arc<AppState>,
     outcome: Outcome,
     request_id: Arc<str>,
     model: &str,
     include_usage: bool,
+) -> impl FnOnce(&UsageSink) -> (BoxStream<'static, Bytes>, String) {
+    let model = model.to_string();
+    move |meter| {
+        let usage = meter.clone();
+        let upstreamed = match outcome.into_stream_source() {
+            StreamSource::Steps(steps, name) => {
+                usage.upstream(&name);
+                let encoder = ChunkEncoder::new(request_id, model, include_usage);
+                return (encode_steps(steps, encoder, usage).boxed(), name);
+            }
+            StreamSource::Raw(upstreamed) => upstreamed,
+        };
+        let name = upstreamed.lease.upstream.config.name.clone();
+        usage.upstream(&name);
+        raw_stream(upstreamed, request_id, usage, include_usage, name)
+    }
+}
+
+fn raw_stream(
+    upstreamed: Upstreamed,
+    request_id: Arc<str>,
+    usage: UsageSink,
+    include_usage: bool,
+    name: String,
 ) -> (BoxStream<'static, Bytes>, String) {
-    let sink = |name: &str| UsageSink::new(state.metrics.clone(), model, name);
-    let upstreamed = match outcome.into_stream_source() {
-        StreamSource::Steps(steps, name) => {
-            let encoder = ChunkEncoder::new(request_id, model.to_string(), include_usage);
-            return (encode_steps(steps, encoder, sink(&name)).boxed(), name);
-        }
-        StreamSource::Raw(upstreamed) => upstreamed,
-    };
-    let name = upstreamed.lease.upstream.config.name.clone();
-    let usage = sink(&name);
     if upstreamed.is_event_stream() {
-        return (
-            raw_events(upstreamed.into_events(), request_id, usage).boxed(),
-            name,
-        );
+        let events = raw_events(upstreamed.into_events(), request_id, usage, include_usage);
+        return (events.boxed(), name);
     }
     // Asked for a stream, the upstream answered whole: its reply as one event.
     let events = futures_util::stream::once(async move {
         match upstreamed.read_whole().await {
             Ok(body) => {
                 if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
-                    usage.record(&u);
+                    usage.usage(&u);
                 }
                 let mut event = error_event(&body).to_vec();
                 event.extend_from_slice(DONE);
                 Bytes::from(event)
             }
-            Err(error) => error_event(&error.openai_body(&request_id)),
+            Err(error) => {
+                usage.failed(200, error.code());
+                error_event(&error.openai_body(&request_id))
+            }
         }
     });
     (events.boxed(), name)
@@ -226,8 +260,9 @@ async fn whole_response(
         .unwrap_or(HeaderValue::from_static("application/json"));
     let body = upstreamed.read_whole().await?;
     if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
-        usage.record(&u);
+        usage.usage(&u);
     }
+    usage.sent(&body);
     let mut response = Response::new(Body::from(body));
     response
         .headers_mut()
@@ -237,47 +272,62 @@ async fn whole_response(
 
 /// The fast path for streams: upstream events go to the client as they are, one by one. The
 /// stream ends with `data: [DONE]`, or with an error event if the upstream failed mid-way (the
-/// upstream's own, or the gateway's); nothing follows an error.
+/// upstream's own, or the gateway's); nothing follows an error. The gateway asks every upstream
+/// for usage; a client that did not ask does not get the usage chunk.
 fn raw_events(
     events: SseEvents,
     request_id: Arc<str>,
     usage: UsageSink,
+    include_usage: bool,
 ) -> impl Stream<Item = Bytes> {
-    futures_util::stream::unfold(Some(events), move |state| {
+    futures_util::stream::unfold(Some((events, usage)), move |state| {
         let request_id = request_id.clone();
-        let usage = usage.clone();
         async move {
-            let mut events = state?;
-            match events.next().await {
-                Next::Event(event) if sse::is_done(&event) || sse::is_error(&event) => {
-                    Some((event, None))
+            let (mut events, usage) = state?;
+            loop {
+                match events.next().await {
+                    Next::Event(event) if sse::is_done(&event) => return Some((event, None)),
+                    Next::Event(event) if sse::is_error(&event) => {
+                        usage.failed(200, "upstream_error");
+                        return Some((event, None));
+                    }
+                    Next::Event(event) => {
+                        if take_usage(&event, &usage) && !include_usage {
+                            continue;
+                        }
+                        return Some((event, Some((events, usage))));
+                    }
+                    Next::End => return Some((Bytes::from_static(DONE), None)),
+                    Next::Fail(error) => {
+                        usage.failed(200, error.code());
+                        return Some((error_event(&error.openai_body(&request_id)), None));
+                    }
                 }
-                Next::Event(event) => {
-                    record_usage(&event, &usage);
-                    Some((event, Some(events)))
-                }
-                Next::End => Some((Bytes::from_static(DONE), None)),
-                Next::Fail(error) => Some((error_event(&error.openai_body(&request_id)), None)),
             }
         }
     })
 }
 
-/// Reads the usage chunk as it passes (only chunks that carry one are parsed).
-fn record_usage(event: &[u8], usage: &UsageSink) {
+/// Reads the usage chunk as it passes (only chunks that carry one are parsed); true when the
+/// chunk carries nothing but usage.
+fn take_usage(event: &[u8], usage: &UsageSink) -> bool {
     if memchr::memmem::find(event, b"\"usage\":{").is_none() {
-        return;
+        return false;
     }
     let Some(data) = sse::data_of(event) else {
-        return;
+        return false;
     };
-    if let Ok((_, events)) = crate::provider::openai::decode_chunk(data) {
-        for event in events {
-            if let ChatEvent::Usage(u) = event {
-                usage.record(&u);
-            }
+    let Ok((_, events)) = crate::provider::openai::decode_chunk(data) else {
+        return false;
+    };
+    let mut only_usage = !events.is_empty();
+    for event in events {
+        match event {
+            ChatEvent::Usage(u) => usage.usage(&u),
+            _ => only_usage = false,
         }
     }
+    only_usage
 }
 
 /// `POST /v1/completions`: plain and fill-in-the-middle prompts (Qwen coder models), relayed
@@ -301,29 +351,55 @@ async fn completion_reply(
     body: Body,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
-    let (caller, bytes) = super::admit(state, headers, body).await?;
+    let entry = super::Entry {
+        route: "completions",
+        dialect: "openai",
+        request_id,
+    };
+    let (caller, bytes, meter) = super::admit(state, headers, body, entry).await?;
+    let result = metered_completion(state, request_id, headers, &caller, bytes, &meter, started);
+    let result = result.await;
+    if let Err(error) = &result {
+        meter.failed(error.status().as_u16(), error.code());
+    }
+    result
+}
+
+async fn metered_completion(
+    state: &Arc<AppState>,
+    request_id: &Arc<str>,
+    headers: &HeaderMap,
+    caller: &crate::auth::Caller,
+    bytes: Bytes,
+    meter: &UsageSink,
+    started: Instant,
+) -> Result<Response, GatewayError> {
     let request = chat::decode_completion(&bytes)?;
+    meter.request(&request.model, request.is_stream());
     caller.check_model(&request.model)?;
     let stream = request.is_stream();
     let call = relay::Call {
         model: &request.model,
         stream,
-        caller: &caller,
+        caller,
         headers,
         request_id,
     };
     let upstreamed =
         relay::send_with_retries(state, &call, |_| (Api::Completions, bytes.clone())).await?;
     let name = upstreamed.lease.upstream.config.name.clone();
-    let usage = UsageSink::new(state.metrics.clone(), &request.model, &name);
+    meter.upstream(&name);
     let response = if stream && upstreamed.is_event_stream() {
-        let tracker = StreamTracker::new(state.metrics.clone(), "completions", started);
-        event_stream_response(
-            raw_events(upstreamed.into_events(), request_id.clone(), usage),
-            tracker,
-        )
+        let tracker = StreamTracker::new(state.metrics.clone(), "completions", started, meter);
+        let events = raw_events(
+            upstreamed.into_events(),
+            request_id.clone(),
+            meter.clone(),
+            true,
+        );
+        event_stream_response(events, tracker)
     } else {
-        whole_response(upstreamed, &usage).await?
+        whole_response(upstreamed, meter).await?
     };
     Ok(super::tagged(response, &request.model, &name))
 }
@@ -334,7 +410,7 @@ pub async fn models(
     Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match state.auth.authenticate(&headers) {
+    let caller = match state.auth.authenticate(&headers).await {
         Ok(caller) => caller,
         Err(error) => return error.into_openai_response(&request_id),
     };

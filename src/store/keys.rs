@@ -1,0 +1,285 @@
+//! Client keys in the store: only the SHA-256 of a key is kept, with its name and limits.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError, now_ms};
+
+/// The span a token quota counts over (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaPeriod {
+    #[default]
+    Total,
+    Day,
+    Month,
+}
+
+impl QuotaPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Total => "total",
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "total" => Some(Self::Total),
+            "day" => Some(Self::Day),
+            "month" => Some(Self::Month),
+            _ => None,
+        }
+    }
+}
+
+/// A key as the store holds it (never the key itself).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    /// The first characters of the key, to tell keys apart in listings.
+    pub prefix: String,
+    pub models: Option<Vec<String>>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub token_quota: Option<u64>,
+    pub quota_period: QuotaPeriod,
+    /// Unix milliseconds.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl KeyRecord {
+    /// Neither revoked, disabled nor expired.
+    pub fn usable_at(&self, now_ms: i64) -> bool {
+        self.revoked_at.is_none() && !self.disabled && self.expires_at.is_none_or(|t| t > now_ms)
+    }
+}
+
+/// What a new key is made with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub token_quota: Option<u64>,
+    #[serde(default)]
+    pub quota_period: QuotaPeriod,
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+/// Changes to a key; an absent field stays as it is, `null` clears it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyChanges {
+    #[serde(default, with = "change")]
+    pub models: Option<Option<Vec<String>>>,
+    #[serde(default, with = "change")]
+    pub rpm: Option<Option<u64>>,
+    #[serde(default, with = "change")]
+    pub tpm: Option<Option<u64>>,
+    #[serde(default, with = "change")]
+    pub token_quota: Option<Option<u64>>,
+    #[serde(default)]
+    pub quota_period: Option<QuotaPeriod>,
+    #[serde(default, with = "change")]
+    pub expires_at: Option<Option<i64>>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// `Option<Option<T>>` from JSON: absent → `None`, `null` → `Some(None)`.
+mod change {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(deserializer).map(Some)
+    }
+}
+
+const COLUMNS: &str = "id, name, key_prefix, models, rpm, tpm, token_quota, quota_period, \
+    expires_at, disabled, revoked_at, created_at, updated_at";
+
+fn to_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn from_i64(v: Option<i64>) -> Option<u64> {
+    v.map(|v| u64::try_from(v).unwrap_or(0))
+}
+
+fn key_of(row: &AnyRow) -> Result<KeyRecord, StoreError> {
+    let models: Option<String> = row.try_get("models")?;
+    let period: String = row.try_get("quota_period")?;
+    Ok(KeyRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        prefix: row.try_get("key_prefix")?,
+        models: models.map(|m| m.split(',').map(str::to_string).collect()),
+        rpm: from_i64(row.try_get("rpm")?),
+        tpm: from_i64(row.try_get("tpm")?),
+        token_quota: from_i64(row.try_get("token_quota")?),
+        quota_period: QuotaPeriod::parse(&period)
+            .ok_or_else(|| StoreError::Corrupt(format!("quota_period `{period}`")))?,
+        expires_at: row.try_get("expires_at")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        revoked_at: row.try_get("revoked_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Stores a key under its hash. The caller made the key and shows it once.
+    pub async fn create_key(
+        &self,
+        new: &NewKey,
+        key_hash: &str,
+        prefix: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = now_ms();
+        let id = format!("key_{}", uuid::Uuid::new_v4().simple());
+        let result = sqlx::query(
+            "INSERT INTO api_keys (id, name, key_hash, key_prefix, models, rpm, tpm, token_quota, \
+             quota_period, expires_at, disabled, revoked_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, NULL, $11, $11)",
+        )
+        .bind(&id)
+        .bind(&new.name)
+        .bind(key_hash)
+        .bind(prefix)
+        .bind(new.models.as_ref().map(|m| m.join(",")))
+        .bind(to_i64(new.rpm))
+        .bind(to_i64(new.tpm))
+        .bind(to_i64(new.token_quota))
+        .bind(new.quota_period.as_str())
+        .bind(new.expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::NameTaken(new.name.clone()));
+            }
+            other => other?,
+        };
+        self.key(&id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a new key vanished".into()))
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys ORDER BY created_at, name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_of).collect()
+    }
+
+    /// A key by id or, failing that, by name.
+    pub async fn key(&self, id_or_name: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE id = $1 OR name = $1 \
+             ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1"
+        ))
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_of).transpose()
+    }
+
+    /// The key whose SHA-256 (hex) is `key_hash`.
+    pub async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
+        ))
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_of).transpose()
+    }
+
+    /// Applies `changes`; `None` when there is no such key.
+    pub async fn update_key(
+        &self,
+        id_or_name: &str,
+        changes: &KeyChanges,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let Some(mut key) = self.key(id_or_name).await? else {
+            return Ok(None);
+        };
+        if let Some(models) = &changes.models {
+            key.models = models.clone();
+        }
+        if let Some(v) = changes.rpm {
+            key.rpm = v;
+        }
+        if let Some(v) = changes.tpm {
+            key.tpm = v;
+        }
+        if let Some(v) = changes.token_quota {
+            key.token_quota = v;
+        }
+        if let Some(v) = changes.quota_period {
+            key.quota_period = v;
+        }
+        if let Some(v) = changes.expires_at {
+            key.expires_at = v;
+        }
+        if let Some(v) = changes.disabled {
+            key.disabled = v;
+        }
+        sqlx::query(
+            "UPDATE api_keys SET models = $2, rpm = $3, tpm = $4, token_quota = $5, \
+             quota_period = $6, expires_at = $7, disabled = $8, updated_at = $9 WHERE id = $1",
+        )
+        .bind(&key.id)
+        .bind(key.models.as_ref().map(|m| m.join(",")))
+        .bind(to_i64(key.rpm))
+        .bind(to_i64(key.tpm))
+        .bind(to_i64(key.token_quota))
+        .bind(key.quota_period.as_str())
+        .bind(key.expires_at)
+        .bind(i64::from(key.disabled))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.key(&key.id).await
+    }
+
+    /// Marks a key revoked (kept for the ledger's sake); `None` when there is no such key.
+    pub async fn revoke_key(&self, id_or_name: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let Some(key) = self.key(id_or_name).await? else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2), updated_at = $2 \
+             WHERE id = $1",
+        )
+        .bind(&key.id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.key(&key.id).await
+    }
+}

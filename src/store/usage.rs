@@ -1,0 +1,284 @@
+//! The usage ledger in the store: batched inserts, totals and groupings for the admin API.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError, day_of};
+use crate::usage::UsageRecord;
+
+/// Which records a question is about; every field narrows it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageFilter {
+    pub key: Option<String>,
+    pub model: Option<String>,
+    pub upstream: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub from: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub to: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UsageTotals {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub estimated_requests: u64,
+    pub cost: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageGroup {
+    /// The key name, model, upstream or day this row sums up.
+    pub group: String,
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+const INSERT: &str = "INSERT INTO usage_records (id, at, day, request_id, key_id, key_name, \
+    model, upstream, route, dialect, stream, status, error_code, prompt_tokens, \
+    completion_tokens, total_tokens, cached_tokens, reasoning_tokens, image_tokens, \
+    audio_tokens, estimated, ttft_ms, duration_ms, bytes_in, bytes_out, images, \
+    image_original_bytes, image_sent_bytes, image_tokens_before, image_tokens_after, cost) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+    $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31) ON CONFLICT (id) DO NOTHING";
+
+const SUMS: &str = "COUNT(*) AS requests, \
+    CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
+    CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
+    CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) AS total_tokens, \
+    CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached_tokens, \
+    CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT) AS reasoning_tokens, \
+    CAST(COALESCE(SUM(estimated), 0) AS BIGINT) AS estimated_requests, \
+    CAST(COALESCE(SUM(cost), 0) AS DOUBLE PRECISION) AS cost";
+
+fn n(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn totals_of(row: &AnyRow) -> Result<UsageTotals, StoreError> {
+    Ok(UsageTotals {
+        requests: u(row.try_get("requests")?),
+        prompt_tokens: u(row.try_get("prompt_tokens")?),
+        completion_tokens: u(row.try_get("completion_tokens")?),
+        total_tokens: u(row.try_get("total_tokens")?),
+        cached_tokens: u(row.try_get("cached_tokens")?),
+        reasoning_tokens: u(row.try_get("reasoning_tokens")?),
+        estimated_requests: u(row.try_get("estimated_requests")?),
+        cost: row.try_get("cost")?,
+    })
+}
+
+/// The WHERE clause of a filter, with its values in order.
+fn where_of(filter: &UsageFilter) -> (String, Vec<Value>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    let mut add = |clause: &str, value: Value| {
+        values.push(value);
+        clauses.push(clause.replace('?', &format!("${}", values.len())));
+    };
+    if let Some(key) = &filter.key {
+        add("(key_name = ? OR key_id = ?)", Value::Text(key.clone()));
+    }
+    if let Some(model) = &filter.model {
+        add("model = ?", Value::Text(model.clone()));
+    }
+    if let Some(upstream) = &filter.upstream {
+        add("upstream = ?", Value::Text(upstream.clone()));
+    }
+    if let Some(from) = filter.from {
+        add("at >= ?", Value::Int(from));
+    }
+    if let Some(to) = filter.to {
+        add("at < ?", Value::Int(to));
+    }
+    if clauses.is_empty() {
+        (String::new(), values)
+    } else {
+        (format!(" WHERE {}", clauses.join(" AND ")), values)
+    }
+}
+
+enum Value {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    values: Vec<Value>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for value in values {
+        query = match value {
+            Value::Text(t) => query.bind(t),
+            Value::Int(i) => query.bind(i),
+        };
+    }
+    query
+}
+
+/// The columns a grouping is by.
+pub fn group_column(by: &str) -> Option<&'static str> {
+    Some(match by {
+        "key" => "key_name",
+        "model" => "model",
+        "upstream" => "upstream",
+        "day" => "day",
+        _ => return None,
+    })
+}
+
+impl Store {
+    /// Writes records in one transaction; a record already there (same id) is skipped.
+    pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query(INSERT)
+                .bind(&r.id)
+                .bind(r.at)
+                .bind(day_of(r.at))
+                .bind(&r.request_id)
+                .bind(r.key_id.as_deref())
+                .bind(&r.key_name)
+                .bind(&r.model)
+                .bind(&r.upstream)
+                .bind(&r.route)
+                .bind(&r.dialect)
+                .bind(i64::from(r.stream))
+                .bind(i64::from(r.status))
+                .bind(r.error_code.as_deref())
+                .bind(n(r.prompt_tokens))
+                .bind(n(r.completion_tokens))
+                .bind(n(r.total_tokens))
+                .bind(r.cached_tokens.map(n))
+                .bind(r.reasoning_tokens.map(n))
+                .bind(r.image_tokens.map(n))
+                .bind(r.audio_tokens.map(n))
+                .bind(i64::from(r.estimated))
+                .bind(r.ttft_ms.map(n))
+                .bind(n(r.duration_ms))
+                .bind(n(r.bytes_in))
+                .bind(n(r.bytes_out))
+                .bind(n(r.images))
+                .bind(n(r.image_original_bytes))
+                .bind(n(r.image_sent_bytes))
+                .bind(n(r.image_tokens_before))
+                .bind(n(r.image_tokens_after))
+                .bind(r.cost)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn usage_totals(&self, filter: &UsageFilter) -> Result<UsageTotals, StoreError> {
+        let (clause, values) = where_of(filter);
+        let sql = format!("SELECT {SUMS} FROM usage_records{clause}");
+        let row = bind_all(sqlx::query(&sql), values)
+            .fetch_one(&self.pool)
+            .await?;
+        totals_of(&row)
+    }
+
+    /// Totals per key name, model, upstream or day (`column` from [`group_column`]).
+    pub async fn usage_grouped(
+        &self,
+        column: &'static str,
+        filter: &UsageFilter,
+    ) -> Result<Vec<UsageGroup>, StoreError> {
+        let (clause, values) = where_of(filter);
+        let sql = format!(
+            "SELECT {column} AS grp, {SUMS} FROM usage_records{clause} \
+             GROUP BY {column} ORDER BY {column}"
+        );
+        let rows = bind_all(sqlx::query(&sql), values)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageGroup {
+                    group: row.try_get("grp")?,
+                    totals: totals_of(row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest records first, at most `limit`.
+    pub async fn usage_records(
+        &self,
+        filter: &UsageFilter,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let (clause, values) = where_of(filter);
+        let sql = format!(
+            "SELECT * FROM usage_records{clause} ORDER BY at DESC, id LIMIT {}",
+            limit.min(10_000)
+        );
+        let rows = bind_all(sqlx::query(&sql), values)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// Tokens a key used since `since_ms`: what its quota starts from.
+    pub async fn tokens_since(&self, key_name: &str, since_ms: i64) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) AS used FROM usage_records \
+             WHERE key_name = $1 AND at >= $2",
+        )
+        .bind(key_name)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u(row.try_get("used")?))
+    }
+}
+
+fn record_of(row: &AnyRow) -> Result<UsageRecord, StoreError> {
+    let opt = |name: &str| -> Result<Option<u64>, StoreError> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(u))
+    };
+    Ok(UsageRecord {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        request_id: row.try_get("request_id")?,
+        key_id: row.try_get("key_id")?,
+        key_name: row.try_get("key_name")?,
+        model: row.try_get("model")?,
+        upstream: row.try_get("upstream")?,
+        route: row.try_get("route")?,
+        dialect: row.try_get("dialect")?,
+        stream: row.try_get::<i64, _>("stream")? != 0,
+        status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+        error_code: row.try_get("error_code")?,
+        prompt_tokens: u(row.try_get("prompt_tokens")?),
+        completion_tokens: u(row.try_get("completion_tokens")?),
+        total_tokens: u(row.try_get("total_tokens")?),
+        cached_tokens: opt("cached_tokens")?,
+        reasoning_tokens: opt("reasoning_tokens")?,
+        image_tokens: opt("image_tokens")?,
+        audio_tokens: opt("audio_tokens")?,
+        estimated: row.try_get::<i64, _>("estimated")? != 0,
+        ttft_ms: opt("ttft_ms")?,
+        duration_ms: u(row.try_get("duration_ms")?),
+        bytes_in: u(row.try_get("bytes_in")?),
+        bytes_out: u(row.try_get("bytes_out")?),
+        images: u(row.try_get("images")?),
+        image_original_bytes: u(row.try_get("image_original_bytes")?),
+        image_sent_bytes: u(row.try_get("image_sent_bytes")?),
+        image_tokens_before: u(row.try_get("image_tokens_before")?),
+        image_tokens_after: u(row.try_get("image_tokens_after")?),
+        cost: row.try_get("cost")?,
+    })
+}

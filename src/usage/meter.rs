@@ -1,0 +1,206 @@
+//! The meter of one request: filled in as the request goes (model, upstream, usage, bytes,
+//! first token), and turned into a usage record when the last handle on it is dropped: after
+//! a whole reply, at the end of a stream, or when the client hangs up mid-stream.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{Ledger, UsageRecord};
+use crate::auth::{Caller, Limits};
+use crate::config::Price;
+use crate::event::Usage;
+use crate::limit::Limiter;
+use crate::telemetry::Metrics;
+use crate::transform::MediaStats;
+
+/// What every meter reports to.
+#[derive(Clone)]
+pub struct MeterContext {
+    pub ledger: Arc<Ledger>,
+    pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
+    pub prices: Arc<BTreeMap<String, Price>>,
+}
+
+#[derive(Clone)]
+pub struct Meter(Arc<Inner>);
+
+struct Inner {
+    context: MeterContext,
+    caller: Arc<str>,
+    limits: Limits,
+    started: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    record: UsageRecord,
+    usage: Option<Usage>,
+    /// The last native frame relayed as it came: its usage is the reply's so far.
+    last_native_frame: Option<Bytes>,
+    events_out: u64,
+}
+
+impl Meter {
+    pub fn new(
+        context: &MeterContext,
+        caller: &Caller,
+        request_id: &str,
+        route: &'static str,
+        dialect: &'static str,
+        bytes_in: usize,
+    ) -> Meter {
+        let record = UsageRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            at: crate::store::now_ms(),
+            request_id: request_id.to_string(),
+            key_id: caller.id.as_deref().map(str::to_string),
+            key_name: caller.name.to_string(),
+            upstream: "-".into(),
+            route: route.into(),
+            dialect: dialect.into(),
+            status: 200,
+            bytes_in: bytes_in as u64,
+            ..UsageRecord::default()
+        };
+        Meter(Arc::new(Inner {
+            context: context.clone(),
+            caller: caller.name.clone(),
+            limits: caller.limits,
+            started: Instant::now(),
+            state: Mutex::new(State {
+                record,
+                ..State::default()
+            }),
+        }))
+    }
+
+    fn with(&self, f: impl FnOnce(&mut State)) {
+        // A poisoned lock only means another handle panicked mid-update; the record is
+        // still worth keeping.
+        let mut state = match self.0.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut state);
+    }
+
+    pub fn request(&self, model: &str, stream: bool) {
+        self.with(|s| {
+            s.record.model = model.to_string();
+            s.record.stream = stream;
+        });
+    }
+
+    /// The request body's size, once it is read.
+    pub fn received(&self, bytes: usize) {
+        self.with(|s| s.record.bytes_in = bytes as u64);
+    }
+
+    pub fn upstream(&self, name: &str) {
+        self.with(|s| s.record.upstream = name.to_string());
+    }
+
+    pub fn media(&self, media: Option<MediaStats>) {
+        let Some(m) = media else { return };
+        self.with(|s| {
+            let r = &mut s.record;
+            r.images = u64::from(m.images);
+            r.image_original_bytes = m.original_bytes;
+            r.image_sent_bytes = m.sent_bytes;
+            r.image_tokens_before = m.tokens_before;
+            r.image_tokens_after = m.tokens_after;
+        });
+    }
+
+    /// The upstream's own figures; a later report replaces an earlier one.
+    pub fn usage(&self, usage: &Usage) {
+        self.with(|s| s.usage = Some(usage.clone()));
+    }
+
+    pub fn native_frame(&self, frame: &Bytes) {
+        self.with(|s| s.last_native_frame = Some(frame.clone()));
+    }
+
+    /// The request failed with `status`, or its stream ended with an error event (status 200).
+    pub fn failed(&self, status: u16, code: &str) {
+        self.with(|s| {
+            s.record.status = status;
+            s.record.error_code = Some(code.to_string());
+        });
+    }
+
+    /// Bytes sent to the client; the first event that is not a comment is the first token.
+    pub fn sent(&self, bytes: &[u8]) {
+        let elapsed = self.0.started.elapsed();
+        self.with(|s| {
+            s.record.bytes_out += bytes.len() as u64;
+            if !bytes.starts_with(b":") {
+                s.events_out += 1;
+                if s.record.ttft_ms.is_none() && s.record.stream {
+                    s.record.ttft_ms = Some(elapsed.as_millis() as u64);
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = match self.state.get_mut() {
+            Ok(state) => std::mem::take(state),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        let mut record = state.record;
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        let usage = state.usage.or_else(|| {
+            let frame = state.last_native_frame?;
+            let data = crate::dialect::sse::data_of(&frame)?;
+            crate::provider::dashscope::decode_reply(data).ok()?.usage
+        });
+        match usage {
+            Some(u) => {
+                record.prompt_tokens = u.prompt_tokens;
+                record.completion_tokens = u.completion_tokens;
+                record.total_tokens = u.total_tokens;
+                record.cached_tokens = u.cached_tokens;
+                record.reasoning_tokens = u.reasoning_tokens;
+                record.image_tokens = u.image_tokens;
+                record.audio_tokens = u.audio_tokens;
+                self.context
+                    .metrics
+                    .usage(&record.model, &record.upstream, &u);
+            }
+            // Something went upstream and no figures came back: the client hung up, or the
+            // upstream failed mid-way. The gateway's estimate, marked as one.
+            None if record.upstream != "-" => {
+                let text_bytes = record
+                    .bytes_in
+                    .saturating_sub(record.image_original_bytes * 4 / 3);
+                record.prompt_tokens = text_bytes / 4 + record.image_tokens_after;
+                // Every content event carries at least one token.
+                record.completion_tokens = state.events_out;
+                record.total_tokens = record.prompt_tokens + record.completion_tokens;
+                record.estimated = true;
+            }
+            None => {}
+        }
+        record.cost = self.context.prices.get(&record.model).map(|p| {
+            let cached = record.cached_tokens.unwrap_or(0).min(record.prompt_tokens);
+            let fresh = record.prompt_tokens - cached;
+            let cached_price = p.cached_input_per_million.unwrap_or(p.input_per_million);
+            (fresh as f64 * p.input_per_million
+                + cached as f64 * cached_price
+                + record.completion_tokens as f64 * p.output_per_million)
+                / 1e6
+        });
+        self.context
+            .limiter
+            .spend(&self.caller, &self.limits, record.total_tokens);
+        self.context.ledger.record(record);
+    }
+}
