@@ -37,6 +37,8 @@ class Service:
     def __init__(
         self, what: str, args: list[str], log_path: Path, env: dict[str, str] | None = None
     ) -> None:
+        # The store (a SQLite file) and the usage spill file go beside the log.
+        cwd = log_path.parent
         self.what = what
         self.log_path = log_path
         with open(log_path, "wb") as log:
@@ -46,6 +48,7 @@ class Service:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 env={**os.environ, **(env or {})},
+                cwd=cwd,
             )
         self.url = self._read_announcement()
 

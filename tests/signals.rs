@@ -50,6 +50,12 @@ fn write_config(dir: &tempfile::TempDir, upstream: &str) -> String {
 [server]
 drain_timeout_ms = 300
 
+[store]
+url = "sqlite://{dir}/dashgate.db"
+
+[usage]
+spill_path = "{dir}/usage.spill"
+
 [[keys]]
 name = "glass3"
 key = "{CLIENT_KEY}"
@@ -60,7 +66,8 @@ provider = "dashscope"
 base_url = "{upstream}"
 api_key = "sk-any"
 models = ["qwen-plus"]
-"#
+"#,
+        dir = dir.path().display()
     );
     let path = dir.path().join("dashgate.toml");
     std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));

@@ -144,20 +144,20 @@ mod tests {
     #[test]
     fn times_round_trip_through_rfc3339() {
         let ms = parse_rfc3339("2026-12-01T10:30:00+08:00");
-        assert_eq!(ms, Some(1_764_556_200_000));
-        assert_eq!(rfc3339(1_764_556_200_000), "2026-12-01T02:30:00Z");
+        assert_eq!(ms, Some(1_796_092_200_000));
+        assert_eq!(rfc3339(1_796_092_200_000), "2026-12-01T02:30:00Z");
         assert_eq!(parse_rfc3339("tomorrow"), None);
     }
 
     #[test]
     fn days_and_periods_are_utc() {
-        let ms = 1_764_556_200_000; // 2026-12-01T02:30:00Z
+        let ms = 1_796_092_200_000; // 2026-12-01T02:30:00Z
         assert_eq!(day_of(ms), "2026-12-01");
-        assert_eq!(period_start(QuotaPeriod::Day, ms), 1_764_547_200_000);
-        assert_eq!(period_start(QuotaPeriod::Month, ms), 1_764_547_200_000);
+        assert_eq!(period_start(QuotaPeriod::Day, ms), 1_796_083_200_000);
+        assert_eq!(period_start(QuotaPeriod::Month, ms), 1_796_083_200_000);
         assert_eq!(
             period_start(QuotaPeriod::Month, ms + 86_400_000),
-            1_764_547_200_000
+            1_796_083_200_000
         );
         assert_eq!(period_start(QuotaPeriod::Total, ms), 0);
     }

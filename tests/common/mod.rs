@@ -50,6 +50,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     _shutdown: tokio_util::sync::DropGuard,
+    /// Holds the gateway's SQLite store and spill file, when the config names none.
+    pub dir: tempfile::TempDir,
 }
 
 /// A config with one static key and one `dashscope` upstream at `sim`; `extra` is appended
@@ -87,8 +89,22 @@ models = ["qwen-plus", "qwen-vl-plus", "qwen-max"]
 
 impl Gateway {
     pub async fn start(toml: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut toml = toml.to_string();
+        if !toml.contains("[store]") {
+            toml.push_str(&format!(
+                "\n[store]\nurl = \"sqlite://{}/dashgate.db\"\n",
+                dir.path().display()
+            ));
+        }
+        if !toml.contains("[usage]") {
+            toml.push_str(&format!(
+                "\n[usage]\nspill_path = \"{}/usage.spill\"\n",
+                dir.path().display()
+            ));
+        }
         let config =
-            config::parse(toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("config: {e}"));
+            config::parse(&toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("config: {e}"));
         config::validate(&config).unwrap_or_else(|e| panic!("config: {e}"));
         let shutdown = CancellationToken::new();
         let addr = server::spawn(config, shutdown.clone())
@@ -98,6 +114,7 @@ impl Gateway {
             addr,
             http: reqwest::Client::new(),
             _shutdown: shutdown.drop_guard(),
+            dir,
         }
     }
 
