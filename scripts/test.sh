@@ -19,6 +19,38 @@ if [ ! -x e2e/.venv/bin/python ]; then
 fi
 e2e/.venv/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
 
+step "services (PostgreSQL and Redis on loopback, for the store and shared-limits tests)"
+need=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Private instances in a scratch directory, on ports of their own; stopped when this script ends.
+services=$(mktemp -d /tmp/dashgate-services.XXXXXX)
+chmod 777 "$services"
+pg_bin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
+pg_port=55432
+redis_port=56379
+as_pg() { if [ "$(id -u)" -eq 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+mkdir -p "$services/pg"
+[ "$(id -u)" -eq 0 ] && chown postgres "$services/pg"
+as_pg "'$pg_bin/initdb' -D '$services/pg' -U dashgate --auth=trust -E UTF8 >'$services/initdb.log' 2>&1"
+as_pg "'$pg_bin/pg_ctl' -D '$services/pg' -l '$services/pg.log' -w -o \"-p $pg_port -k '$services' -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300\" start >/dev/null"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --pidfile "$services/redis.pid" --logfile "$services/redis.log"
+cleanup() {
+  as_pg "'$pg_bin/pg_ctl' -D '$services/pg' -m fast stop >/dev/null 2>&1" || true
+  [ -f "$services/redis.pid" ] && kill "$(cat "$services/redis.pid")" 2>/dev/null || true
+}
+trap cleanup EXIT
+export DASHGATE_TEST_POSTGRES_URL="postgres://dashgate@127.0.0.1:$pg_port/postgres"
+export DASHGATE_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+export DASHGATE_TEST_PG_BIN="$pg_bin"
+echo "PostgreSQL on $pg_port, Redis on $redis_port"
+
 step "format"
 cargo fmt --all -- --check
 

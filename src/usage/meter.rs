@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::{Ledger, UsageRecord};
 use crate::auth::{Caller, Limits};
 use crate::config::Price;
-use crate::event::Usage;
+use crate::event::{ChatEvent, Usage};
 use crate::limit::Limiter;
 use crate::telemetry::Metrics;
 use crate::transform::MediaStats;
@@ -160,7 +160,13 @@ impl Drop for Inner {
         let usage = state.usage.or_else(|| {
             let frame = state.last_native_frame?;
             let data = crate::dialect::sse::data_of(&frame)?;
-            crate::provider::dashscope::decode_reply(data).ok()?.usage
+            let decoded = crate::provider::dashscope::Decoder::default().decode(data);
+            // Mid-stream frames carry the usage so far on their delta; the last one on its own.
+            decoded.ok()?.1.into_iter().find_map(|event| match event {
+                ChatEvent::Usage(u) => Some(u),
+                ChatEvent::Delta(d) => d.usage,
+                _ => None,
+            })
         });
         match usage {
             Some(u) => {

@@ -191,3 +191,64 @@ pub fn error_of(body: &Value) -> (&str, Option<&str>, &str) {
         e["type"].as_str().unwrap_or(""),
     )
 }
+
+/// Which database a store test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A store URL of its own for one test: a SQLite file in `dir`, or a fresh PostgreSQL
+/// database on the server that `DASHGATE_TEST_POSTGRES_URL` names (`scripts/test.sh` starts
+/// one on loopback).
+pub async fn fresh_store(backend: Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}/dashgate.db", dir.display()),
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let admin = std::env::var("DASHGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+                panic!("DASHGATE_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
+            });
+            let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("postgres at {admin}: {e}"));
+            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .unwrap_or_else(|e| panic!("create database: {e}"));
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+            format!("{base}/{name}")
+        }
+    }
+}
+
+/// Opens the same store the gateway uses, to read what it wrote.
+pub async fn open_store(url: &str) -> dashgate::store::Store {
+    dashgate::store::Store::open(url)
+        .await
+        .unwrap_or_else(|e| panic!("store {url}: {e}"))
+}
+
+/// Waits until the store holds `count` usage records matching `filter` and returns them,
+/// newest first. The writer is asynchronous by design; the deadline only keeps a broken
+/// writer from hanging the test.
+pub async fn records(
+    store: &dashgate::store::Store,
+    filter: &dashgate::store::UsageFilter,
+    count: usize,
+) -> Vec<dashgate::usage::UsageRecord> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(20));
+    loop {
+        ticker.tick().await;
+        let found = store
+            .usage_records(filter, 10_000)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if found.len() >= count || tokio::time::Instant::now() > deadline {
+            assert_eq!(found.len(), count, "usage records: {found:#?}");
+            return found;
+        }
+    }
+}
