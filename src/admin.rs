@@ -89,12 +89,12 @@ fn fail(id: &str) -> impl Fn(StoreError) -> Response + '_ {
 }
 
 /// A JSON body, or a 400 that names the field at fault.
-fn body_of<T: serde::de::DeserializeOwned>(bytes: &[u8], id: &str) -> Result<T, Response> {
+fn body_of<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
         let message = e.into_inner().to_string();
-        GatewayError::param(field, message).into_openai_response(id)
+        GatewayError::param(field, message)
     })
 }
 
@@ -152,7 +152,7 @@ async fn create_key(
     Extension(RequestId(id)): Extension<RequestId>,
     body: axum::body::Bytes,
 ) -> Answer {
-    let new: NewKey = body_of(&body, &id)?;
+    let new: NewKey = body_of(&body).map_err(|e| e.into_openai_response(&id))?;
     check_new_key(&new).map_err(|e| e.into_openai_response(&id))?;
     let key = mint_key().map_err(|e| e.into_openai_response(&id))?;
     let hash = hex::encode(hash_key(&key));
@@ -173,7 +173,7 @@ async fn update_key(
     Path(key): Path<String>,
     body: axum::body::Bytes,
 ) -> Answer {
-    let changes: KeyChanges = body_of(&body, &id)?;
+    let changes: KeyChanges = body_of(&body).map_err(|e| e.into_openai_response(&id))?;
     if let Some(models) = &changes.models {
         check_models(models.as_deref()).map_err(|e| e.into_openai_response(&id))?;
     }
@@ -229,11 +229,10 @@ impl UsageQuery {
 
 fn query_of(
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
-    id: &str,
-) -> Result<UsageQuery, Response> {
+) -> Result<UsageQuery, GatewayError> {
     query
         .map(|Query(q)| q)
-        .map_err(|e| GatewayError::param("query", e.body_text()).into_openai_response(id))
+        .map_err(|e| GatewayError::param("query", e.body_text()))
 }
 
 async fn usage(
@@ -241,7 +240,7 @@ async fn usage(
     Extension(RequestId(id)): Extension<RequestId>,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
-    let query = query_of(query, &id)?;
+    let query = query_of(query).map_err(|e| e.into_openai_response(&id))?;
     let filter = query.filter();
     let totals = state.store.usage_totals(&filter).await.map_err(fail(&id))?;
     let mut body = json!({"totals": totals});
@@ -266,7 +265,7 @@ async fn usage_records(
     Extension(RequestId(id)): Extension<RequestId>,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
-    let query = query_of(query, &id)?;
+    let query = query_of(query).map_err(|e| e.into_openai_response(&id))?;
     let limit = query.limit.unwrap_or(100);
     let records = state
         .store

@@ -247,23 +247,21 @@ return 0
 "#;
 
 /// The shared connection, made on first use (and re-made by the manager after a failure).
-fn connect(
+async fn connect(
     cell: Arc<tokio::sync::OnceCell<ConnectionManager>>,
     client: redis::Client,
     timeout: Duration,
-) -> impl Future<Output = Result<ConnectionManager, redis::RedisError>> + Send + 'static {
-    async move {
-        let manager = cell
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(client, config).await
-            })
-            .await?;
-        Ok(manager.clone())
-    }
+) -> Result<ConnectionManager, redis::RedisError> {
+    let manager = cell
+        .get_or_try_init(|| async {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            ConnectionManager::new_with_config(client, config).await
+        })
+        .await?;
+    Ok(manager.clone())
 }
 
 /// KEYS: requests this minute, tokens this minute, tokens this quota period.
@@ -305,7 +303,8 @@ fn redis_keys(name: &str, limits: &Limits, now: i64) -> [String; 3] {
     ]
 }
 
-/// A quota counter outlives its period by a day; a total quota's by 400 days of no use.
+/// A quota counter outlives its period by a day; a total quota's lives 400 days from its first
+/// use, then it is seeded again from the ledger.
 fn quota_ttl(period: QuotaPeriod, now: i64) -> u64 {
     match period {
         QuotaPeriod::Total => 400 * 86_400,
@@ -430,7 +429,7 @@ mod tests {
         assert_eq!(seconds_to_next_period(QuotaPeriod::Day, ms), 77_400);
         assert_eq!(
             seconds_to_next_period(QuotaPeriod::Month, ms),
-            30 * 86_400 - 9_000
+            31 * 86_400 - 9_000
         );
     }
 }

@@ -70,9 +70,10 @@ impl Store {
             .connect_with(options)
             .await?;
         if backend == Backend::Sqlite {
-            // Writers wait for each other instead of failing at once with SQLITE_BUSY; the
-            // sqlx default journal mode for SQLite is WAL.
-            sqlx::query("PRAGMA busy_timeout = 5000")
+            // WAL: readers (key lookups, the admin API) do not wait for the usage writer. The
+            // mode is kept in the file, so once is enough; sqlx already sets a busy timeout
+            // on each connection, so writers wait for each other instead of failing.
+            sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
                 .await?;
         }
