@@ -32,8 +32,9 @@ fi
 services=$(mktemp -d /tmp/dashgate-services.XXXXXX)
 chmod 777 "$services"
 pg_bin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
-pg_port=55432
-redis_port=56379
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+pg_port=$(free_port)
+redis_port=$(free_port)
 as_pg() { if [ "$(id -u)" -eq 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
 mkdir -p "$services/pg"
 [ "$(id -u)" -eq 0 ] && chown postgres "$services/pg"
