@@ -127,6 +127,21 @@ async fn a_huge_png_is_downscaled_to_the_pixel_budget() {
         header(&headers, "x-dashgate-image-tokens-after")
             < header(&headers, "x-dashgate-image-tokens-before")
     );
+    // The usage record carries the same figures.
+    let store = open_store(&format!("sqlite://{}/dashgate.db", gw.dir.path().display())).await;
+    let found = records(&store, &dashgate::store::UsageFilter::default(), 1).await;
+    let r = &found[0];
+    assert_eq!(r.images, 1);
+    assert_eq!(r.image_original_bytes, png.len() as u64);
+    assert_eq!(r.image_sent_bytes, sent.len() as u64);
+    assert_eq!(
+        r.image_tokens_before,
+        header(&headers, "x-dashgate-image-tokens-before")
+    );
+    assert_eq!(
+        r.image_tokens_after,
+        header(&headers, "x-dashgate-image-tokens-after")
+    );
 }
 
 #[tokio::test]
