@@ -40,6 +40,13 @@ gateway_config() {
 [server]
 max_body_bytes = 67108864
 
+# Metering on, as in production: every request leaves a usage record.
+[store]
+url = "sqlite://$WORK/$2.db"
+
+[usage]
+spill_path = "$WORK/$2.spill"
+
 [[keys]]
 name = "bench"
 key = "sk-bench"
@@ -56,8 +63,8 @@ max_image_bytes = 33554432
 $1
 TOML
 }
-gateway_config "max_image_pixels = 12845056" >"$WORK/check.toml"
-gateway_config "" >"$WORK/shrink.toml"
+gateway_config "max_image_pixels = 12845056" check >"$WORK/check.toml"
+gateway_config "" shrink >"$WORK/shrink.toml"
 start check 4 "${GW_PIN[@]}" "$DASHGATE" serve --config "$WORK/check.toml" --listen 127.0.0.1:0
 CHECK=$ADDR
 start shrink 5 "${GW_PIN[@]}" "$DASHGATE" serve --config "$WORK/shrink.toml" --listen 127.0.0.1:0

@@ -53,6 +53,13 @@ start simulator 3 "${SERVER_PIN[@]}" "$DASHGATE" simulate --listen 127.0.0.1:0 \
 SIM=$ADDR
 
 cat >"$WORK/gateway.toml" <<EOF
+# Metering on, as in production: every request leaves a usage record.
+[store]
+url = "sqlite://$WORK/gateway.db"
+
+[usage]
+spill_path = "$WORK/usage.spill"
+
 [[keys]]
 name = "bench"
 key = "sk-bench"

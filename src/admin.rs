@@ -284,16 +284,11 @@ async fn upstreams(State(state): State<Arc<AppState>>) -> Response {
         .upstreams()
         .iter()
         .map(|u| {
-            json!({
-                "name": u.config.name,
-                "provider": u.config.provider,
-                "base_url": u.config.base_url,
-                "models": u.config.models,
-                "weight": u.config.weight,
-                "circuit": u.slot.circuit.state().as_str(),
-                "in_flight": u.slot.in_flight(u.config.max_concurrency),
-                "max_concurrency": u.config.max_concurrency,
-            })
+            let mut detail = crate::server::upstream_health(u);
+            detail["provider"] = json!(u.config.provider);
+            detail["base_url"] = json!(u.config.base_url);
+            detail["weight"] = json!(u.config.weight);
+            detail
         })
         .collect();
     ok(StatusCode::OK, &json!({"object": "list", "data": data}))

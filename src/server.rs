@@ -199,20 +199,23 @@ async fn healthz() -> Response {
 }
 
 /// Ready when some upstream can take traffic; the detail lists each upstream's circuit.
+/// An upstream's health as `/readyz` and the admin API show it.
+pub fn upstream_health(u: &Upstream) -> serde_json::Value {
+    json!({
+        "name": u.config.name,
+        "models": u.config.models,
+        "circuit": u.slot.circuit.state().as_str(),
+        "in_flight": u.slot.in_flight(u.config.max_concurrency),
+        "max_concurrency": u.config.max_concurrency,
+    })
+}
+
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let upstreams: Vec<_> = state
         .router
         .upstreams()
         .iter()
-        .map(|u| {
-            json!({
-                "name": u.config.name,
-                "models": u.config.models,
-                "circuit": u.slot.circuit.state().as_str(),
-                "in_flight": u.slot.in_flight(u.config.max_concurrency),
-                "max_concurrency": u.config.max_concurrency,
-            })
-        })
+        .map(|u| upstream_health(u))
         .collect();
     let ready = state
         .router
