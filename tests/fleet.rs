@@ -373,3 +373,92 @@ async fn a_store_outage_mid_run_loses_no_record() {
         "{metrics}"
     );
 }
+
+/// `dashgate keys ...` with this config; its exit code, stdout and stderr.
+fn keys_command(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("keys")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn the_keys_command_mints_lists_and_revokes(backend: Backend) {
+    let sim = Sim::start().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store_url = fresh_store(backend, dir.path()).await;
+    let extra = format!("[store]\nurl = \"{store_url}\"\n");
+    let config = write(&dir, "dashgate.toml", &config_for(&sim, "", &extra));
+    let (code, key, _) = keys_command(
+        &config,
+        &[
+            "create",
+            "--name",
+            "cli-glass",
+            "--models",
+            "qwen-plus",
+            "--rpm",
+            "5",
+            "--token-quota",
+            "1000",
+            "--quota-period",
+            "month",
+            "--expires",
+            "2099-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(code, 0);
+    let key = key.trim().to_string();
+    assert!(key.starts_with("sk-dg-") && key.len() == 54, "{key}");
+    let (code, _, err) = keys_command(&config, &["create", "--name", "cli-glass"]);
+    assert_eq!(code, 2, "a taken name is a usage error");
+    assert!(err.contains("--name"), "{err}");
+    let (code, _, err) = keys_command(&config, &["create", "--name", "x", "--expires", "soon"]);
+    assert_eq!((code, err.contains("--expires")), (2, true), "{err}");
+
+    let store = open_store(&store_url).await;
+    let listed = store.list_keys().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(listed.len(), 1);
+    let k = &listed[0];
+    assert_eq!(k.models.as_deref(), Some(&["qwen-plus".to_string()][..]));
+    assert_eq!((k.rpm, k.token_quota), (Some(5), Some(1000)));
+    assert_eq!(k.quota_period, dashgate::store::QuotaPeriod::Month);
+    assert_eq!(
+        k.expires_at,
+        dashgate::store::parse_rfc3339("2099-01-01T00:00:00Z")
+    );
+    let hash = hex::encode(dashgate::auth::hash_key(&key));
+    assert!(store.key_by_hash(&hash).await.ok().flatten().is_some());
+
+    let (code, table, _) = keys_command(&config, &["list"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("cli-glass") && table.contains("active") && !table.contains(&key));
+
+    let gw = Gateway::start(&config_for(&sim, "", &extra)).await;
+    let base = format!("http://{}", gw.addr);
+    assert_eq!(chat(&gw.http, &base, &key).await, 200);
+    let (code, _, _) = keys_command(&config, &["revoke", "cli-glass"]);
+    assert_eq!(code, 0);
+    let (code, table, _) = keys_command(&config, &["list"]);
+    assert!(code == 0 && table.contains("revoked"), "{table}");
+    let (code, _, _) = keys_command(&config, &["revoke", "nobody"]);
+    assert_eq!(code, 1);
+}
+
+mod the_keys_command_mints_lists_and_revokes {
+    #[tokio::test]
+    async fn sqlite() {
+        super::the_keys_command_mints_lists_and_revokes(super::Backend::Sqlite).await
+    }
+    #[tokio::test]
+    async fn postgres() {
+        super::the_keys_command_mints_lists_and_revokes(super::Backend::Postgres).await
+    }
+}
