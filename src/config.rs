@@ -62,6 +62,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub limits: LimitsConfig,
     pub usage: UsageConfig,
+    pub files: FilesConfig,
     /// Prices per model, for the cost in each usage record.
     pub prices: std::collections::BTreeMap<String, Price>,
 }
@@ -118,6 +119,34 @@ impl Default for UsageConfig {
             batch_records: 256,
             memory_records: 100_000,
             spill_path: "dashgate-usage.spill".into(),
+        }
+    }
+}
+
+/// Files uploaded through `/v1/files`, and documents named as `fileid://` in system messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Where file bytes are kept, when `url` is unset (created when missing).
+    pub dir: std::path::PathBuf,
+    /// S3-compatible object storage instead (`s3://bucket/prefix`: Alibaba OSS, S3, MinIO);
+    /// credentials and endpoint from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ENDPOINT`, `AWS_REGION`.
+    pub url: Option<String>,
+    /// Largest upload.
+    pub max_file_bytes: usize,
+    /// Documents put into the system message for an upstream without a files API may come to
+    /// at most this many tokens (estimated); more is a 400.
+    pub max_inline_tokens: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            dir: "dashgate-files".into(),
+            url: None,
+            max_file_bytes: 64 * 1024 * 1024,
+            max_inline_tokens: 120_000,
         }
     }
 }
@@ -690,6 +719,20 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "usage",
             "queue_records, batch_records and memory_records must be at least 1",
+        ));
+    }
+    if let Some(url) = &config.files.url {
+        if !url.starts_with("s3://") {
+            return Err(ConfigError::new(
+                "files.url",
+                "must be an s3://bucket/prefix URL (unset: files are kept in files.dir)",
+            ));
+        }
+    }
+    if config.files.max_file_bytes == 0 || config.files.max_inline_tokens == 0 {
+        return Err(ConfigError::new(
+            "files",
+            "max_file_bytes and max_inline_tokens must be greater than 0",
         ));
     }
     if let Some(url) = &config.limits.redis_url {

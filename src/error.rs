@@ -24,6 +24,8 @@ pub enum GatewayError {
     },
     #[error("No key `{0}`.")]
     KeyNotFound(String),
+    #[error("No file `{0}`.")]
+    FileNotFound(String),
     #[error("The gateway's key store cannot be reached; try again shortly.")]
     StoreUnavailable,
     #[error("The gateway's rate limiter cannot be reached; try again shortly.")]
@@ -91,9 +93,10 @@ impl GatewayError {
             Self::StoreUnavailable | Self::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidParameter { .. } | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ModelNotFound(_) | Self::RouteNotFound(_) | Self::KeyNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::ModelNotFound(_)
+            | Self::RouteNotFound(_)
+            | Self::KeyNotFound(_)
+            | Self::FileNotFound(_) => StatusCode::NOT_FOUND,
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -138,6 +141,7 @@ impl GatewayError {
             Self::RateLimited { limit, .. } => limit.openai_code(),
             Self::StoreUnavailable => "store_unavailable",
             Self::KeyNotFound(_) => "key_not_found",
+            Self::FileNotFound(_) => "file_not_found",
             Self::LimitsUnavailable => "limits_unavailable",
             Self::InvalidParameter { .. } => "invalid_parameter_error",
             Self::InvalidJson(_) => "invalid_json",
@@ -240,7 +244,7 @@ impl GatewayError {
             Self::InvalidApiKey | Self::KeyUnusable(_) => "InvalidApiKey",
             Self::RateLimited { limit, .. } => limit.native_code(),
             Self::StoreUnavailable => "StoreUnavailable",
-            Self::KeyNotFound(_) => "NotFound",
+            Self::KeyNotFound(_) | Self::FileNotFound(_) => "NotFound",
             Self::LimitsUnavailable => "LimitsUnavailable",
             Self::InvalidParameter { .. } => "InvalidParameter",
             Self::InvalidJson(_) => "BadRequest.IllegalInput",

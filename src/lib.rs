@@ -9,6 +9,7 @@ pub mod dialect;
 pub mod error;
 pub mod event;
 pub mod fetch;
+pub mod files;
 pub mod limit;
 pub mod media;
 pub mod provider;

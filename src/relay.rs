@@ -286,6 +286,9 @@ pub async fn dispatch(
     // Bodies are made once per media variant and dialect, whichever upstream a retry lands on.
     // One set per variant, and a last one for the request as it came.
     let mut bodies: Vec<[Option<(Api, Bytes)>; 3]> = vec![[None, None, None]; variants.len() + 1];
+    // Documents named as `fileid://`: each upstream gets its own rewrite of the request.
+    let files = crate::files::resolve::prepare(state, &request.chat, request.caller).await?;
+    let mut file_bodies: std::collections::HashMap<String, (Api, Bytes)> = Default::default();
     let upstreamed = send_with_retries(state, &call, |upstream| {
         let wire = wire_for(upstream, request.dialect);
         let at = variant_of(&variants, upstream).min(variants.len());
@@ -293,6 +296,19 @@ pub async fn dispatch(
             Some(v) => (v.chat.as_ref().unwrap_or(&request.chat), Some(&v.prepared)),
             None => (&request.chat, None),
         };
+        let rewrites = files.as_ref().and_then(|f| f.get(&upstream.config.name));
+        if let Some(rewrites) = rewrites {
+            return file_bodies
+                .entry(upstream.config.name.clone())
+                .or_insert_with(|| {
+                    let chat = crate::files::resolve::apply(chat, rewrites);
+                    match wire {
+                        Dialect::OpenAi => (Api::Chat, provider::openai::encode_request(&chat)),
+                        Dialect::Native => provider::dashscope::encode_request(&chat),
+                    }
+                })
+                .clone();
+        }
         let changed = prepared.is_some_and(|p| !p.replacements.is_empty());
         let slot = match (wire == request.dialect && fast_path, wire) {
             (true, _) => 2,

@@ -41,6 +41,8 @@ pub struct AppState {
     /// Cancelled when the shutdown drain time is over: streams still running end with an error.
     pub abort: CancellationToken,
     pub store: Store,
+    /// Where uploaded files' bytes are kept.
+    pub files: crate::files::Files,
     pub limiter: Arc<Limiter>,
     /// The usage ledger and what else every request's meter reports to.
     pub meters: MeterContext,
@@ -79,6 +81,7 @@ impl AppState {
                 key_cache,
             ),
             store,
+            files: crate::files::Files::new(&config.files)?,
             limiter,
             meters,
             router: route::Router::new(upstreams),
@@ -126,6 +129,9 @@ fn route_label(path: &str) -> Option<&'static str> {
         "/v1/models" | "/compatible-mode/v1/models" => "models",
         "/healthz" | "/readyz" | "/metrics" => return None,
         _ if path.starts_with("/admin/") => "admin",
+        _ if path.starts_with("/v1/files") || path.starts_with("/compatible-mode/v1/files") => {
+            "files"
+        }
         _ => "unmatched",
     })
 }
@@ -168,6 +174,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     if let Some(admin) = crate::admin::routes(&state) {
         app = app.merge(admin);
     }
+    app = app.merge(crate::files::routes(&state));
     app.route("/v1/chat/completions", post(openai::chat_completions))
         .route(
             "/compatible-mode/v1/chat/completions",

@@ -4,6 +4,7 @@
 //! `openai.rs` and `dashscope.rs`.
 
 pub mod dashscope;
+mod files;
 pub mod openai;
 
 use std::time::Duration;

@@ -141,6 +141,20 @@ pub(super) async fn chat(
         }
         _ => {}
     }
+    let messages = request.get("messages").and_then(Value::as_array);
+    let (documents, document_tokens) =
+        match super::files::documents(&state.files, messages.map_or(&[][..], Vec::as_slice)) {
+            Ok(read) => read,
+            Err(id) => {
+                return compat_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_parameter_error",
+                    &format!("File [{id}] not found."),
+                    &request_id,
+                );
+            }
+        };
     let reply = if knobs.echo_request {
         let content = String::from_utf8_lossy(&body).into_owned();
         Reply {
@@ -152,7 +166,10 @@ pub(super) async fn chat(
             finish_reason: "stop",
         }
     } else {
-        reply_for(&request, &hash)
+        let mut reply = reply_for(&request, &hash);
+        reply.content.push_str(&documents);
+        reply.prompt_tokens += document_tokens;
+        reply
     };
     let wire = Wire {
         id: format!("chatcmpl-{request_id}"),

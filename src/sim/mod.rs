@@ -20,6 +20,7 @@
 
 mod compat;
 mod completions;
+mod files;
 mod native;
 mod playback;
 pub mod reply;
@@ -96,6 +97,7 @@ struct SimState {
     options: Options,
     stats: Arc<Stats>,
     fault_counts: Mutex<HashMap<String, u32>>,
+    files: files::SimFiles,
 }
 
 /// The per-request `"sim"` knobs.
@@ -146,6 +148,7 @@ pub fn router(options: Options) -> (Router, Arc<Stats>) {
         options,
         stats: stats.clone(),
         fault_counts: Mutex::new(HashMap::new()),
+        files: files::SimFiles::default(),
     });
     let router = Router::new()
         .route("/compatible-mode/v1/chat/completions", post(compat::chat))
@@ -166,6 +169,18 @@ pub fn router(options: Options) -> (Router, Arc<Stats>) {
         .route("/compatible-mode/v1/models", get(compat::models))
         .route("/v1/models", get(compat::models))
         .route("/sim/stats", get(stats_handler))
+        .route(
+            "/compatible-mode/v1/files",
+            get(files::list).post(files::upload),
+        )
+        .route(
+            "/compatible-mode/v1/files/{id}",
+            get(files::show).delete(files::delete),
+        )
+        .route(
+            "/compatible-mode/v1/files/{id}/content",
+            get(files::content),
+        )
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(state);
     (router, stats)

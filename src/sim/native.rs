@@ -194,7 +194,20 @@ async fn generation(
         "messages".into(),
         Value::Array(messages.iter().map(openai_message).collect()),
     );
+    let (documents, document_tokens) = match super::files::documents(&state.files, &messages) {
+        Ok(read) => read,
+        Err(id) => {
+            return native_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameter",
+                &format!("File [{id}] not found."),
+                &request_id,
+            );
+        }
+    };
     let mut reply = reply_for(&shaped, &hash);
+    reply.content.push_str(&documents);
+    reply.prompt_tokens += document_tokens;
     if knobs.echo_request {
         reply.content = String::from_utf8_lossy(body).into_owned();
         reply.tool_call = None;

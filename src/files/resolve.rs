@@ -1,0 +1,269 @@
+//! `fileid://` in system messages (`../shared/seeds/000_*`, `003_*`): one id, several
+//! comma-separated, and further files in later system messages. For a `dashscope` upstream the
+//! file is uploaded to its files API once (the upstream's id is kept in the store) and the
+//! reference rewritten; for any other upstream the file's text goes into the system message,
+//! within `files.max_inline_tokens`.
+
+use std::collections::HashMap;
+
+use crate::auth::Caller;
+use crate::chat::{Chat, Content, Role};
+use crate::config::ProviderKind;
+use crate::error::GatewayError;
+use crate::provider::Upstream;
+use crate::server::AppState;
+use crate::store::FileRecord;
+
+/// A system message that names files: where it is, and the ids in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRefs {
+    pub message: usize,
+    pub ids: Vec<String>,
+}
+
+/// The system messages whose whole text is `fileid://A` or `fileid://A,fileid://B,...`.
+pub fn refs_of(chat: &Chat) -> Vec<FileRefs> {
+    chat.messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == Role::System)
+        .filter_map(|(i, m)| match &m.content {
+            Some(Content::Text(text)) if text.trim_start().starts_with("fileid://") => {
+                let ids: Option<Vec<String>> = text
+                    .split(',')
+                    .map(|r| r.trim().strip_prefix("fileid://").map(str::to_string))
+                    .collect();
+                ids.map(|ids| FileRefs { message: i, ids })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// New contents for the system messages that name files: message index and text.
+pub type Rewrites = Vec<(usize, String)>;
+
+/// The rewrites each upstream serving the request needs, by upstream name; `None` when no
+/// message names a file.
+pub async fn prepare(
+    state: &AppState,
+    chat: &Chat,
+    caller: &Caller,
+) -> Result<Option<HashMap<String, Rewrites>>, GatewayError> {
+    let refs = refs_of(chat);
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    let mut files: HashMap<&str, FileRecord> = HashMap::new();
+    for r in &refs {
+        for id in &r.ids {
+            let at = || format!("messages[{}].content", r.message);
+            if id.is_empty() {
+                return Err(GatewayError::param(at(), "`fileid://` names no file"));
+            }
+            let found = state.store.file(id, &caller.name).await.map_err(|e| {
+                tracing::warn!(error = %e, "file lookup failed");
+                GatewayError::StoreUnavailable
+            })?;
+            match found {
+                Some(f) if f.purpose == "file-extract" => {
+                    files.insert(id.as_str(), f);
+                }
+                Some(_) => {
+                    return Err(GatewayError::param(
+                        at(),
+                        format!("file `{id}` was uploaded for batch, not file-extract"),
+                    ));
+                }
+                None => return Err(GatewayError::param(at(), format!("no file `{id}`"))),
+            }
+        }
+    }
+    let mut texts: HashMap<String, String> = HashMap::new();
+    let mut out = HashMap::new();
+    for upstream in state.router.serving(&chat.model) {
+        let rewrites = match upstream.config.provider {
+            ProviderKind::Dashscope => upload_refs(state, upstream, &refs, &files, caller).await?,
+            ProviderKind::Openai => inline_refs(state, upstream, &refs, &files, &mut texts).await?,
+        };
+        out.insert(upstream.config.name.clone(), rewrites);
+    }
+    Ok(Some(out))
+}
+
+async fn upload_refs(
+    state: &AppState,
+    upstream: &Upstream,
+    refs: &[FileRefs],
+    files: &HashMap<&str, FileRecord>,
+    caller: &Caller,
+) -> Result<Rewrites, GatewayError> {
+    let name = &upstream.config.name;
+    let mut rewrites = Vec::new();
+    for r in refs {
+        let mut ids = Vec::new();
+        for id in &r.ids {
+            let known = state.store.upstream_file(id, name).await.ok().flatten();
+            let remote = match known {
+                Some(remote) => remote,
+                None => {
+                    let file = &files[id.as_str()];
+                    let bytes = state.files.get(id).await.map_err(|e| {
+                        tracing::warn!(error = %e, file = %id, "file bytes unreadable");
+                        GatewayError::StoreUnavailable
+                    })?;
+                    let mode = state.auth.mode();
+                    let token = caller.passthrough_token.as_deref();
+                    let remote = upstream
+                        .upload_file(&file.filename, bytes, mode, token)
+                        .await?;
+                    if let Err(e) = state.store.set_upstream_file(id, name, &remote).await {
+                        tracing::warn!(error = %e, "upstream file id not kept; uploaded again next time");
+                    }
+                    // Another gateway may have won the race: use the id the store keeps.
+                    state
+                        .store
+                        .upstream_file(id, name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(remote)
+                }
+            };
+            ids.push(format!("fileid://{remote}"));
+        }
+        rewrites.push((r.message, ids.join(",")));
+    }
+    Ok(rewrites)
+}
+
+/// Tokens a text is estimated to take: a byte of UTF-8 in three (about a CJK character, or
+/// a little more than the ~4 characters of English a token holds).
+fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(3)
+}
+
+async fn inline_refs(
+    state: &AppState,
+    upstream: &Upstream,
+    refs: &[FileRefs],
+    files: &HashMap<&str, FileRecord>,
+    texts: &mut HashMap<String, String>,
+) -> Result<Rewrites, GatewayError> {
+    let limit = state.files.config.max_inline_tokens;
+    let mut total = 0;
+    let mut rewrites = Vec::new();
+    for r in refs {
+        let at = || format!("messages[{}].content", r.message);
+        let mut docs = Vec::new();
+        for id in &r.ids {
+            if !texts.contains_key(id) {
+                let file = &files[id.as_str()];
+                let text = text_of(state, file).await.map_err(|reason| {
+                    GatewayError::param(at(), format!("file `{id}`: {reason}"))
+                })?;
+                texts.insert(id.clone(), text);
+            }
+            let text = &texts[id];
+            total += estimate_tokens(text);
+            let filename = &files[id.as_str()].filename;
+            docs.push(format!(
+                "<document name=\"{filename}\">\n{text}\n</document>"
+            ));
+        }
+        if total > limit {
+            return Err(GatewayError::param(
+                at(),
+                format!(
+                    "the documents come to about {total} tokens; upstream `{}` reads them \
+                     inline, up to {limit} (files.max_inline_tokens)",
+                    upstream.config.name
+                ),
+            ));
+        }
+        rewrites.push((r.message, docs.join("\n")));
+    }
+    Ok(rewrites)
+}
+
+/// A file's text, extracted on the blocking pool.
+async fn text_of(state: &AppState, file: &FileRecord) -> Result<String, String> {
+    let bytes = state
+        .files
+        .get(&file.id)
+        .await
+        .map_err(|_| "its bytes cannot be read".to_string())?;
+    let filename = file.filename.clone();
+    tokio::task::spawn_blocking(move || {
+        let kind = super::extract::kind_of(&filename, &bytes)?;
+        super::extract::text_of(kind, &bytes)
+    })
+    .await
+    .map_err(|_| "its text could not be extracted".to_string())?
+}
+
+/// The chat with an upstream's rewrites applied.
+pub fn apply(chat: &Chat, rewrites: &Rewrites) -> Chat {
+    let mut chat = chat.clone();
+    for (at, text) in rewrites {
+        if let Some(m) = chat.messages.get_mut(*at) {
+            m.content = Some(Content::Text(text.clone()));
+        }
+    }
+    chat
+}
+
+/// Deletes a file's copies at the upstreams (best effort: logged when it fails).
+pub async fn forget_upstream_copies(state: &AppState, file_id: &str) {
+    let copies = state
+        .store
+        .upstream_files_of(file_id)
+        .await
+        .unwrap_or_default();
+    for (name, remote) in copies {
+        let upstream = state
+            .router
+            .upstreams()
+            .iter()
+            .find(|u| u.config.name == name);
+        if let Some(upstream) = upstream {
+            if let Err(e) = upstream.delete_file(&remote).await {
+                tracing::warn!(error = %e, upstream = %name, file = %remote, "upstream copy not deleted");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_found_single_several_and_across_messages() {
+        let chat: Chat = serde_json::from_value(serde_json::json!({
+            "model": "qwen-long",
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "system", "content": "fileid://file-fe-a"},
+                {"role": "system", "content": "fileid://file-fe-b, fileid://file-fe-c"},
+                {"role": "user", "content": "fileid://file-fe-x is not a reference here"},
+                {"role": "system", "content": "fileid://file-fe-d, and some text"}
+            ]
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let refs = refs_of(&chat);
+        assert_eq!(
+            refs,
+            vec![
+                FileRefs {
+                    message: 1,
+                    ids: vec!["file-fe-a".into()]
+                },
+                FileRefs {
+                    message: 2,
+                    ids: vec!["file-fe-b".into(), "file-fe-c".into()]
+                },
+            ]
+        );
+    }
+}
