@@ -27,8 +27,13 @@ fn redis_url() -> String {
 
 /// `dashgate serve --config FILE` on port 0, and the URL it announced.
 async fn serve(config: &std::path::Path) -> (Child, String) {
+    let cwd = config
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     let config = config.display().to_string();
     let mut child = tokio::process::Command::new(BIN)
+        .current_dir(cwd)
         .args(["serve", "--config", &config, "--listen", "127.0.0.1:0"])
         .env_remove("DASHSCOPE_API_KEY")
         .stdin(Stdio::null())

@@ -22,6 +22,8 @@ const EXIT_WAIT: Duration = Duration::from_secs(10);
 async fn start(args: &[&str]) -> (Child, String) {
     let mut child = tokio::process::Command::new(BIN)
         .args(args)
+        // Whatever the gateway keeps beside it (files) stays out of the source tree.
+        .current_dir(std::env::temp_dir())
         .env_remove("DASHSCOPE_API_KEY")
         .env_remove("DASHGATE_LISTEN")
         .stdin(Stdio::null())

@@ -90,21 +90,20 @@ models = ["qwen-plus", "qwen-vl-plus", "qwen-max"]
 impl Gateway {
     pub async fn start(toml: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut toml = toml.to_string();
-        if !toml.contains("[store]") {
-            toml.push_str(&format!(
-                "\n[store]\nurl = \"sqlite://{}/dashgate.db\"\n",
-                dir.path().display()
-            ));
+        let mut config =
+            config::parse(toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("config: {e}"));
+        // What the config leaves at its defaults (relative to the working directory) goes
+        // into the gateway's own directory.
+        let defaults = config::Config::default();
+        if config.store.url == defaults.store.url {
+            config.store.url = format!("sqlite://{}/dashgate.db", dir.path().display());
         }
-        if !toml.contains("[usage]") {
-            toml.push_str(&format!(
-                "\n[usage]\nspill_path = \"{}/usage.spill\"\n",
-                dir.path().display()
-            ));
+        if config.usage.spill_path == defaults.usage.spill_path {
+            config.usage.spill_path = dir.path().join("usage.spill");
         }
-        let config =
-            config::parse(&toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("config: {e}"));
+        if config.files.dir == defaults.files.dir {
+            config.files.dir = dir.path().join("files");
+        }
         config::validate(&config).unwrap_or_else(|e| panic!("config: {e}"));
         let shutdown = CancellationToken::new();
         let addr = server::spawn(config, shutdown.clone())
