@@ -148,7 +148,7 @@ name = "sim"
 provider = "dashscope"
 base_url = "{sim_url}"
 api_key = "${{E2E_UPSTREAM_KEY}}"
-models = ["qwen-plus", "qwen-vl-plus", "qwen-max", "missing-qwen"]
+models = ["qwen-plus", "qwen-vl-plus", "qwen-max", "qwen-long", "missing-qwen"]
 first_byte_timeout_ms = 10000
 
 # The same simulator as a plain OpenAI-compatible server ({{base_url}}/chat/completions): the

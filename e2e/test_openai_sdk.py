@@ -313,6 +313,7 @@ def test_models_list_shows_every_configured_model(client: openai.OpenAI) -> None
     models = list(client.models.list())
 
     assert {m.id for m in models} == {
+        "qwen-long",
         "qwen-plus",
         "qwen-vl-plus",
         "qwen-max",
