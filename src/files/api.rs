@@ -123,7 +123,7 @@ async fn upload_inner(
     check_upload(&filename, &bytes, &purpose, limit)?;
     let record = FileRecord {
         id: super::new_id(&purpose),
-        owner: caller.name.to_string(),
+        owner: super::owner_of(&caller),
         filename,
         purpose,
         bytes: bytes.len() as u64,
@@ -182,7 +182,7 @@ async fn list(
         let caller = state.auth.authenticate(&headers).await?;
         let files = state
             .store
-            .files(&caller.name, 10_000)
+            .files(&super::owner_of(&caller), 10_000)
             .await
             .map_err(store_failed)?;
         let data: Vec<Value> = files.iter().map(file_json).collect();
@@ -204,7 +204,7 @@ async fn owned(
     let caller = state.auth.authenticate(headers).await?;
     state
         .store
-        .file(file_id, &caller.name)
+        .file(file_id, &super::owner_of(&caller))
         .await
         .map_err(store_failed)?
         .ok_or_else(|| GatewayError::FileNotFound(file_id.to_string()))

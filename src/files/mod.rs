@@ -25,12 +25,22 @@ pub struct Files {
 impl Files {
     pub fn new(config: &FilesConfig) -> Result<Files, String> {
         let objects: Arc<dyn ObjectStore> = match &config.url {
-            Some(url) => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
+            Some(url) => {
+                let bucket = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(url)
                     .build()
-                    .map_err(|e| format!("files.url: {e}"))?,
-            ),
+                    .map_err(|e| format!("files.url: {e}"))?;
+                // The builder takes only the bucket from the URL; the path is a prefix.
+                let prefix = url
+                    .trim_start_matches("s3://")
+                    .split_once('/')
+                    .map_or("", |(_, p)| p.trim_matches('/'));
+                if prefix.is_empty() {
+                    Arc::new(bucket)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(bucket, prefix))
+                }
+            }
             None => {
                 std::fs::create_dir_all(&config.dir)
                     .map_err(|e| format!("files.dir: {}: {e}", config.dir.display()))?;
@@ -62,6 +72,18 @@ impl Files {
             Err(object_store::Error::NotFound { .. }) | Ok(()) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Who owns a caller's files: its key's name; in passthrough mode, each bearer token (by its
+/// hash) is an owner of its own.
+pub fn owner_of(caller: &crate::auth::Caller) -> String {
+    match &caller.passthrough_token {
+        Some(token) => format!(
+            "passthrough:{}",
+            hex::encode(&crate::auth::hash_key(token)[..12])
+        ),
+        None => caller.name.to_string(),
     }
 }
 

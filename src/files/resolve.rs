@@ -61,10 +61,14 @@ pub async fn prepare(
             if id.is_empty() {
                 return Err(GatewayError::param(at(), "`fileid://` names no file"));
             }
-            let found = state.store.file(id, &caller.name).await.map_err(|e| {
-                tracing::warn!(error = %e, "file lookup failed");
-                GatewayError::StoreUnavailable
-            })?;
+            let found = state
+                .store
+                .file(id, &super::owner_of(caller))
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "file lookup failed");
+                    GatewayError::StoreUnavailable
+                })?;
             match found {
                 Some(f) if f.purpose == "file-extract" => {
                     files.insert(id.as_str(), f);
