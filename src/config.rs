@@ -103,8 +103,11 @@ pub enum FailMode {
 pub struct UsageConfig {
     /// Records queued between the request path and the writer.
     pub queue_records: usize,
-    /// Records written per transaction at most (a batch is what has queued up meanwhile).
+    /// Records written per transaction at most.
     pub batch_records: usize,
+    /// How long the writer lets records gather before it writes them: fewer, larger
+    /// transactions under load (0: write each as it comes).
+    pub flush_ms: u64,
     /// Records held in memory while the store is down; beyond this they go to the spill file.
     pub memory_records: usize,
     /// Where records wait on disk while the store is down (JSON lines; replayed at start and
@@ -116,7 +119,8 @@ impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             queue_records: 65_536,
-            batch_records: 256,
+            batch_records: 500,
+            flush_ms: 50,
             memory_records: 100_000,
             spill_path: "dashgate-usage.spill".into(),
         }

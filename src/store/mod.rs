@@ -62,6 +62,12 @@ impl Store {
             _ => url.to_string(),
         };
         let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+        // In WAL mode, `synchronous = NORMAL` syncs at checkpoints rather than at every
+        // commit: a crash of the gateway loses nothing; a power cut may lose the last commits.
+        let pragmas = match backend {
+            Backend::Sqlite => "PRAGMA synchronous = NORMAL",
+            Backend::Postgres => "SELECT 1",
+        };
         let pool = AnyPoolOptions::new()
             // SQLite has one writer at a time; a few readers serve the admin API and key lookups.
             .max_connections(match backend {
@@ -69,6 +75,12 @@ impl Store {
                 Backend::Postgres => 8,
             })
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, pragmas).await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         if backend == Backend::Sqlite {

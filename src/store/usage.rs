@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, day_of};
+use super::{Backend, Store, StoreError, day_of};
 use crate::usage::UsageRecord;
 
 /// Which records a question is about; every field narrows it.
@@ -40,13 +40,40 @@ pub struct UsageGroup {
     pub totals: UsageTotals,
 }
 
-const INSERT: &str = "INSERT INTO usage_records (id, at, day, request_id, key_id, key_name, \
-    model, upstream, route, dialect, stream, status, error_code, prompt_tokens, \
-    completion_tokens, total_tokens, cached_tokens, reasoning_tokens, image_tokens, \
-    audio_tokens, estimated, ttft_ms, duration_ms, bytes_in, bytes_out, images, \
-    image_original_bytes, image_sent_bytes, image_tokens_before, image_tokens_after, cost) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-    $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31) ON CONFLICT (id) DO NOTHING";
+const COLUMNS: &str = "id, at, day, request_id, key_id, key_name, model, upstream, route, \
+    dialect, stream, status, error_code, prompt_tokens, completion_tokens, total_tokens, \
+    cached_tokens, reasoning_tokens, image_tokens, audio_tokens, estimated, ttft_ms, duration_ms, \
+    bytes_in, bytes_out, images, image_original_bytes, image_sent_bytes, image_tokens_before, \
+    image_tokens_after, cost";
+const PER_ROW: usize = 31;
+/// Rows per INSERT statement: one statement per batch is one trip to the database (for SQLite,
+/// one hand-off to its worker thread), well within both databases' parameter limits.
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `INSERT ... VALUES ($1, ...), ($32, ...), ...` for `rows` rows; SQLite gets anonymous `?`
+/// placeholders, which it binds in order (its lookup of numbered names is linear in their
+/// count, so a long numbered statement binds in quadratic time).
+fn insert_sql(rows: usize, backend: Backend) -> String {
+    let mut sql = format!("INSERT INTO usage_records ({COLUMNS}) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..PER_ROW {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${}", row * PER_ROW + col + 1)),
+            }
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING");
+    sql
+}
 
 const SUMS: &str = "COUNT(*) AS requests, \
     CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
@@ -141,41 +168,44 @@ impl Store {
     /// Writes records in one transaction; a record already there (same id) is skipped.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query(INSERT)
-                .bind(&r.id)
-                .bind(r.at)
-                .bind(day_of(r.at))
-                .bind(&r.request_id)
-                .bind(r.key_id.as_deref())
-                .bind(&r.key_name)
-                .bind(&r.model)
-                .bind(&r.upstream)
-                .bind(&r.route)
-                .bind(&r.dialect)
-                .bind(i64::from(r.stream))
-                .bind(i64::from(r.status))
-                .bind(r.error_code.as_deref())
-                .bind(n(r.prompt_tokens))
-                .bind(n(r.completion_tokens))
-                .bind(n(r.total_tokens))
-                .bind(r.cached_tokens.map(n))
-                .bind(r.reasoning_tokens.map(n))
-                .bind(r.image_tokens.map(n))
-                .bind(r.audio_tokens.map(n))
-                .bind(i64::from(r.estimated))
-                .bind(r.ttft_ms.map(n))
-                .bind(n(r.duration_ms))
-                .bind(n(r.bytes_in))
-                .bind(n(r.bytes_out))
-                .bind(n(r.images))
-                .bind(n(r.image_original_bytes))
-                .bind(n(r.image_sent_bytes))
-                .bind(n(r.image_tokens_before))
-                .bind(n(r.image_tokens_after))
-                .bind(r.cost)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql(chunk.len(), self.backend);
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query
+                    .bind(&r.id)
+                    .bind(r.at)
+                    .bind(day_of(r.at))
+                    .bind(&r.request_id)
+                    .bind(r.key_id.as_deref())
+                    .bind(&r.key_name)
+                    .bind(&r.model)
+                    .bind(&r.upstream)
+                    .bind(&r.route)
+                    .bind(&r.dialect)
+                    .bind(i64::from(r.stream))
+                    .bind(i64::from(r.status))
+                    .bind(r.error_code.as_deref())
+                    .bind(n(r.prompt_tokens))
+                    .bind(n(r.completion_tokens))
+                    .bind(n(r.total_tokens))
+                    .bind(r.cached_tokens.map(n))
+                    .bind(r.reasoning_tokens.map(n))
+                    .bind(r.image_tokens.map(n))
+                    .bind(r.audio_tokens.map(n))
+                    .bind(i64::from(r.estimated))
+                    .bind(r.ttft_ms.map(n))
+                    .bind(n(r.duration_ms))
+                    .bind(n(r.bytes_in))
+                    .bind(n(r.bytes_out))
+                    .bind(n(r.images))
+                    .bind(n(r.image_original_bytes))
+                    .bind(n(r.image_sent_bytes))
+                    .bind(n(r.image_tokens_before))
+                    .bind(n(r.image_tokens_after))
+                    .bind(r.cost);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -42,6 +42,7 @@ impl Ledger {
             receiver,
             pending: VecDeque::new(),
             batch: config.batch_records,
+            linger: Duration::from_millis(config.flush_ms),
             memory: config.memory_records,
             spill: config.spill_path.clone(),
             spill_waiting: spill_exists(&config.spill_path),
@@ -95,6 +96,7 @@ struct Writer {
     receiver: mpsc::Receiver<UsageRecord>,
     pending: VecDeque<UsageRecord>,
     batch: usize,
+    linger: Duration,
     memory: usize,
     spill: PathBuf,
     /// The spill file holds records not yet in the store.
@@ -121,6 +123,22 @@ impl Writer {
                         break;
                     }
                     self.pending.extend(incoming.drain(..));
+                    // Let a batch gather (or fill) before writing it.
+                    let until = Instant::now() + self.linger;
+                    while self.pending.len() < self.batch && !self.linger.is_zero() {
+                        let room = self.batch - self.pending.len();
+                        tokio::select! {
+                            biased;
+                            _ = closing.cancelled() => break,
+                            _ = tokio::time::sleep_until(until) => break,
+                            n = self.receiver.recv_many(&mut incoming, room) => {
+                                if n == 0 {
+                                    break;
+                                }
+                                self.pending.extend(incoming.drain(..));
+                            }
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(next_try), if waiting => {}
             }
