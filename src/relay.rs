@@ -472,7 +472,11 @@ pub struct SseEvents {
     splitter: EventSplitter,
     deadline: Instant,
     idle: Duration,
-    abort: CancellationToken,
+    /// One timer for the whole stream, re-armed only when it fires early (an event came since
+    /// it was set): arming a timer per event showed in the stream profile.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    last_read: Instant,
+    abort: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     ended: bool,
 }
 
@@ -486,13 +490,18 @@ pub enum Next {
 
 impl SseEvents {
     fn new(upstreamed: Upstreamed) -> Self {
+        let idle = upstreamed.lease.upstream.config.idle_timeout();
+        let now = Instant::now();
+        let deadline = upstreamed.deadline;
         Self {
-            idle: upstreamed.lease.upstream.config.idle_timeout(),
+            idle,
             body: upstreamed.response.bytes_stream().boxed(),
             lease: upstreamed.lease,
             splitter: EventSplitter::default(),
-            deadline: upstreamed.deadline,
-            abort: upstreamed.abort,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until((now + idle).min(deadline))),
+            last_read: now,
+            abort: Box::pin(upstreamed.abort.cancelled_owned()),
             ended: false,
         }
     }
@@ -512,14 +521,22 @@ impl SseEvents {
                     None => Next::End,
                 };
             }
-            let wait = self
-                .idle
-                .min(self.deadline.saturating_duration_since(Instant::now()));
             let read = tokio::select! {
                 biased;
-                _ = self.abort.cancelled() => return Next::Fail(GatewayError::ShuttingDown),
-                read = tokio::time::timeout(wait, self.body.next()) => read,
+                _ = self.abort.as_mut() => return Next::Fail(GatewayError::ShuttingDown),
+                read = self.body.next() => Ok(read),
+                _ = self.timer.as_mut() => {
+                    let due = (self.last_read + self.idle).min(self.deadline);
+                    if Instant::now() < due {
+                        self.timer.as_mut().reset(due);
+                        continue;
+                    }
+                    Err(())
+                }
             };
+            if read.is_ok() {
+                self.last_read = Instant::now();
+            }
             let upstream = &self.lease.upstream;
             match read {
                 Ok(Some(Ok(chunk))) => self.splitter.push(&chunk),

@@ -3,7 +3,8 @@
 //! a whole reply, at the end of a stream, or when the client hangs up mid-stream.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -34,6 +35,10 @@ struct Inner {
     limits: Limits,
     started: Instant,
     state: Mutex<State>,
+    // Counted per stream event: atomics, not the lock.
+    bytes_out: AtomicU64,
+    events_out: AtomicU64,
+    first_event_ms: OnceLock<u64>,
 }
 
 #[derive(Default)]
@@ -42,7 +47,6 @@ struct State {
     usage: Option<Usage>,
     /// The last native frame relayed as it came: its usage is the reply's so far.
     last_native_frame: Option<Bytes>,
-    events_out: u64,
 }
 
 impl Meter {
@@ -78,6 +82,9 @@ impl Meter {
                 record,
                 ..State::default()
             }),
+            bytes_out: AtomicU64::new(0),
+            events_out: AtomicU64::new(0),
+            first_event_ms: OnceLock::new(),
         }))
     }
 
@@ -138,16 +145,16 @@ impl Meter {
 
     /// Bytes sent to the client; the first event that is not a comment is the first token.
     pub fn sent(&self, bytes: &[u8]) {
-        let elapsed = self.0.started.elapsed();
-        self.with(|s| {
-            s.record.bytes_out += bytes.len() as u64;
-            if !bytes.starts_with(b":") {
-                s.events_out += 1;
-                if s.record.ttft_ms.is_none() && s.record.stream {
-                    s.record.ttft_ms = Some(elapsed.as_millis() as u64);
-                }
-            }
-        });
+        let inner = &self.0;
+        inner
+            .bytes_out
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if !bytes.starts_with(b":") {
+            inner.events_out.fetch_add(1, Ordering::Relaxed);
+            inner
+                .first_event_ms
+                .get_or_init(|| inner.started.elapsed().as_millis() as u64);
+        }
     }
 }
 
@@ -159,6 +166,11 @@ impl Drop for Inner {
         };
         let mut record = state.record;
         record.duration_ms = self.started.elapsed().as_millis() as u64;
+        record.bytes_out = *self.bytes_out.get_mut();
+        let events_out = *self.events_out.get_mut();
+        if record.stream {
+            record.ttft_ms = self.first_event_ms.get().copied();
+        }
         let usage = state.usage.or_else(|| {
             let frame = state.last_native_frame?;
             let data = crate::dialect::sse::data_of(&frame)?;
@@ -191,7 +203,7 @@ impl Drop for Inner {
                     .saturating_sub(record.image_original_bytes * 4 / 3);
                 record.prompt_tokens = text_bytes / 4 + record.image_tokens_after;
                 // Every content event carries at least one token.
-                record.completion_tokens = state.events_out;
+                record.completion_tokens = events_out;
                 record.total_tokens = record.prompt_tokens + record.completion_tokens;
                 record.estimated = true;
             }

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Side by side: the simulator straight, behind nginx (a plain reverse proxy, buffering off: the
+# floor one extra loopback hop costs), and behind dashgate with auth, per-key limits and
+# metering on (a store key with RPM/TPM limits, every request written to the SQLite ledger).
+# Prints one markdown table: latency and throughput per load level, stream time to first byte,
+# a 5 MB base64 camera frame that needs no resize, and memory (idle, after load, with 1,000
+# open streams). Added latency is shown as a ratio to nginx's. Loopback only, bounded in
+# requests and time; nothing here is part of the test suite.
+#
+# Environment (defaults in brackets):
+#   CONCURRENCY  levels                              ["16 64 256"]
+#   REQUESTS     measured requests per run           [20000]
+#   MAX_SECONDS  hard stop per run                   [10]
+#   LATENCY_MS   simulator's fixed delay per reply   [1]
+#   OPEN_STREAMS streams held open for the memory row [1000]
+#   NO_BUILD=1   skip the build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONCURRENCY=${CONCURRENCY:-"16 64 256"}
+REQUESTS=${REQUESTS:-20000}
+MAX_SECONDS=${MAX_SECONDS:-10}
+LATENCY_MS=${LATENCY_MS:-1}
+OPEN_STREAMS=${OPEN_STREAMS:-1000}
+
+if ! command -v nginx >/dev/null 2>&1; then
+    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get install -y -qq nginx-light >/dev/null 2>&1 || $sudo_ apt-get install -y -qq nginx >/dev/null
+fi
+if [[ -z "${NO_BUILD:-}" ]]; then
+    cargo build --release --bin dashgate --example loadgen --example frame >&2
+fi
+DASHGATE=target/release/dashgate
+LOADGEN=target/release/examples/loadgen
+ulimit -n 16384
+
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+# Contestant and simulator share core 1; the load generator has core 0.
+SERVER_PIN=(taskset -c 1)
+CLIENT_PIN=(taskset -c 0)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+rss_kib() { # PID...: resident memory of these processes, summed
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")))
+    done
+    echo "$total"
+}
+
+start simulator 3 "${SERVER_PIN[@]}" "$DASHGATE" simulate --listen 127.0.0.1:0 --latency-ms "$LATENCY_MS" --chunks 20
+SIM=$ADDR
+
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_max_body_size 64m;
+    client_body_temp_path $WORK/nginx;
+    proxy_temp_path $WORK/nginx;
+    upstream sim { server $SIM; keepalive 512; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://sim;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+EOF
+"${SERVER_PIN[@]}" nginx -c "$WORK/nginx.conf" -g 'daemon off;' 2>"$WORK/nginx.err" &
+PIDS+=($!)
+NGINX_MASTER=$!
+for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break
+    sleep 0.05
+done
+NGINX="127.0.0.1:$NGINX_PORT"
+
+cat >"$WORK/gateway.toml" <<EOF
+[server]
+max_body_bytes = 67108864
+
+[store]
+url = "sqlite://$WORK/gateway.db"
+
+[usage]
+spill_path = "$WORK/usage.spill"
+
+[files]
+dir = "$WORK/files"
+
+[media]
+max_image_bytes = 33554432
+max_image_pixels = 12845056
+
+[[upstreams]]
+name = "sim"
+provider = "dashscope"
+base_url = "http://$SIM"
+api_key = "sk-upstream"
+models = ["*"]
+EOF
+# A store key with limits: auth goes through the key cache, every request through the limiter
+# and into the ledger.
+KEY=$("$DASHGATE" keys create --config "$WORK/gateway.toml" --name bench --rpm 100000000 --tpm 100000000000 2>/dev/null)
+start gateway 4 "${SERVER_PIN[@]}" "$DASHGATE" serve --config "$WORK/gateway.toml" --listen 127.0.0.1:0
+GATEWAY=$ADDR
+GATEWAY_PID=${PIDS[-1]}
+NGINX_PIDS=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')
+IDLE_GW=$(rss_kib "$GATEWAY_PID")
+IDLE_NGINX=$(rss_kib "$NGINX_MASTER" $NGINX_PIDS)
+
+PATH_CHAT=/compatible-mode/v1/chat/completions
+target_url() {
+    case $1 in
+        direct) echo "http://$SIM$PATH_CHAT" ;;
+        nginx) echo "http://$NGINX$PATH_CHAT" ;;
+        dashgate) echo "http://$GATEWAY$PATH_CHAT" ;;
+    esac
+}
+target_key() { [[ $1 == dashgate ]] && echo "$KEY" || echo sk-upstream; }
+
+# load TARGET LABEL ARGS...: one loadgen run; its JSON line in OUT.
+load() {
+    local target=$1 label=$2
+    shift 2
+    OUT=$("${CLIENT_PIN[@]}" "$LOADGEN" --url "$(target_url "$target")" --key "$(target_key "$target")" \
+        --label "$target-$label" "$@")
+    echo "$OUT" >>"$WORK/results.jsonl"
+}
+
+declare -A P50 P99 RPS T50 T99
+measure() { # LABEL ARGS...: every contestant, the order rotated per row
+    local label=$1 order
+    shift
+    case $((ROW % 3)) in
+        0) order="direct nginx dashgate" ;;
+        1) order="nginx dashgate direct" ;;
+        2) order="dashgate direct nginx" ;;
+    esac
+    for t in $order; do
+        load "$t" "$label" "$@"
+        P50[$t$label]=$(field "$OUT" p50_ms)
+        P99[$t$label]=$(field "$OUT" p99_ms)
+        RPS[$t$label]=$(field "$OUT" rps)
+        T50[$t$label]=$(field "$OUT" ttfb_p50_ms)
+        T99[$t$label]=$(field "$OUT" ttfb_p99_ms)
+    done
+    ROW=$((ROW + 1))
+}
+
+ROW=0
+LABELS=()
+for conc in $CONCURRENCY; do
+    measure "json-c$conc" --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
+    LABELS+=("json-c$conc")
+done
+for conc in 16 64; do
+    measure "stream-c$conc" --stream --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
+    LABELS+=("stream-c$conc")
+done
+# A camera frame of about 5 MB as base64, within the pixel budget and without metadata: it
+# passes byte-identical after validation.
+target/release/examples/frame 3600 2700 >"$WORK/frame.json" 2>/dev/null
+FRAME_BYTES=$(stat -c %s "$WORK/frame.json")
+measure "frame" --concurrency 1 --requests 60 --max-seconds 60 --warmup 4 --body "$WORK/frame.json"
+LABELS+=("frame")
+
+LOADED_GW=$(rss_kib "$GATEWAY_PID")
+LOADED_NGINX=$(rss_kib "$NGINX_MASTER" $NGINX_PIDS)
+
+# OPEN_STREAMS streams held open (each 20 events 300 ms apart: 6 s), memory read midway.
+printf '{"model":"qwen-plus","messages":[{"role":"user","content":"hold on"}],"sim":{"chunk_delay_ms":300,"chunks":20}}' >"$WORK/slow.json"
+open_rss() { # TARGET PIDS...
+    local target=$1
+    shift
+    "${CLIENT_PIN[@]}" "$LOADGEN" --url "$(target_url "$target")" --key "$(target_key "$target")" --stream \
+        --concurrency "$OPEN_STREAMS" --requests "$OPEN_STREAMS" --max-seconds 30 --body "$WORK/slow.json" \
+        --label "$target-open" >>"$WORK/results.jsonl" &
+    local lg=$!
+    sleep 3 # streams are open and midway: a bench reading, not a synchronisation
+    OPEN=$(rss_kib "$@")
+    wait "$lg"
+}
+open_rss dashgate "$GATEWAY_PID"
+OPEN_GW=$OPEN
+open_rss nginx "$NGINX_MASTER" $NGINX_PIDS
+OPEN_NGINX=$OPEN
+
+ratio() { # GATEWAY_ADDED NGINX_ADDED
+    awk -v g="$1" -v n="$2" 'BEGIN { if (n <= 0) print "-"; else printf "%.2fx", g / n }'
+}
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+
+echo
+echo "simulator --latency-ms $LATENCY_MS; $REQUESTS requests or ${MAX_SECONDS}s per run; contestant + simulator on core 1, loadgen on core 0"
+echo "frame body: $FRAME_BYTES bytes; added = contestant - direct; ratio = dashgate added / nginx added"
+echo
+echo "| run | direct p50 / p99 ms | nginx added p50 / p99 ms | dashgate added p50 / p99 ms | ratio p50 / p99 | rps direct / nginx / dashgate |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+for l in "${LABELS[@]}"; do
+    d50=${P50[direct$l]} d99=${P99[direct$l]}
+    n50=$(minus "${P50[nginx$l]}" "$d50") n99=$(minus "${P99[nginx$l]}" "$d99")
+    g50=$(minus "${P50[dashgate$l]}" "$d50") g99=$(minus "${P99[dashgate$l]}" "$d99")
+    echo "| $l | $d50 / $d99 | $n50 / $n99 | $g50 / $g99 | $(ratio "$g50" "$n50") / $(ratio "$g99" "$n99") | ${RPS[direct$l]} / ${RPS[nginx$l]} / ${RPS[dashgate$l]} |"
+done
+echo
+echo "| stream TTFB | direct p50 / p99 ms | nginx added p50 / p99 ms | dashgate added p50 / p99 ms |"
+echo "| --- | ---: | ---: | ---: |"
+for l in stream-c16 stream-c64; do
+    d50=${T50[direct$l]} d99=${T99[direct$l]}
+    echo "| $l | $d50 / $d99 | $(minus "${T50[nginx$l]}" "$d50") / $(minus "${T99[nginx$l]}" "$d99") | $(minus "${T50[dashgate$l]}" "$d50") / $(minus "${T99[dashgate$l]}" "$d99") |"
+done
+echo
+per_stream() { awk -v o="$1" -v l="$2" -v n="$OPEN_STREAMS" 'BEGIN { printf "%.1f", (o - l) / n }'; }
+echo "| memory | nginx (master + worker) | dashgate |"
+echo "| --- | ---: | ---: |"
+echo "| RSS idle | $((IDLE_NGINX / 1024)) MiB | $((IDLE_GW / 1024)) MiB |"
+echo "| RSS after the runs above | $((LOADED_NGINX / 1024)) MiB | $((LOADED_GW / 1024)) MiB |"
+echo "| RSS with $OPEN_STREAMS open streams | $((OPEN_NGINX / 1024)) MiB | $((OPEN_GW / 1024)) MiB |"
+echo "| per open stream | $(per_stream "$OPEN_NGINX" "$LOADED_NGINX") KiB | $(per_stream "$OPEN_GW" "$LOADED_GW") KiB |"
