@@ -83,7 +83,8 @@ pub(crate) fn decode_payload(payload: &str, max_bytes: usize) -> Result<Vec<u8>,
     // SIMD first: a camera frame is megabytes, and the scalar decoder took about twice as
     // long. Padding may be present or not; when it is, it must be complete. Anything the fast
     // decoder refuses is decoded again by the scalar one, for a message that says where.
-    let padded_right = padding == 0 || (text.len() % 4 == 0 && padding == (4 - symbols % 4) % 4);
+    let padded_right =
+        padding == 0 || (text.len().is_multiple_of(4) && padding == (4 - symbols % 4) % 4);
     if padded_right {
         if let Ok(bytes) = base64_simd::STANDARD_NO_PAD.decode_to_vec(&text[..symbols]) {
             return Ok(bytes);
