@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,7 +11,6 @@ use std::time::Duration;
 use common::*;
 use dashgate::store::UsageFilter;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 
@@ -25,32 +23,15 @@ fn redis_url() -> String {
         .unwrap_or_else(|_| panic!("DASHGATE_TEST_REDIS_URL is not set: run scripts/test.sh"))
 }
 
-/// `dashgate serve --config FILE` on port 0, and the URL it announced.
+/// `dashgate serve --config FILE` on port 0, in the config's directory, and the URL it announced.
 async fn serve(config: &std::path::Path) -> (Child, String) {
-    let cwd = config
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
+    let cwd = config.parent().unwrap_or(std::path::Path::new("."));
     let config = config.display().to_string();
-    let mut child = tokio::process::Command::new(BIN)
-        .current_dir(cwd)
-        .args(["serve", "--config", &config, "--listen", "127.0.0.1:0"])
-        .env_remove("DASHSCOPE_API_KEY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = line.trim().rsplit(' ').next().unwrap_or("").to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line:?}");
-    (child, url)
+    announced(
+        &["serve", "--config", &config, "--listen", "127.0.0.1:0"],
+        cwd,
+    )
+    .await
 }
 
 fn write(dir: &tempfile::TempDir, name: &str, toml: &str) -> std::path::PathBuf {

@@ -10,37 +10,19 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dashgate");
 const CLIENT_KEY: &str = "sk-glass3-test";
 /// A safety net so a wedged process fails the test instead of hanging it; not a behaviour check.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 
-/// Starts the binary and returns it with the URL it announced on its first stdout line.
+/// Starts the binary (outside the source tree: whatever it keeps beside it stays out) and
+/// returns it with the URL it announced.
 async fn start(args: &[&str]) -> (Child, String) {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(args)
-        // Whatever the gateway keeps beside it (files) stays out of the source tree.
-        .current_dir(std::env::temp_dir())
-        .env_remove("DASHSCOPE_API_KEY")
-        .env_remove("DASHGATE_LISTEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = line.trim().rsplit(' ').next().unwrap_or("").to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{args:?}: {line:?}");
-    (child, url)
+    common::announced(args, &std::env::temp_dir()).await
 }
 
 /// A gateway config in `dir` with one key and one `dashscope` upstream at `upstream`, draining

@@ -251,3 +251,30 @@ pub async fn records(
         }
     }
 }
+
+/// Runs the `dashgate` binary with `args` in `cwd` and returns it with the URL it announced on
+/// its first stdout line (port 0 picks a free port; the announcement says which).
+pub async fn announced(args: &[&str], cwd: &std::path::Path) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    const BIN: &str = env!("CARGO_BIN_EXE_dashgate");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DASHSCOPE_API_KEY")
+        .env_remove("DASHGATE_LISTEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = line.trim().rsplit(' ').next().unwrap_or("").to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{args:?}: {line:?}");
+    (child, url)
+}
