@@ -1,8 +1,11 @@
-//! A small closed-loop load generator for dashgate benchmarks (`bench/run.sh`).
+//! A small load generator for dashgate benchmarks (`bench/run.sh`, `bench/compare.sh`).
 //!
 //! `--concurrency` workers share one pooled HTTP client; each sends a request, reads the whole
 //! body, records the latency, and sends the next, until `--requests` have been sent or
-//! `--max-seconds` have passed. `--warmup` requests run first and are excluded from the stats.
+//! `--max-seconds` have passed. With `--rate R` the run is open-loop instead: request `i` is
+//! due at `i / R` seconds, and its latency counts from that moment, so a server that falls
+//! behind is charged for the queue it builds (no coordinated omission); `--concurrency` then
+//! caps the requests in flight. `--warmup` requests run first and are excluded from the stats.
 //! With `--stream` it also records the time to the first SSE `data:` event (TTFB) and counts a
 //! stream that ends without `data: [DONE]` as an error.
 //!
@@ -53,6 +56,9 @@ struct Args {
     /// Requests sent (same concurrency) before measuring; not in the stats.
     #[arg(long, default_value_t = 0)]
     warmup: u64,
+    /// Fixed arrival rate in requests per second (open loop); 0 is closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Runtime worker threads (default: the CPUs this process may run on).
     #[arg(long)]
     threads: Option<usize>,
@@ -129,15 +135,16 @@ struct Shared {
     auth: String,
     body: Bytes,
     stream: bool,
+    /// Seconds between scheduled requests in the open-loop mode.
+    interval: Option<f64>,
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// One request, start to end of body.
-async fn one(shared: &Shared) -> Outcome {
-    let start = Instant::now();
+/// One request, from `start` (now, or when it was due) to the end of its body.
+async fn one(shared: &Shared, start: Instant) -> Outcome {
     let sent = shared
         .client
         .post(shared.url.clone())
@@ -198,6 +205,7 @@ async fn worker(
     shared: Arc<Shared>,
     next: Arc<AtomicU64>,
     total: u64,
+    started: Instant,
     deadline: Instant,
     capacity: usize,
 ) -> Samples {
@@ -207,10 +215,22 @@ async fn worker(
         ..Samples::default()
     };
     loop {
-        if Instant::now() >= deadline || next.fetch_add(1, Ordering::Relaxed) >= total {
+        let ticket = next.fetch_add(1, Ordering::Relaxed);
+        if Instant::now() >= deadline || ticket >= total {
             break;
         }
-        match tokio::time::timeout_at(deadline, one(&shared)).await {
+        let start = match shared.interval {
+            Some(interval) => {
+                let due = started + Duration::from_secs_f64(ticket as f64 * interval);
+                if due >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due).await;
+                due
+            }
+            None => Instant::now(),
+        };
+        match tokio::time::timeout_at(deadline, one(&shared, start)).await {
             Err(_) => {
                 samples.aborted += 1;
                 break;
@@ -244,6 +264,7 @@ async fn phase(
                 shared.clone(),
                 next.clone(),
                 total,
+                start,
                 deadline,
                 capacity,
             ))
@@ -292,9 +313,11 @@ fn main() -> ExitCode {
         }
     };
     let max = match Duration::try_from_secs_f64(args.max_seconds) {
-        Ok(max) if !max.is_zero() && args.concurrency > 0 => max,
+        Ok(max) if !max.is_zero() && args.concurrency > 0 && args.rate >= 0.0 => max,
         _ => {
-            eprintln!("loadgen: --concurrency and --max-seconds must be positive");
+            eprintln!(
+                "loadgen: --concurrency and --max-seconds must be positive, --rate not negative"
+            );
             return ExitCode::from(2);
         }
     };
@@ -331,6 +354,7 @@ async fn run(args: Args, url: reqwest::Url, body: Bytes, max: Duration) -> ExitC
         auth: format!("Bearer {}", args.key),
         body,
         stream: args.stream,
+        interval: (args.rate > 0.0).then(|| 1.0 / args.rate),
     });
 
     if args.warmup > 0 {
@@ -358,6 +382,7 @@ async fn run(args: Args, url: reqwest::Url, body: Bytes, max: Duration) -> ExitC
         "label": args.label,
         "mode": if args.stream { "stream" } else { "json" },
         "concurrency": args.concurrency,
+        "rate": args.rate,
         "completed": completed,
         "errors": samples.errors,
         "aborted": samples.aborted,

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
@@ -57,7 +58,7 @@ pub enum Outcome {
 
 /// An upstream's successful response head, with what the rest of the reply needs.
 pub struct Upstreamed {
-    pub response: reqwest::Response,
+    pub response: provider::UpstreamResponse,
     /// Holds the upstream's concurrency slot until the reply is done.
     pub lease: Lease,
     pub deadline: Instant,
@@ -434,7 +435,7 @@ async fn prepare_media(
     Ok(variants)
 }
 
-pub fn is_event_stream(response: &reqwest::Response) -> bool {
+pub fn is_event_stream<B>(response: &axum::http::Response<B>) -> bool {
     response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -451,7 +452,7 @@ pub fn protocol_error(upstream: &Upstream, message: &str) -> GatewayError {
 
 /// Reads a whole upstream body within the request's deadline.
 pub async fn read_whole(
-    response: reqwest::Response,
+    response: provider::UpstreamResponse,
     upstream: &Upstream,
     deadline: Instant,
 ) -> Result<Bytes, GatewayError> {
@@ -468,7 +469,7 @@ pub async fn read_whole(
 /// An upstream SSE body, event by event, with the idle and whole-request timeouts applied.
 pub struct SseEvents {
     lease: Lease,
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    body: hyper::body::Incoming,
     splitter: EventSplitter,
     deadline: Instant,
     idle: Duration,
@@ -495,7 +496,7 @@ impl SseEvents {
         let deadline = upstreamed.deadline;
         Self {
             idle,
-            body: upstreamed.response.bytes_stream().boxed(),
+            body: upstreamed.response.into_body(),
             lease: upstreamed.lease,
             splitter: EventSplitter::default(),
             deadline,
@@ -524,7 +525,7 @@ impl SseEvents {
             let read = tokio::select! {
                 biased;
                 _ = self.abort.as_mut() => return Next::Fail(GatewayError::ShuttingDown),
-                read = self.body.next() => Ok(read),
+                read = self.body.frame() => Ok(read),
                 _ = self.timer.as_mut() => {
                     let due = (self.last_read + self.idle).min(self.deadline);
                     if Instant::now() < due {
@@ -539,7 +540,11 @@ impl SseEvents {
             }
             let upstream = &self.lease.upstream;
             match read {
-                Ok(Some(Ok(chunk))) => self.splitter.push(&chunk),
+                Ok(Some(Ok(frame))) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        self.splitter.push(chunk);
+                    }
+                }
                 Ok(None) => self.ended = true,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(upstream = %upstream.config.name, error = %e, "upstream stream broke");

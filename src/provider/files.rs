@@ -2,6 +2,7 @@
 //! upstream once (`POST {base_url}/compatible-mode/v1/files`, purpose `file-extract`), and
 //! deleted there with the gateway's copy.
 
+use axum::http;
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -39,7 +40,7 @@ impl Upstream {
         let form = reqwest::multipart::Form::new()
             .text("purpose", "file-extract")
             .part("file", part);
-        let mut request = self.client.post(self.files_url("")).multipart(form);
+        let mut request = self.files_client.post(self.files_url("")).multipart(form);
         if let Some(token) = self.token(mode, passthrough) {
             request = request.bearer_auth(token);
         }
@@ -55,11 +56,15 @@ impl Upstream {
             Ok(Ok(response)) => response,
         };
         if !response.status().is_success() {
-            return Err(self.failure(response, mode).await);
+            return Err(self.failure(http::Response::from(response), mode).await);
         }
-        let body = super::read_limited(response, 64 * 1024, self.config.idle_timeout())
-            .await
-            .map_err(|_| self.protocol("the file upload answer could not be read"))?;
+        let body = super::read_limited(
+            http::Response::from(response),
+            64 * 1024,
+            self.config.idle_timeout(),
+        )
+        .await
+        .map_err(|_| self.protocol("the file upload answer could not be read"))?;
         serde_json::from_slice::<Uploaded>(&body)
             .map(|u| u.id)
             .map_err(|e| self.protocol(&format!("unreadable file upload answer: {e}")))
@@ -68,14 +73,14 @@ impl Upstream {
     /// Deletes an uploaded document; failures are the caller's to log.
     pub async fn delete_file(&self, upstream_id: &str) -> Result<(), GatewayError> {
         let mut request = self
-            .client
+            .files_client
             .delete(self.files_url(&format!("/{upstream_id}")));
         if let Some(token) = self.token(AuthMode::Keys, None) {
             request = request.bearer_auth(token);
         }
         match tokio::time::timeout(self.config.request_timeout(), request.send()).await {
             Ok(Ok(r)) if r.status().is_success() || r.status() == 404 => Ok(()),
-            Ok(Ok(r)) => Err(self.failure(r, AuthMode::Keys).await),
+            Ok(Ok(r)) => Err(self.failure(http::Response::from(r), AuthMode::Keys).await),
             _ => Err(GatewayError::UpstreamUnreachable {
                 upstream: self.config.name.clone(),
             }),

@@ -3,16 +3,19 @@
 //! upstream has the OpenAI-compatible one at `{base_url}/...`. The wire codecs live in
 //! `openai.rs` and `dashscope.rs`.
 
+mod client;
 pub mod dashscope;
 mod files;
 pub mod openai;
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, header};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use axum::http::{self, HeaderMap, HeaderValue, Method, Uri, header};
+use bytes::Bytes;
+use http_body_util::Full;
 use serde_json::Value;
+
+pub use client::{ReadError, UpstreamResponse, read_limited};
 
 use crate::config::{AuthMode, ProviderKind, UpstreamConfig};
 use crate::error::{ErrorShape, GatewayError, Rejection};
@@ -50,10 +53,17 @@ pub struct Upstream {
     pub fetcher: Option<crate::fetch::Fetcher>,
     /// Circuit state and concurrency cap.
     pub slot: crate::route::Slot,
-    client: reqwest::Client,
-    /// URLs by `Api`, parsed once; `None` where the provider has no such endpoint.
-    urls: [Option<reqwest::Url>; 4],
+    /// For chat calls, the hot path.
+    client: client::HttpClient,
+    /// For file uploads (multipart).
+    files_client: reqwest::Client,
+    /// Endpoints by `Api`, parsed once; `None` where the provider has no such endpoint.
+    uris: [Option<Uri>; 4],
+    /// `Bearer {api_key}`, made once and marked sensitive (kept out of debug output).
+    authorization: Option<HeaderValue>,
 }
+
+const USER_AGENT: &str = concat!("dashgate/", env!("CARGO_PKG_VERSION"));
 
 impl Upstream {
     pub fn new(
@@ -80,20 +90,30 @@ impl Upstream {
                 None,
             ],
         };
-        let mut urls: [Option<reqwest::Url>; 4] = Default::default();
-        for (slot, path) in urls.iter_mut().zip(paths) {
+        let mut uris: [Option<Uri>; 4] = Default::default();
+        for (slot, path) in uris.iter_mut().zip(paths) {
             if let Some(path) = path {
-                *slot =
-                    Some(reqwest::Url::parse(&path).map_err(|e| format!("{}: {e}", config.name))?);
+                *slot = Some(path.parse().map_err(|e| format!("{}: {e}", config.name))?);
             }
         }
-        let client = reqwest::Client::builder()
+        let authorization = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                    .map_err(|_| format!("{}: api_key is not a valid header value", config.name))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let client =
+            client::build(config.connect_timeout()).map_err(|e| format!("{}: {e}", config.name))?;
+        let files_client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout())
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             // The upstream key must never follow a redirect to another host.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("dashgate/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| format!("{}: {e}", config.name))?;
         let media = media.with(&config.media);
@@ -109,7 +129,9 @@ impl Upstream {
             fetcher,
             config,
             client,
-            urls,
+            files_client,
+            uris,
+            authorization,
         })
     }
 
@@ -124,49 +146,61 @@ impl Upstream {
 
     /// Posts a request and waits for the response head (the first byte, for LLMs the first
     /// token). Non-2xx answers come back as the matching `GatewayError`.
-    pub async fn send(&self, api: Api, call: Call<'_>) -> Result<reqwest::Response, GatewayError> {
-        let url =
-            self.urls[api as usize]
+    pub async fn send(&self, api: Api, call: Call<'_>) -> Result<UpstreamResponse, GatewayError> {
+        let uri =
+            self.uris[api as usize]
                 .clone()
                 .ok_or_else(|| GatewayError::UpstreamProtocol {
                     upstream: self.config.name.clone(),
                     message: format!("this provider has no {api:?} endpoint"),
                 })?;
-        let mut request = self
-            .client
-            .post(url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", call.request_id);
+        let mut request = http::Request::new(Full::new(call.body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if let Ok(id) = HeaderValue::from_str(call.request_id) {
+            headers.insert("x-request-id", id);
+        }
         if api.is_native() && call.stream {
             // DashScope's native API streams only when asked by header.
-            request = request
-                .header("X-DashScope-SSE", "enable")
-                .header(header::ACCEPT, "text/event-stream");
+            headers.insert("x-dashscope-sse", HeaderValue::from_static("enable"));
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
         }
-        let token = match call.mode {
-            AuthMode::Keys => self.config.api_key.as_ref().map(|k| k.expose()),
-            AuthMode::Passthrough => call.passthrough_token,
+        let authorization = match call.mode {
+            AuthMode::Keys => self.authorization.clone(),
+            AuthMode::Passthrough => call.passthrough_token.and_then(|token| {
+                let mut value = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            }),
         };
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        if let Some(value) = authorization {
+            headers.insert(header::AUTHORIZATION, value);
         }
         if self.config.provider == ProviderKind::Dashscope {
             // DashScope feature switches ride on X-DashScope-* headers (data inspection, ...);
             // the SSE switch is the gateway's to set.
             for (name, value) in call.client_headers {
                 if name.as_str().starts_with("x-dashscope-") && name != "x-dashscope-sse" {
-                    request = request.header(name, value);
+                    headers.append(name, value.clone());
                 }
             }
         }
         let sent = tokio::time::timeout(
             self.config.first_byte_timeout(),
-            request.body(call.body).send(),
+            self.client.request(request),
         )
         .await;
         let response = match sent {
             Err(_) => return Err(self.timeout()),
-            Ok(Err(e)) if e.is_timeout() => return Err(self.timeout()),
             Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(upstream = %self.config.name, error = %e, "upstream unreachable");
                 return Err(GatewayError::UpstreamUnreachable {
@@ -198,7 +232,10 @@ impl Upstream {
 
     /// Maps a non-2xx upstream answer: 4xx is the client's (kept as sent, but an upstream 401
     /// in keys mode is the gateway's own misconfiguration); 503 stays 503, other 5xx are 502.
-    async fn failure(&self, response: reqwest::Response, mode: AuthMode) -> GatewayError {
+    async fn failure<B>(&self, response: http::Response<B>, mode: AuthMode) -> GatewayError
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+    {
         let status = response.status().as_u16();
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
         let idle = self.config.idle_timeout();
@@ -241,52 +278,6 @@ pub struct Call<'a> {
     pub mode: AuthMode,
     pub passthrough_token: Option<&'a str>,
     pub client_headers: &'a HeaderMap<HeaderValue>,
-}
-
-/// Reads a whole body, refusing more than `limit` bytes or a gap longer than `idle`.
-pub async fn read_limited(
-    response: reqwest::Response,
-    limit: usize,
-    idle: Duration,
-) -> Result<Bytes, ReadError> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > limit as u64)
-    {
-        return Err(ReadError::TooLarge);
-    }
-    let mut stream = response.bytes_stream();
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    loop {
-        let chunk = match tokio::time::timeout(idle, stream.next()).await {
-            Err(_) => return Err(ReadError::Timeout),
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(ReadError::Broken),
-            Ok(Some(Ok(chunk))) => chunk,
-        };
-        // Most replies arrive in one piece: keep it without copying.
-        match first.take() {
-            None if buf.is_empty() => first = Some(chunk),
-            previous => {
-                if let Some(previous) = previous {
-                    buf.extend_from_slice(&previous);
-                }
-                buf.extend_from_slice(&chunk);
-            }
-        }
-        if first.as_ref().map_or(buf.len(), Bytes::len) > limit {
-            return Err(ReadError::TooLarge);
-        }
-    }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadError {
-    TooLarge,
-    Timeout,
-    Broken,
 }
 
 /// The fields of an upstream error body, whichever shape it came in: OpenAI
