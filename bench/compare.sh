@@ -12,7 +12,10 @@
 #   REQUESTS     measured requests per run           [20000]
 #   MAX_SECONDS  hard stop per run                   [10]
 #   LATENCY_MS   simulator's fixed delay per reply   [1]
+#   RATES        fixed arrival rates, req/s (open loop) ["2000 4000"]
 #   OPEN_STREAMS streams held open for the memory row [1000]
+#   BEFORE       another dashgate binary (an older build) to run as a fourth contestant,
+#                for a before/after table                       [unset]
 #   NO_BUILD=1   skip the build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,8 @@ REQUESTS=${REQUESTS:-20000}
 MAX_SECONDS=${MAX_SECONDS:-10}
 LATENCY_MS=${LATENCY_MS:-1}
 OPEN_STREAMS=${OPEN_STREAMS:-1000}
+RATES=${RATES:-"2000 4000"}
+BEFORE=${BEFORE:-}
 
 if ! command -v nginx >/dev/null 2>&1; then
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
@@ -116,6 +121,16 @@ KEY=$("$DASHGATE" keys create --config "$WORK/gateway.toml" --name bench --rpm 1
 start gateway 4 "${SERVER_PIN[@]}" "$DASHGATE" serve --config "$WORK/gateway.toml" --listen 127.0.0.1:0
 GATEWAY=$ADDR
 GATEWAY_PID=${PIDS[-1]}
+CONTESTANTS=(direct nginx dashgate)
+if [[ -n $BEFORE ]]; then
+    # The same set-up in its own store.
+    sed "s#$WORK/gateway.db#$WORK/before.db#; s#$WORK/usage.spill#$WORK/before.spill#" \
+        "$WORK/gateway.toml" >"$WORK/before.toml"
+    BEFORE_KEY=$("$BEFORE" keys create --config "$WORK/before.toml" --name bench --rpm 100000000 --tpm 100000000000 2>/dev/null)
+    start before 5 "${SERVER_PIN[@]}" "$BEFORE" serve --config "$WORK/before.toml" --listen 127.0.0.1:0
+    BEFORE_GATEWAY=$ADDR
+    CONTESTANTS+=(before)
+fi
 NGINX_PIDS=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')
 IDLE_GW=$(rss_kib "$GATEWAY_PID")
 IDLE_NGINX=$(rss_kib "$NGINX_MASTER" $NGINX_PIDS)
@@ -126,9 +141,16 @@ target_url() {
         direct) echo "http://$SIM$PATH_CHAT" ;;
         nginx) echo "http://$NGINX$PATH_CHAT" ;;
         dashgate) echo "http://$GATEWAY$PATH_CHAT" ;;
+        before) echo "http://$BEFORE_GATEWAY$PATH_CHAT" ;;
     esac
 }
-target_key() { [[ $1 == dashgate ]] && echo "$KEY" || echo sk-upstream; }
+target_key() {
+    case $1 in
+        dashgate) echo "$KEY" ;;
+        before) echo "$BEFORE_KEY" ;;
+        *) echo sk-upstream ;;
+    esac
+}
 
 # load TARGET LABEL ARGS...: one loadgen run; its JSON line in OUT.
 load() {
@@ -141,14 +163,10 @@ load() {
 
 declare -A P50 P99 RPS T50 T99
 measure() { # LABEL ARGS...: every contestant, the order rotated per row
-    local label=$1 order
+    local label=$1 n=${#CONTESTANTS[@]} i
     shift
-    case $((ROW % 3)) in
-        0) order="direct nginx dashgate" ;;
-        1) order="nginx dashgate direct" ;;
-        2) order="dashgate direct nginx" ;;
-    esac
-    for t in $order; do
+    for ((i = 0; i < n; i++)); do
+        local t=${CONTESTANTS[$(((i + ROW) % n))]}
         load "$t" "$label" "$@"
         P50[$t$label]=$(field "$OUT" p50_ms)
         P99[$t$label]=$(field "$OUT" p99_ms)
@@ -165,10 +183,21 @@ for conc in $CONCURRENCY; do
     measure "json-c$conc" --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
     LABELS+=("json-c$conc")
 done
+# Open loop: requests arrive at a fixed rate whatever the latency (at most 256 in flight).
+for rate in $RATES; do
+    measure "json-r$rate" --rate "$rate" --concurrency 256 --requests "$((rate * MAX_SECONDS / 2))" --max-seconds "$MAX_SECONDS" --warmup 500
+    LABELS+=("json-r$rate")
+done
 for conc in 16 64; do
     measure "stream-c$conc" --stream --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
     LABELS+=("stream-c$conc")
 done
+# Paced: the 20 events 1 ms apart, as a model emits tokens, so each arrives on its own (in the
+# rows above the simulator writes all 20 at once and they arrive as one burst).
+printf '{"model":"qwen-plus","messages":[{"role":"user","content":"%s"}],"sim":{"chunk_delay_ms":1}}' \
+    "Benchmark prompt: please answer with a short friendly greeting, thank you." >"$WORK/paced.json"
+measure "paced-c64" --stream --concurrency 64 --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 200 --body "$WORK/paced.json"
+LABELS+=("paced-c64")
 # A camera frame of about 5 MB as base64, within the pixel budget and without metadata: it
 # passes byte-identical after validation.
 target/release/examples/frame 3600 2700 >"$WORK/frame.json" 2>/dev/null
@@ -217,7 +246,7 @@ done
 echo
 echo "| stream TTFB | direct p50 / p99 ms | nginx added p50 / p99 ms | dashgate added p50 / p99 ms |"
 echo "| --- | ---: | ---: | ---: |"
-for l in stream-c16 stream-c64; do
+for l in stream-c16 stream-c64 paced-c64; do
     d50=${T50[direct$l]} d99=${T99[direct$l]}
     echo "| $l | $d50 / $d99 | $(minus "${T50[nginx$l]}" "$d50") / $(minus "${T99[nginx$l]}" "$d99") | $(minus "${T50[dashgate$l]}" "$d50") / $(minus "${T99[dashgate$l]}" "$d99") |"
 done
@@ -229,3 +258,16 @@ echo "| RSS idle | $((IDLE_NGINX / 1024)) MiB | $((IDLE_GW / 1024)) MiB |"
 echo "| RSS after the runs above | $((LOADED_NGINX / 1024)) MiB | $((LOADED_GW / 1024)) MiB |"
 echo "| RSS with $OPEN_STREAMS open streams | $((OPEN_NGINX / 1024)) MiB | $((OPEN_GW / 1024)) MiB |"
 echo "| per open stream | $(per_stream "$OPEN_NGINX" "$LOADED_NGINX") KiB | $(per_stream "$OPEN_GW" "$LOADED_GW") KiB |"
+if [[ -n $BEFORE ]]; then
+    echo
+    echo "before: $BEFORE; after: $DASHGATE (same set-up, interleaved)"
+    echo
+    echo "| run | before added p50 / p99 ms | after added p50 / p99 ms | rps before / after | stream TTFB added p50 before / after |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+    for l in "${LABELS[@]}"; do
+        d50=${P50[direct$l]} d99=${P99[direct$l]}
+        ttfb="-"
+        [[ $l == stream-* ]] && ttfb="$(minus "${T50[before$l]}" "${T50[direct$l]}") / $(minus "${T50[dashgate$l]}" "${T50[direct$l]}")"
+        echo "| $l | $(minus "${P50[before$l]}" "$d50") / $(minus "${P99[before$l]}" "$d99") | $(minus "${P50[dashgate$l]}" "$d50") / $(minus "${P99[dashgate$l]}" "$d99") | ${RPS[before$l]} / ${RPS[dashgate$l]} | $ttfb |"
+    done
+fi

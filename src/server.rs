@@ -144,17 +144,25 @@ async fn request_id(
 ) -> Response {
     let id: Arc<str> = match request.headers().get(REQUEST_ID).and_then(sane_request_id) {
         Some(id) => Arc::from(id),
-        None => Arc::from(uuid::Uuid::new_v4().to_string()),
+        None => Arc::from(
+            &*uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        ),
     };
     request.extensions_mut().insert(RequestId(id.clone()));
     let started = std::time::Instant::now();
     let route = route_label(request.uri().path());
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    // Copied only for the debug line: the request itself moves on.
+    let logged = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let mut response = next.run(request).await;
     let elapsed = started.elapsed();
-    // For a stream this is the time to its head; the body may run on much longer.
-    tracing::debug!(request_id = %id, %method, path, status = response.status().as_u16(),
-        ms = elapsed.as_secs_f64() * 1e3, "request");
+    if let Some((method, path)) = logged {
+        // For a stream this is the time to its head; the body may run on much longer.
+        tracing::debug!(request_id = %id, %method, path, status = response.status().as_u16(),
+            ms = elapsed.as_secs_f64() * 1e3, "request");
+    }
     if let Some(route) = route {
         let info = response.extensions().get::<RouteInfo>();
         let model = info.map_or("-", |i| i.model.as_str());

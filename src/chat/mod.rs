@@ -151,12 +151,25 @@ pub struct FunctionDef {
     pub extra: Map<String, Value>,
 }
 
-/// Parses an OpenAI-compatible request body; type errors name the field at fault.
-pub fn decode(body: &[u8]) -> Result<Chat, GatewayError> {
+/// Parses a JSON body whose type errors name the field at fault. Valid bodies, nearly all of
+/// them, are parsed once without tracking the path (tracking it costs about a third more on the
+/// request path); a failed parse is repeated with tracking to name the field.
+pub(crate) fn parse_tracked<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, GatewayError> {
+    if let Ok(parsed) = serde_json::from_slice(body) {
+        return Ok(parsed);
+    }
     let mut json = serde_json::Deserializer::from_slice(body);
-    let chat: Chat = serde_path_to_error::deserialize(&mut json).map_err(path_error)?;
+    let parsed: T = serde_path_to_error::deserialize(&mut json).map_err(path_error)?;
     json.end()
         .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    Ok(parsed)
+}
+
+/// Parses an OpenAI-compatible request body; type errors name the field at fault.
+pub fn decode(body: &[u8]) -> Result<Chat, GatewayError> {
+    let chat: Chat = parse_tracked(body)?;
     validate(&chat)?;
     Ok(chat)
 }
@@ -192,11 +205,7 @@ impl CompletionRequest {
 
 /// Parses and checks a `/v1/completions` body.
 pub fn decode_completion(body: &[u8]) -> Result<CompletionRequest, GatewayError> {
-    let mut json = serde_json::Deserializer::from_slice(body);
-    let request: CompletionRequest =
-        serde_path_to_error::deserialize(&mut json).map_err(path_error)?;
-    json.end()
-        .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let request: CompletionRequest = parse_tracked(body)?;
     if request.model.trim().is_empty() {
         return Err(GatewayError::param("model", "`model` must not be empty"));
     }

@@ -29,11 +29,7 @@ struct NativeInput {
 /// Parses a native request into the canonical `Chat`; errors name the native field
 /// (`input.messages[0].role`, `parameters.temperature`).
 pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), GatewayError> {
-    let mut json = serde_json::Deserializer::from_slice(body);
-    let request: NativeRequest =
-        serde_path_to_error::deserialize(&mut json).map_err(chat::path_error)?;
-    json.end()
-        .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let request: NativeRequest = chat::parse_tracked(body)?;
     let multimodal = api == Api::NativeMultimodal;
     let mut parameters = request.parameters;
     let text_format = match parameters.remove("result_format") {
@@ -73,13 +69,18 @@ pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), Ga
     shaped.insert("stream".into(), Value::Bool(stream));
     shaped.extend(parameters);
     shaped.extend(request.extra);
-    let chat: Chat = serde_path_to_error::deserialize(Value::Object(shaped)).map_err(|e| {
-        let path = e.path().to_string();
-        GatewayError::param(
-            native_param(&path),
-            format!("Invalid `{}`: {}", native_param(&path), e.into_inner()),
-        )
-    })?;
+    let shaped = Value::Object(shaped);
+    // Untracked first, as in `chat::parse_tracked`: the path is only wanted for an error.
+    let untracked = <Chat as serde::Deserialize>::deserialize(&shaped);
+    let chat: Chat = untracked
+        .or_else(|_| serde_path_to_error::deserialize(shaped))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            GatewayError::param(
+                native_param(&path),
+                format!("Invalid `{}`: {}", native_param(&path), e.into_inner()),
+            )
+        })?;
     chat::validate(&chat).map_err(native_names)?;
     let choices = chat.n.unwrap_or(1);
     Ok((
