@@ -56,6 +56,7 @@ rss_kib() { # PID...: resident memory of these processes, summed
 
 start simulator 3 "${SERVER_PIN[@]}" "$DASHGATE" simulate --listen 127.0.0.1:0 --latency-ms "$LATENCY_MS" --chunks 20
 SIM=$ADDR
+SIM_PID=${PIDS[-1]}
 
 NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx"
@@ -129,6 +130,7 @@ if [[ -n $BEFORE ]]; then
     BEFORE_KEY=$("$BEFORE" keys create --config "$WORK/before.toml" --name bench --rpm 100000000 --tpm 100000000000 2>/dev/null)
     start before 5 "${SERVER_PIN[@]}" "$BEFORE" serve --config "$WORK/before.toml" --listen 127.0.0.1:0
     BEFORE_GATEWAY=$ADDR
+    BEFORE_PID=${PIDS[-1]}
     CONTESTANTS+=(before)
 fi
 NGINX_PIDS=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')
@@ -152,16 +154,42 @@ target_key() {
     esac
 }
 
-# load TARGET LABEL ARGS...: one loadgen run; its JSON line in OUT.
+# cpu_ticks PID...: user + system clock ticks these processes have used.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+# The processes whose CPU a contestant's run costs (the simulator's for `direct`).
+target_pids() {
+    case $1 in
+        direct) echo "$SIM_PID" ;;
+        nginx) echo "$NGINX_MASTER $NGINX_PIDS" ;;
+        dashgate) echo "$GATEWAY_PID" ;;
+        before) echo "$BEFORE_PID" ;;
+    esac
+}
+
+# load TARGET LABEL ARGS...: one loadgen run; its JSON line in OUT, and the contestant's CPU
+# time per completed request (µs) in CPU_US.
 load() {
     local target=$1 label=$2
     shift 2
+    local ticks_before ticks
+    # shellcheck disable=SC2046
+    ticks_before=$(cpu_ticks $(target_pids "$target"))
     OUT=$("${CLIENT_PIN[@]}" "$LOADGEN" --url "$(target_url "$target")" --key "$(target_key "$target")" \
         --label "$target-$label" "$@")
     echo "$OUT" >>"$WORK/results.jsonl"
+    # shellcheck disable=SC2046
+    ticks=$(($(cpu_ticks $(target_pids "$target")) - ticks_before))
+    CPU_US=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$(field "$OUT" completed)" \
+        'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "-" }')
 }
 
-declare -A P50 P99 RPS T50 T99
+declare -A P50 P99 RPS T50 T99 CPU
 measure() { # LABEL ARGS...: every contestant, the order rotated per row
     local label=$1 n=${#CONTESTANTS[@]} i
     shift
@@ -173,6 +201,7 @@ measure() { # LABEL ARGS...: every contestant, the order rotated per row
         RPS[$t$label]=$(field "$OUT" rps)
         T50[$t$label]=$(field "$OUT" ttfb_p50_ms)
         T99[$t$label]=$(field "$OUT" ttfb_p99_ms)
+        CPU[$t$label]=$CPU_US
     done
     ROW=$((ROW + 1))
 }
@@ -244,6 +273,14 @@ for l in "${LABELS[@]}"; do
     echo "| $l | $d50 / $d99 | $n50 / $n99 | $g50 / $g99 | $(ratio "$g50" "$n50") / $(ratio "$g99" "$n99") | ${RPS[direct$l]} / ${RPS[nginx$l]} / ${RPS[dashgate$l]} |"
 done
 echo
+echo "CPU per request, µs (the process's own; direct = the simulator's)"
+echo
+echo "| run | direct | nginx | dashgate |"
+echo "| --- | ---: | ---: | ---: |"
+for l in "${LABELS[@]}"; do
+    echo "| $l | ${CPU[direct$l]} | ${CPU[nginx$l]} | ${CPU[dashgate$l]} |"
+done
+echo
 echo "| stream TTFB | direct p50 / p99 ms | nginx added p50 / p99 ms | dashgate added p50 / p99 ms |"
 echo "| --- | ---: | ---: | ---: |"
 for l in stream-c16 stream-c64 paced-c64; do
@@ -262,12 +299,12 @@ if [[ -n $BEFORE ]]; then
     echo
     echo "before: $BEFORE; after: $DASHGATE (same set-up, interleaved)"
     echo
-    echo "| run | before added p50 / p99 ms | after added p50 / p99 ms | rps before / after | stream TTFB added p50 before / after |"
-    echo "| --- | ---: | ---: | ---: | ---: |"
+    echo "| run | before added p50 / p99 ms | after added p50 / p99 ms | rps before / after | CPU µs/request before / after | stream TTFB added p50 before / after |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     for l in "${LABELS[@]}"; do
         d50=${P50[direct$l]} d99=${P99[direct$l]}
         ttfb="-"
         [[ $l == stream-* ]] && ttfb="$(minus "${T50[before$l]}" "${T50[direct$l]}") / $(minus "${T50[dashgate$l]}" "${T50[direct$l]}")"
-        echo "| $l | $(minus "${P50[before$l]}" "$d50") / $(minus "${P99[before$l]}" "$d99") | $(minus "${P50[dashgate$l]}" "$d50") / $(minus "${P99[dashgate$l]}" "$d99") | ${RPS[before$l]} / ${RPS[dashgate$l]} | $ttfb |"
+        echo "| $l | $(minus "${P50[before$l]}" "$d50") / $(minus "${P99[before$l]}" "$d99") | $(minus "${P50[dashgate$l]}" "$d50") / $(minus "${P99[dashgate$l]}" "$d99") | ${RPS[before$l]} / ${RPS[dashgate$l]} | ${CPU[before$l]} / ${CPU[dashgate$l]} | $ttfb |"
     done
 fi
