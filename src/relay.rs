@@ -469,7 +469,7 @@ pub async fn read_whole(
 /// An upstream SSE body, event by event, with the idle and whole-request timeouts applied.
 pub struct SseEvents {
     lease: Lease,
-    body: hyper::body::Incoming,
+    body: provider::PooledBody,
     splitter: EventSplitter,
     deadline: Instant,
     idle: Duration,

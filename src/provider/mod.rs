@@ -7,6 +7,7 @@ mod client;
 pub mod dashscope;
 mod files;
 pub mod openai;
+mod pool;
 
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
 
-pub use client::{ReadError, UpstreamResponse, read_limited};
+pub use client::{ReadError, read_limited};
+pub use pool::{PooledBody, UpstreamResponse};
 
 use crate::config::{AuthMode, ProviderKind, UpstreamConfig};
 use crate::error::{ErrorShape, GatewayError, Rejection};
@@ -54,14 +56,18 @@ pub struct Upstream {
     /// Circuit state and concurrency cap.
     pub slot: crate::route::Slot,
     /// For chat calls, the hot path.
-    client: client::HttpClient,
+    pool: std::sync::Arc<pool::Pool>,
     /// For file uploads (multipart).
     files_client: reqwest::Client,
-    /// Endpoints by `Api`, parsed once; `None` where the provider has no such endpoint.
+    /// Endpoints by `Api` in origin form (`/path`), parsed once; `None` where the provider has
+    /// no such endpoint.
     uris: [Option<Uri>; 4],
     /// `Bearer {api_key}`, made once and marked sensitive (kept out of debug output).
     authorization: Option<HeaderValue>,
 }
+
+/// How long an unused upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 const USER_AGENT: &str = concat!("dashgate/", env!("CARGO_PKG_VERSION"));
 
@@ -90,9 +96,12 @@ impl Upstream {
                 None,
             ],
         };
+        let origin: Uri = base.parse().map_err(|e| format!("{}: {e}", config.name))?;
         let mut uris: [Option<Uri>; 4] = Default::default();
-        for (slot, path) in uris.iter_mut().zip(paths) {
-            if let Some(path) = path {
+        for (slot, url) in uris.iter_mut().zip(paths) {
+            if let Some(url) = url {
+                let url: Uri = url.parse().map_err(|e| format!("{}: {e}", config.name))?;
+                let path = url.path_and_query().map_or("/", |p| p.as_str());
                 *slot = Some(path.parse().map_err(|e| format!("{}: {e}", config.name))?);
             }
         }
@@ -105,11 +114,11 @@ impl Upstream {
             }
             None => None,
         };
-        let client =
-            client::build(config.connect_timeout()).map_err(|e| format!("{}: {e}", config.name))?;
+        let pool = pool::Pool::new(&origin, config.connect_timeout(), POOL_IDLE_TIMEOUT)
+            .map_err(|e| format!("{}: {e}", config.name))?;
         let files_client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
             // The upstream key must never follow a redirect to another host.
             .redirect(reqwest::redirect::Policy::none())
@@ -128,7 +137,7 @@ impl Upstream {
             media,
             fetcher,
             config,
-            client,
+            pool: std::sync::Arc::new(pool),
             files_client,
             uris,
             authorization,
@@ -194,14 +203,11 @@ impl Upstream {
                 }
             }
         }
-        let sent = tokio::time::timeout(
-            self.config.first_byte_timeout(),
-            self.client.request(request),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(self.config.first_byte_timeout(), self.pool.send(request)).await;
         let response = match sent {
             Err(_) => return Err(self.timeout()),
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(e @ pool::SendError::Connect(_))) => {
                 tracing::warn!(upstream = %self.config.name, error = %e, "upstream unreachable");
                 return Err(GatewayError::UpstreamUnreachable {
                     upstream: self.config.name.clone(),
