@@ -238,6 +238,28 @@ pub struct PooledBody {
     pool: Arc<Pool>,
 }
 
+/// Frames a dropped body may still read to reach its end without waiting.
+const DRAIN_FRAMES: usize = 4;
+
+impl Drop for PooledBody {
+    /// A reader stops at the stream's last event (`[DONE]`), which is usually in the same
+    /// read as the body's end: when the end is already there, the connection is kept.
+    /// Otherwise it closes, and the upstream stops.
+    fn drop(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..DRAIN_FRAMES {
+            match Pin::new(&mut *self).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
+                // `poll_frame` checked the connection in at the end.
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) | Poll::Pending => return,
+            }
+        }
+    }
+}
+
 impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -398,6 +420,34 @@ mod tests {
         drop(body);
         assert_eq!(server.await.unwrap(), None);
         assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_at_its_last_event_keeps_its_connection() {
+        let (pool, listener) = pool_and_listener().await;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    while read_request(&mut stream).await.is_some() {
+                        let reply = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                                     e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
+                        stream.write_all(reply.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        for _ in 0..2 {
+            let mut body = pool.send(post()).await.unwrap().into_body();
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "data: [DONE]\n\n");
+            // The reader stops here, as the relay does at `[DONE]`.
+            drop(body);
+            assert_eq!(pool.idle_count(), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
