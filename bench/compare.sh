@@ -304,7 +304,7 @@ if [[ -n $BEFORE ]]; then
     for l in "${LABELS[@]}"; do
         d50=${P50[direct$l]} d99=${P99[direct$l]}
         ttfb="-"
-        [[ $l == stream-* ]] && ttfb="$(minus "${T50[before$l]}" "${T50[direct$l]}") / $(minus "${T50[dashgate$l]}" "${T50[direct$l]}")"
+        [[ $l == stream-* || $l == paced-* ]] && ttfb="$(minus "${T50[before$l]}" "${T50[direct$l]}") / $(minus "${T50[dashgate$l]}" "${T50[direct$l]}")"
         echo "| $l | $(minus "${P50[before$l]}" "$d50") / $(minus "${P99[before$l]}" "$d99") | $(minus "${P50[dashgate$l]}" "$d50") / $(minus "${P99[dashgate$l]}" "$d99") | ${RPS[before$l]} / ${RPS[dashgate$l]} | ${CPU[before$l]} / ${CPU[dashgate$l]} | $ttfb |"
     done
 fi
