@@ -89,7 +89,8 @@ struct Job {
     part: usize,
     target: Target,
     at: String,
-    url: String,
+    /// Shared with the blocking task that checks it: a camera frame is megabytes, copied once.
+    url: Arc<str>,
     /// The URL was fetched: the inline copy replaces it whatever the policy does.
     fetched: bool,
 }
@@ -137,7 +138,7 @@ pub async fn prepare(
         stats.tokens_after += report.tokens_after;
         let url = match (report.replacement, job.fetched) {
             (Some(url), _) => url,
-            (None, true) => job.url,
+            (None, true) => job.url.to_string(),
             (None, false) => continue,
         };
         prepared.replacements.push(Replacement {
@@ -181,7 +182,7 @@ async fn check_part(
                     part: j,
                     target: Target::ImageUrl,
                     at,
-                    url: url.to_string(),
+                    url: Arc::from(url),
                     fetched: false,
                 });
             } else if let Some(fetcher) = fetcher {
@@ -191,7 +192,7 @@ async fn check_part(
                     part: j,
                     target: Target::ImageUrl,
                     at,
-                    url,
+                    url: Arc::from(url),
                     fetched: true,
                 });
             }
@@ -236,7 +237,7 @@ async fn check_part(
                         part: j,
                         target,
                         at,
-                        url: url.to_string(),
+                        url: Arc::from(url),
                         fetched: false,
                     });
                 }

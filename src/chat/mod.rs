@@ -94,12 +94,44 @@ pub enum Content {
 }
 
 /// A content part; `kind` is its `type`, the rest stays as sent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(flatten)]
     pub fields: Map<String, Value>,
+}
+
+// Hand-written: with `#[serde(flatten)]` serde buffers every other field before building it,
+// which copies a multi-megabyte base64 image twice over.
+impl<'de> Deserialize<'de> for Part {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PartVisitor;
+        impl<'de> Visitor<'de> for PartVisitor {
+            type Value = Part;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a content part object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Part, A::Error> {
+                let mut kind = None;
+                let mut fields = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "type" {
+                        if kind.is_some() {
+                            return Err(de::Error::duplicate_field("type"));
+                        }
+                        kind = Some(map.next_value::<String>()?);
+                    } else {
+                        let value = map.next_value::<Value>()?;
+                        fields.insert(key, value);
+                    }
+                }
+                let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
+                Ok(Part { kind, fields })
+            }
+        }
+        deserializer.deserialize_map(PartVisitor)
+    }
 }
 
 // Hand-written so a wrong shape gets a clear message rather than serde's "did not match any
@@ -398,5 +430,32 @@ mod tests {
             decode(format!("{OK}}} x").as_bytes()),
             Err(GatewayError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn a_part_keeps_its_fields_in_order_and_needs_a_type() {
+        let json = br#"{"role":"user","content":[{"image_url":{"url":"data:x"},"type":"image_url","detail":"low"}]}"#;
+        let message: Message = serde_json::from_slice(json).unwrap();
+        let Some(Content::Parts(parts)) = message.content else {
+            panic!("parts expected");
+        };
+        assert_eq!(parts[0].kind, "image_url");
+        let keys: Vec<_> = parts[0].fields.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["image_url", "detail"]);
+        let back = serde_json::to_string(&parts[0]).unwrap();
+        assert_eq!(
+            back,
+            r#"{"type":"image_url","image_url":{"url":"data:x"},"detail":"low"}"#
+        );
+
+        let body = br#"{"model":"m","messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+        let error = decode(body).unwrap_err().to_string();
+        assert!(
+            error.contains("messages[0].content[0]") && error.contains("`type`"),
+            "{error}"
+        );
+        let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","type":"text"}]}]}"#;
+        let error = decode(body).unwrap_err().to_string();
+        assert!(error.contains("duplicate field `type`"), "{error}");
     }
 }
