@@ -96,6 +96,31 @@ pub(crate) fn plan(data: &[u8]) -> Result<Plan, MediaError> {
     Ok(plan)
 }
 
+/// Width and height from the first frame header (SOFn), reading header segments only. The
+/// image decoder's own header read copies the whole file first: megabytes for a camera frame.
+pub(crate) fn dimensions(data: &[u8]) -> Option<(u32, u32)> {
+    let mut pos = 2; // SOI
+    loop {
+        let (marker, at) = next_marker(data, pos).ok()?;
+        if marker == SOS || marker == EOI {
+            return None; // no frame header before the scan
+        }
+        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            pos = at + 2;
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([*data.get(at + 2)?, *data.get(at + 3)?]));
+        // SOF0..SOF15, less DHT (C4), JPG (C8) and DAC (CC): precision, height, width.
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            let header = data.get(at + 4..at + 9)?;
+            let height = u16::from_be_bytes([header[1], header[2]]);
+            let width = u16::from_be_bytes([header[3], header[4]]);
+            return Some((u32::from(width), u32::from(height)));
+        }
+        pos = at + 2 + len.max(2);
+    }
+}
+
 /// Finds the next marker at or after `pos`: returns its code and the offset of its 0xFF.
 /// Fill bytes (repeated 0xFF) are allowed before a marker; other stray bytes are skipped the
 /// way libjpeg does ("extraneous bytes before marker"), and kept in the output.

@@ -174,9 +174,16 @@ pub fn process_image(
     };
     // Walk first: it refuses truncated files that a header read would let through.
     let plan = strip::plan(bytes, format)?;
-    let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), codec)
-        .into_dimensions()
-        .map_err(|e| MediaError::Decode(e.to_string()))?;
+    let header = match format {
+        ImageFormat::Jpeg => jpeg::dimensions(bytes),
+        _ => None,
+    };
+    let (width, height) = match header {
+        Some(size) => size,
+        None => image::ImageReader::with_format(Cursor::new(bytes), codec)
+            .into_dimensions()
+            .map_err(|e| MediaError::Decode(e.to_string()))?,
+    };
     if width == 0 || height == 0 {
         return Err(MediaError::Decode("the image has no pixels".into()));
     }

@@ -411,3 +411,23 @@ fn cut_or_corrupted_files_are_refused_or_passed_never_panic() {
         }
     }
 }
+
+#[test]
+fn jpeg_dimensions_from_the_frame_header_match_the_decoder() {
+    for (width, height) in [(1, 1), (17, 5), (640, 480), (301, 1203)] {
+        let file = jpeg(width, height);
+        assert_eq!(super::jpeg::dimensions(&file), Some((width, height)));
+        let decoded = image::ImageReader::with_format(Cursor::new(&file), image::ImageFormat::Jpeg)
+            .into_dimensions()
+            .unwrap();
+        assert_eq!(decoded, (width, height));
+    }
+    // No frame header before the scan, or cut inside it: the decoder has the last word.
+    let file = jpeg(8, 8);
+    let sof = file.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    assert_eq!(super::jpeg::dimensions(&file[..sof + 6]), None);
+    assert_eq!(
+        super::jpeg::dimensions(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 2]),
+        None
+    );
+}
