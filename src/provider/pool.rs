@@ -348,9 +348,8 @@ mod tests {
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
-    #[tokio::test]
-    async fn a_connection_read_to_the_end_serves_the_next_call() {
-        let (pool, listener) = pool_and_listener().await;
+    /// Answers every request on every connection with `reply`; counts the connections.
+    fn serve_each(listener: TcpListener, reply: &'static [u8]) -> Arc<AtomicUsize> {
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
@@ -359,15 +358,20 @@ mod tests {
                 tokio::spawn(async move {
                     while let Some(head) = read_request(&mut stream).await {
                         assert!(head.starts_with("POST /v1/x HTTP/1.1\r\n"), "{head}");
-                        assert!(
-                            head.to_ascii_lowercase().contains("\r\nhost: 127.0.0.1:"),
-                            "{head}"
-                        );
-                        stream.write_all(OK).await.unwrap();
+                        let host = head.to_ascii_lowercase().contains("\r\nhost: 127.0.0.1:");
+                        assert!(host, "{head}");
+                        stream.write_all(reply).await.unwrap();
                     }
                 });
             }
         });
+        accepted
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_serves_the_next_call() {
+        let (pool, listener) = pool_and_listener().await;
+        let accepted = serve_each(listener, OK);
         for _ in 0..3 {
             let response = pool.send(post()).await.unwrap();
             assert_eq!(body_of(response).await, "ok");
@@ -425,20 +429,9 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_at_its_last_event_keeps_its_connection() {
         let (pool, listener) = pool_and_listener().await;
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    while read_request(&mut stream).await.is_some() {
-                        let reply = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
-                                     e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
-                        stream.write_all(reply.as_bytes()).await.unwrap();
-                    }
-                });
-            }
-        });
+        let reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                      e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
+        let accepted = serve_each(listener, reply);
         for _ in 0..2 {
             let mut body = pool.send(post()).await.unwrap().into_body();
             let frame = body.frame().await.unwrap().unwrap();
