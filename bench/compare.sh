@@ -263,6 +263,12 @@ ratio() { # GATEWAY_ADDED NGINX_ADDED
     awk -v g="$1" -v n="$2" 'BEGIN { if (n <= 0) print "-"; else printf "%.2fx", g / n }'
 }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+is_stream() { [[ $1 == stream-* || $1 == paced-* ]]; }
+# added CONTESTANT LABEL [P50 P99]: "p50 / p99" over direct, from P50/P99 (or the arrays named)
+added() {
+    local -n a50=${3:-P50} a99=${4:-P99}
+    echo "$(minus "${a50[$1$2]}" "${a50[direct$2]}") / $(minus "${a99[$1$2]}" "${a99[direct$2]}")"
+}
 
 echo
 echo "simulator --latency-ms $LATENCY_MS; $REQUESTS requests or ${MAX_SECONDS}s per run; contestant + simulator on core 1, loadgen on core 0"
@@ -287,9 +293,9 @@ done
 echo
 echo "| stream TTFB | direct p50 / p99 ms | nginx added p50 / p99 ms | dashgate added p50 / p99 ms |"
 echo "| --- | ---: | ---: | ---: |"
-for l in stream-c16 stream-c64 paced-c64 paced-r200; do
-    d50=${T50[direct$l]} d99=${T99[direct$l]}
-    echo "| $l | $d50 / $d99 | $(minus "${T50[nginx$l]}" "$d50") / $(minus "${T99[nginx$l]}" "$d99") | $(minus "${T50[dashgate$l]}" "$d50") / $(minus "${T99[dashgate$l]}" "$d99") |"
+for l in "${LABELS[@]}"; do
+    is_stream "$l" || continue
+    echo "| $l | ${T50[direct$l]} / ${T99[direct$l]} | $(added nginx "$l" T50 T99) | $(added dashgate "$l" T50 T99) |"
 done
 echo
 per_stream() { awk -v o="$1" -v l="$2" -v n="$OPEN_STREAMS" 'BEGIN { printf "%.1f", (o - l) / n }'; }
@@ -306,9 +312,8 @@ if [[ -n $BEFORE ]]; then
     echo "| run | before added p50 / p99 ms | after added p50 / p99 ms | rps before / after | CPU µs/request before / after | stream TTFB added p50 before / after |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     for l in "${LABELS[@]}"; do
-        d50=${P50[direct$l]} d99=${P99[direct$l]}
         ttfb="-"
-        [[ $l == stream-* || $l == paced-* ]] && ttfb="$(minus "${T50[before$l]}" "${T50[direct$l]}") / $(minus "${T50[dashgate$l]}" "${T50[direct$l]}")"
-        echo "| $l | $(minus "${P50[before$l]}" "$d50") / $(minus "${P99[before$l]}" "$d99") | $(minus "${P50[dashgate$l]}" "$d50") / $(minus "${P99[dashgate$l]}" "$d99") | ${RPS[before$l]} / ${RPS[dashgate$l]} | ${CPU[before$l]} / ${CPU[dashgate$l]} | $ttfb |"
+        is_stream "$l" && ttfb="$(minus "${T50[before$l]}" "${T50[direct$l]}") / $(minus "${T50[dashgate$l]}" "${T50[direct$l]}")"
+        echo "| $l | $(added before "$l") | $(added dashgate "$l") | ${RPS[before$l]} / ${RPS[dashgate$l]} | ${CPU[before$l]} / ${CPU[dashgate$l]} | $ttfb |"
     done
 fi

@@ -1,5 +1,7 @@
 //! The usage ledger in the store: batched inserts, totals and groupings for the admin API.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -66,7 +68,9 @@ fn insert_sql(rows: usize, backend: Backend) -> String {
             }
             match backend {
                 Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => sql.push_str(&format!("${}", row * PER_ROW + col + 1)),
+                Backend::Postgres => {
+                    let _ = write!(sql, "${}", row * PER_ROW + col + 1);
+                }
             }
         }
         sql.push(')');
