@@ -1,6 +1,6 @@
 //! One error type for everything a client can be told, rendered in the client's dialect.
 //!
-//! Codes follow DashScope's compatible-mode error table (`../shared/seeds/001_*`: 400, 401, 429,
+//! Codes follow DashScope's compatible-mode error table (400, 401, 429,
 //! 500, 503) where it has one; the gateway's own conditions (upstream unreachable, misconfigured
 //! upstream credentials) get codes of their own that say whose fault it is.
 

@@ -1,5 +1,5 @@
 //! dashgate: a gateway between device and app clients and DashScope (Qwen) or any
-//! OpenAI-compatible upstream. See `ARCHITECTURE.md` for the plan of the house.
+//! OpenAI-compatible upstream. See `docs/architecture.md` for the plan of the house.
 
 pub mod admin;
 pub mod auth;

@@ -1,4 +1,4 @@
-//! The simulator follows DashScope's compatible-mode wire format (`../shared/seeds/001_*`):
+//! The simulator follows DashScope's compatible-mode wire format (DashScope's compatible-mode reference):
 //! tests here talk to it directly, so what the gateway is tested against is itself checked.
 
 mod common;

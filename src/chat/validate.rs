@@ -1,4 +1,4 @@
-//! The documented ranges and shapes (`../shared/seeds/001_*`), checked before a request costs
+//! The documented ranges and shapes (DashScope's compatible-mode parameter table), checked before a request costs
 //! an upstream call; every failure names the field at fault.
 
 use serde_json::Value;
@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::{Chat, Content, Message, Part, Role, Tool};
 use crate::error::GatewayError;
 
-/// Ranges and shapes from DashScope's parameter table (`../shared/seeds/001_*`).
+/// Ranges and shapes from DashScope's compatible-mode parameter table.
 pub fn validate(chat: &Chat) -> Result<(), GatewayError> {
     if chat.model.trim().is_empty() {
         return Err(GatewayError::param("model", "`model` must not be empty"));

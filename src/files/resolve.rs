@@ -1,4 +1,4 @@
-//! `fileid://` in system messages (`../shared/seeds/000_*`, `003_*`): one id, several
+//! `fileid://` in system messages (DashScope's Qwen-Long "file-id" documents): one id, several
 //! comma-separated, and further files in later system messages. For a `dashscope` upstream the
 //! file is uploaded to its files API once (the upstream's id is kept in the store) and the
 //! reference rewritten; for any other upstream the file's text goes into the system message,

@@ -1,4 +1,4 @@
-//! DashScope's native API as an upstream speaks it (`../shared/seeds/002_*`):
+//! DashScope's native API as an upstream speaks it (its native generation API reference):
 //! `Chat` → `{model, input: {messages}, parameters}`, and native replies → `ChatEvent`s.
 
 use bytes::Bytes;

@@ -1,5 +1,5 @@
 //! `dashgate simulate`: a stand-in for DashScope, out of reach here, that follows its wire
-//! formats (`../shared/seeds/001_*`, `004_*`) with deterministic replies, so tests and
+//! formats (DashScope's compatible-mode reference and the glasses integration note) with deterministic replies, so tests and
 //! benchmarks can assert on what the gateway did. Separate from the gateway's own code.
 //!
 //! Per-request knobs ride in a `"sim"` object in the request body (the gateway forwards unknown

@@ -1,4 +1,4 @@
-//! DashScope's native dialect (`../shared/seeds/002_*`): `POST /api/v1/services/aigc/
+//! DashScope's native dialect (its native generation API reference): `POST /api/v1/services/aigc/
 //! {text,multimodal}-generation/generation` with `{model, input: {messages | prompt},
 //! parameters}`; SSE when `X-DashScope-SSE: enable`, framed `id:` / `event:result` /
 //! `:HTTP_STATUS/200` / `data:`; replies `{output, usage, request_id}`; errors
