@@ -311,6 +311,10 @@ pub struct ServerConfig {
     /// SSE comments sent while waiting for the upstream's first byte (0: none), for device
     /// links that drop idle connections.
     pub sse_keepalive_ms: u64,
+    /// Set by `serve --simulate`, never by the file: the in-process simulator is the only
+    /// upstream and every response says so (`x-dashgate-upstream: simulator`).
+    #[serde(skip)]
+    pub simulate: bool,
 }
 
 impl Default for ServerConfig {
@@ -321,6 +325,7 @@ impl Default for ServerConfig {
             fast_path: true,
             drain_timeout_ms: 30_000,
             sse_keepalive_ms: 0,
+            simulate: false,
         }
     }
 }
