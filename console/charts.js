@@ -24,6 +24,11 @@ export function fill(points, from, to, bucketMs) {
   return { times: rows.map((r) => r.t / 1000), col };
 }
 
+/** Whether a series has lone values between gaps, which a line alone would not show. */
+function values_sparse(values) {
+  return values.some((v, i) => v != null && values[i - 1] == null && values[i + 1] == null);
+}
+
 /** A chart in a card: `series` are [label, values]. */
 export function timeChart(title, times, series, id) {
   const card = h("div", { class: "card chart", id });
@@ -35,6 +40,8 @@ export function timeChart(title, times, series, id) {
     height: 220,
     series: [{}, ...series.map(([label], i) => ({
       label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false,
+      // Markers only where there are few buckets; a lone latency figure shows as a dot.
+      points: { show: times.length <= 31 || series.length > 0 && values_sparse(series[i][1]) },
       fill: i === 0 ? COLORS[0] + "22" : undefined,
     }))],
     axes: [{}, { size: 56 }],

@@ -140,7 +140,7 @@ export async function keys(root) {
       h("td", {}, limits(k)), h("td", {}, k.models ? k.models.join(", ") : t("all_models")),
       h("td", {}, k.expires_at ? fmtTime(k.expires_at) : t("none")),
       h("td", {}, fmtTime(k.last_used_at)),
-      h("td", { class: "buttons" },
+      h("td", {}, h("div", { class: "buttons" },
         h("button", { class: "small ghost", "data-action": "chart", onclick: () => keyChart(chart, k.name) }, t("chart")),
         k.status === "revoked" ? "" : h("button", {
           class: "small ghost", "data-action": "edit",
@@ -158,7 +158,7 @@ export async function keys(root) {
             await api("DELETE", `/admin/api/keys/${encodeURIComponent(k.id)}`);
             await keys(root);
           },
-        }, t("revoke"))));
+        }, t("revoke")))));
     return row;
   });
   root.replaceChildren(h("h2", {}, t("keys")), shown,

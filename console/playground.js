@@ -13,14 +13,17 @@ function keyOf(select, pasted) {
   return pasted.value.trim() || minted.get(select.value) || "";
 }
 
-async function loadModels(key, select) {
-  if (!key) return;
-  const response = await fetch("/compatible-mode/v1/models", { headers: { authorization: `Bearer ${key}` } });
-  if (!response.ok) return;
-  const data = await response.json();
-  const current = select.value;
-  const names = data.data.map((m) => m.id);
-  select.replaceChildren(...names.map((id) => h("option", { value: id, selected: id === current }, id)));
+// Offered when the key's model list names none (an upstream serving "*" names nothing).
+const COMMON_MODELS = ["qwen-vl-plus", "qwen-vl-max", "qwen-plus", "qwen-max", "qwen-turbo", "qwen-long"];
+
+async function loadModels(key, list) {
+  let names = [];
+  if (key) {
+    const response = await fetch("/compatible-mode/v1/models", { credentials: "omit", headers: { authorization: `Bearer ${key}` } });
+    if (response.ok) names = (await response.json()).data.map((m) => m.id);
+  }
+  if (names.length === 0) names = COMMON_MODELS;
+  list.replaceChildren(...names.map((id) => h("option", { value: id })));
 }
 
 function stopCamera() {
@@ -87,7 +90,8 @@ export async function playground(root) {
   const keySelect = h("select", { id: "pg-key" },
     [...minted.keys()].map((name) => h("option", { value: name }, name)));
   const pasted = h("input", { id: "pg-paste", type: "password", placeholder: "sk-…", autocomplete: "off" });
-  const model = h("select", { id: "pg-model" }, h("option", { value: "qwen-vl-plus" }, "qwen-vl-plus"));
+  const modelList = h("datalist", { id: "pg-models" });
+  const model = h("input", { id: "pg-model", list: "pg-models", value: "qwen-vl-plus", autocomplete: "off" });
   const message = h("textarea", { id: "pg-message", rows: 3 }, t("pg_default_message"));
   const answer = h("div", { class: "answer", id: "pg-answer" });
   const meta = h("div", { id: "pg-meta", class: "muted" });
@@ -124,21 +128,24 @@ export async function playground(root) {
         video.srcObject = stream;
         video.hidden = false;
         snap.hidden = false;
+        // A picture can be taken once the first frame is there.
+        snap.disabled = true;
+        video.addEventListener("loadeddata", () => { snap.disabled = false; }, { once: true });
       } catch (e) {
         status.textContent = `${t("pg_camera_failed")}: ${e.message}`;
       }
     },
   }, t("pg_camera"));
 
-  const refreshModels = () => loadModels(keyOf(keySelect, pasted), model);
+  const refreshModels = () => loadModels(keyOf(keySelect, pasted), modelList);
   keySelect.addEventListener("change", refreshModels);
   pasted.addEventListener("change", refreshModels);
 
   const send = h("button", { id: "pg-send", type: "submit" }, t("pg_send"));
   const form = h("form", { class: "card form playground", id: "pg-form" },
     h("label", {}, t("pg_key"), keySelect), h("label", {}, t("pg_paste"), pasted),
-    h("p", { class: "muted small" }, t("pg_keys_note")),
-    h("label", {}, t("pg_model"), model),
+    h("p", { class: "muted small wide" }, t("pg_keys_note")),
+    h("label", {}, t("pg_model"), model, modelList),
     h("label", { class: "wide" }, t("pg_message"), message),
     h("div", { class: "buttons wide" },
       h("button", { type: "button", class: "ghost", id: "pg-attach", onclick: () => fileInput.click() }, t("pg_attach")),
@@ -170,7 +177,7 @@ export async function playground(root) {
         credentials: "omit",
         headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
         body: JSON.stringify({
-          model: model.value, stream: true, stream_options: { include_usage: true },
+          model: model.value.trim(), stream: true, stream_options: { include_usage: true },
           messages: [{ role: "user", content }],
         }),
       });

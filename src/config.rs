@@ -519,6 +519,16 @@ pub fn load(
     source: Source<'_>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    load_with(source, env, |_| {})
+}
+
+/// [`load`], with `prepare` changing the config before it is validated (`serve --simulate`
+/// brings its own upstream, so a file without `[[upstreams]]` is fine there).
+pub fn load_with(
+    source: Source<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    prepare: impl FnOnce(&mut Config),
+) -> Result<Config, ConfigError> {
     let path = match source {
         Source::File(path) => Some(path.to_path_buf()),
         Source::Default => {
@@ -534,6 +544,8 @@ pub fn load(
         }
         None => from_env(env),
     };
+    let mut config = config;
+    prepare(&mut config);
     validate(&config)?;
     Ok(config)
 }

@@ -87,7 +87,13 @@ fn main() -> ExitCode {
             listen,
             simulate,
         } => {
-            let mut config = match load(config) {
+            let mut config = match load_with(config, |c| {
+                if simulate {
+                    // The real address is known once the simulator runs; validated as this.
+                    let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
+                    dashgate::console::firstrun::use_simulator(c, placeholder, "sk-sim");
+                }
+            }) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
@@ -131,11 +137,18 @@ fn main() -> ExitCode {
 }
 
 fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
+    load_with(path, |_| {})
+}
+
+fn load_with(
+    path: Option<PathBuf>,
+    prepare: impl FnOnce(&mut config::Config),
+) -> Result<config::Config, ExitCode> {
     let source = match &path {
         Some(path) => Source::File(path),
         None => Source::Default,
     };
-    config::load(source, &|name| std::env::var(name).ok()).map_err(|e| {
+    config::load_with(source, &|name| std::env::var(name).ok(), prepare).map_err(|e| {
         eprintln!("dashgate: config error: {e}");
         ExitCode::from(2)
     })
@@ -164,7 +177,8 @@ async fn start_simulator(config: &mut config::Config) -> std::io::Result<()> {
     let (addr, _) = sim::spawn(options).await?;
     dashgate::console::firstrun::use_simulator(config, addr, &key);
     tracing::warn!(
-        "SIMULATED: the only upstream is the built-in DashScope simulator (http://{addr}), not          DashScope; answers are canned and every response carries x-dashgate-upstream: simulator"
+        "SIMULATED: the only upstream is the built-in DashScope simulator (http://{addr}), not DashScope; \
+         answers are canned and every response carries x-dashgate-upstream: simulator"
     );
     Ok(())
 }
