@@ -71,10 +71,10 @@ impl SeriesQuery {
 
 type Q = Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>;
 
-fn query_of(query: Q, id: &str) -> Result<SeriesQuery, Response> {
+fn query_of(query: Q) -> Result<SeriesQuery, GatewayError> {
     query
         .map(|Query(q)| q)
-        .map_err(|e| GatewayError::param("query", e.body_text()).into_openai_response(id))
+        .map_err(|e| GatewayError::param("query", e.body_text()))
 }
 
 async fn series(
@@ -82,7 +82,7 @@ async fn series(
     Extension(RequestId(id)): Extension<RequestId>,
     query: Q,
 ) -> Answer {
-    let query = query_of(query, &id)?;
+    let query = query_of(query).map_err(|e| e.into_openai_response(&id))?;
     let name = query.bucket.as_deref().unwrap_or("hour");
     let bucket = Bucket::parse(name).ok_or_else(|| {
         GatewayError::param("bucket", "must be minute, hour or day").into_openai_response(&id)
@@ -102,7 +102,7 @@ async fn table(
     Extension(RequestId(id)): Extension<RequestId>,
     query: Q,
 ) -> Answer {
-    let query = query_of(query, &id)?;
+    let query = query_of(query).map_err(|e| e.into_openai_response(&id))?;
     let rows = state
         .store
         .usage_table(&query.filter())
@@ -132,7 +132,7 @@ async fn export_csv(
     Extension(RequestId(id)): Extension<RequestId>,
     query: Q,
 ) -> Answer {
-    let query = query_of(query, &id)?;
+    let query = query_of(query).map_err(|e| e.into_openai_response(&id))?;
     let rows = state
         .store
         .usage_table(&query.filter())
