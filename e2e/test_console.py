@@ -3,8 +3,8 @@ started as a newcomer would: `dashgate serve --simulate`, empty store, no keys, 
 
 One walk through, as an operator would: sign in with the bootstrap token, mint a key, chat with
 it in the playground (streamed) with a picture from disk and one from the (fake) camera, see the
-image policy's before/after figures, revoke the key and see the playground get the 401, find the
-requests in the usage chart, table and CSV, sign out. Each page is saved as a screenshot under
+image policy's before/after figures, find the requests in the usage chart, table and CSV, see and
+delete a file the key uploaded, revoke the key and see the playground get the 401, sign out. Each page is saved as a screenshot under
 test-artifacts/console/.
 """
 
@@ -249,6 +249,28 @@ def test_console_walkthrough(first_run: FirstRun, browser_page) -> None:
     expect(page.locator("#chart-latency canvas")).to_have_count(1)
     shot(page, "07-overview")
 
+    # Files: one uploaded with the key shows with its owner and size, and can be deleted.
+    upload = httpx2.post(
+        f"{base}/v1/files",
+        headers={"authorization": f"Bearer {key}"},
+        files={"file": ("notes.txt", b"glasses field notes\n" * 50, "text/plain")},
+        data={"purpose": "file-extract"},
+        timeout=10,
+    )
+    assert upload.status_code == 200, upload.text
+    file_id = upload.json()["id"]
+    page.click("#nav-files")
+    file_row = page.locator(f"#files-table tr[data-file='{file_id}']")
+    expect(file_row).to_contain_text("notes.txt")
+    expect(file_row).to_contain_text(KEY_NAME)
+    expect(file_row).to_contain_text("1000 B")
+    shot(page, "08-files")
+    page.once("dialog", lambda d: d.accept())
+    file_row.locator("button[data-action=delete]").click()
+    expect(page.locator("#no-files")).to_be_visible()
+    listed = httpx2.get(f"{base}/v1/files", headers={"authorization": f"Bearer {key}"}, timeout=10)
+    assert listed.json()["data"] == [], listed.text
+
     # Per-key chart, then revoke: the playground (key still held in the tab) now gets the 401.
     page.click("#nav-keys")
     page.click(f"#keys-table tr[data-key='{KEY_NAME}'] button[data-action=chart]")
@@ -257,19 +279,14 @@ def test_console_walkthrough(first_run: FirstRun, browser_page) -> None:
     page.click(f"#keys-table tr[data-key='{KEY_NAME}'] button[data-action=revoke]")
     expect(page.locator(f"#keys-table tr[data-key='{KEY_NAME}']")).to_contain_text("revoked")
     expect(page.locator(f"#keys-table tr[data-key='{KEY_NAME}']")).to_contain_text("600 rpm")
-    shot(page, "08-keys-revoked")
+    shot(page, "09-keys-revoked")
     page.click("#nav-playground")
     page.click("#pg-preview button")
     headers = send_and_wait(page)
     assert headers["status"] == 401
     expect(page.locator("#pg-error")).to_contain_text("401")
     expect(page.locator("#pg-answer")).to_be_empty()
-    shot(page, "09-playground-401")
-
-    # Files: none uploaded in this walk.
-    page.click("#nav-files")
-    expect(page.locator("#no-files")).to_be_visible()
-    shot(page, "10-files")
+    shot(page, "10-playground-401")
 
     # Sign out: the session ends on the server too, so the API refuses the old cookie.
     page.click("#signout")
