@@ -110,7 +110,7 @@ fn main() -> ExitCode {
                     .map_err(std::io::Error::other)?;
                 let shutdown = shutdown_on_signal()?;
                 announce("dashgate", &listener)?;
-                first_run(&state, listener.local_addr()?)?;
+                first_run(&state, listener.local_addr()?);
                 server::serve(listener, std::sync::Arc::new(state), shutdown).await
             })
         }
@@ -184,7 +184,7 @@ async fn start_simulator(config: &mut config::Config) -> std::io::Result<()> {
 }
 
 /// After the address line: what a first run needs to know, and the bootstrap token once.
-fn first_run(state: &server::AppState, addr: SocketAddr) -> std::io::Result<()> {
+fn first_run(state: &server::AppState, addr: SocketAddr) {
     use std::io::Write;
     if let Some(hint) = dashgate::console::firstrun::missing_key_hint(&state.config, addr) {
         tracing::warn!("{hint}");
@@ -192,15 +192,19 @@ fn first_run(state: &server::AppState, addr: SocketAddr) -> std::io::Result<()> 
     match state.console.take_bootstrap_token() {
         Some(token) => {
             let mut out = std::io::stdout().lock();
-            for line in dashgate::console::firstrun::bootstrap_lines(addr, &token) {
-                writeln!(out, "{line}")?;
+            let printed = dashgate::console::firstrun::bootstrap_lines(addr, &token)
+                .iter()
+                .try_for_each(|line| writeln!(out, "{line}"))
+                .and_then(|()| out.flush());
+            // A reader that took the address line and closed stdout must not stop the gateway.
+            if let Err(e) = printed {
+                tracing::warn!(error = %e, "the bootstrap admin token could not be printed on \
+                    stdout; restart with stdout open (and the store still empty) for a new one");
             }
-            out.flush()?;
         }
         None if state.console.enabled() => tracing::info!("console: http://{addr}/admin"),
         None => {}
     }
-    Ok(())
 }
 
 /// Runs work that decides its own exit status.

@@ -21,12 +21,17 @@ pub fn use_simulator(config: &mut Config, addr: SocketAddr, api_key: &str) {
     config.server.simulate = true;
 }
 
-/// One line when no upstream has a key to call it with (in `keys` mode the gateway brings the
-/// upstream's key, so every call would fail).
+/// One line when no upstream has a key to call it with and one of them is DashScope (in `keys`
+/// mode the gateway brings the upstream's key, so every call there would fail; a local
+/// OpenAI-compatible server may well need none).
 pub fn missing_key_hint(config: &Config, addr: SocketAddr) -> Option<String> {
     let keyless = config.auth.mode == AuthMode::Keys
         && !config.server.simulate
-        && config.upstreams.iter().all(|u| u.api_key.is_none());
+        && config.upstreams.iter().all(|u| u.api_key.is_none())
+        && config
+            .upstreams
+            .iter()
+            .any(|u| u.provider == ProviderKind::Dashscope);
     keyless.then(|| {
         format!(
             "no upstream key is set: export DASHSCOPE_API_KEY=sk-... (or set api_key under \
