@@ -46,6 +46,8 @@ function figures(headers) {
   if (get("count") == null) return null;
   const row = (label, before, after) => h("tr", {}, h("th", {}, label),
     h("td", { class: "n" }, fmtNum(before)), h("td", { class: "n" }, fmtNum(after)));
+  const count = (label, n, of) => (n == null ? "" : h("tr", {}, h("th", {}, label),
+    h("td", { class: "n", colspan: 2 }, of == null ? n : `${n} / ${of}`)));
   return h("div", { class: "card", id: "image-figures" },
     h("h3", {}, t("pg_image_policy")),
     h("table", {},
@@ -53,7 +55,9 @@ function figures(headers) {
       h("tbody", {},
         row(t("pg_bytes"), get("original-bytes"), get("sent-bytes")),
         row(t("pg_est_tokens"), get("tokens-before"), get("tokens-after")),
-        h("tr", {}, h("th", {}, t("pg_images")), h("td", { class: "n", colspan: 2 }, get("count"))))));
+        count(t("pg_images"), get("count")),
+        count(t("pg_stripped"), get("metadata-stripped"), get("count")),
+        count(t("pg_resized"), get("resized"), get("count")))));
 }
 
 /** Reads an SSE body event by event, calling `ondelta` with each content delta. */

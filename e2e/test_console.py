@@ -123,6 +123,19 @@ def browser_page(tmp_path_factory: pytest.TempPathFactory, playwright, first_run
     context.close()
 
 
+def jpeg_with_gps(width: int, height: int) -> bytes:
+    """A camera frame carrying an EXIF block with GPS coordinates, as a phone would write it."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(camera_jpeg(width, height)))
+    exif = Image.Exif()
+    exif[0x010F] = "glass3"  # Make
+    exif.get_ifd(0x8825).update({1: "N", 2: (31.0, 13.0, 49.0), 3: "E", 4: (121.0, 28.0, 25.0)})
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -189,13 +202,21 @@ def test_console_walkthrough(first_run: FirstRun, browser_page) -> None:
     assert page.evaluate("navigator.clipboard.readText()") == key
     shot(page, "03-keys-minted")
 
+    # Edit its limits: a higher rpm and an allow-list (the models the playground uses below).
+    row.locator("button[data-action=edit]").click()
+    page.fill("#edit-form input[name=rpm]", "1200")
+    page.fill("#edit-form input[name=models]", "qwen-vl-plus, qwen-plus")
+    page.click("#edit-form button[type=submit]")
+    expect(row).to_contain_text("1,200 rpm")
+    expect(row).to_contain_text("qwen-vl-plus, qwen-plus")
+
     # Playground: the key minted in this tab is offered; a picture from disk (larger than the
     # 1 MP budget, so the policy shrinks it) goes with a streamed chat through /compatible-mode.
     page.click("#nav-playground")
     expect(page.locator("#pg-key")).to_have_value(KEY_NAME)
     expect(page.locator("#pg-models option[value='qwen-vl-plus']")).to_have_count(1)
     page.fill("#pg-model", "qwen-vl-plus")
-    frame = camera_jpeg(2560, 1920)
+    frame = jpeg_with_gps(2560, 1920)
     page.set_input_files("#pg-file", files=[{"name": "frame.jpg", "mimeType": "image/jpeg", "buffer": frame}])
     expect(page.locator("#pg-preview img")).to_be_visible()
     headers = send_and_wait(page)
@@ -213,6 +234,8 @@ def test_console_walkthrough(first_run: FirstRun, browser_page) -> None:
     assert before == len(frame) and after > 0, headers
     expect(figures).to_contain_text(f"{before:,}")
     expect(figures).to_contain_text(f"{after:,}")
+    assert (headers["x-dashgate-image-metadata-stripped"], headers["x-dashgate-image-resized"]) == ("1", "1")
+    expect(figures).to_contain_text("1 / 1")
     tokens_before = int(headers["x-dashgate-image-tokens-before"])
     tokens_after = int(headers["x-dashgate-image-tokens-after"])
     assert tokens_after < tokens_before, headers
@@ -278,7 +301,7 @@ def test_console_walkthrough(first_run: FirstRun, browser_page) -> None:
     page.once("dialog", lambda d: d.accept())
     page.click(f"#keys-table tr[data-key='{KEY_NAME}'] button[data-action=revoke]")
     expect(page.locator(f"#keys-table tr[data-key='{KEY_NAME}']")).to_contain_text("revoked")
-    expect(page.locator(f"#keys-table tr[data-key='{KEY_NAME}']")).to_contain_text("600 rpm")
+    expect(page.locator(f"#keys-table tr[data-key='{KEY_NAME}']")).to_contain_text("1,200 rpm")
     shot(page, "09-keys-revoked")
     page.click("#nav-playground")
     page.click("#pg-preview button")
@@ -310,4 +333,16 @@ def test_console_follows_the_browser_language(first_run: FirstRun, playwright, t
     page.click("#nav-keys")
     expect(page.locator("#keys-table")).to_contain_text("已吊销")
     shot(page, "12-keys-zh")
+
+    # Replacing the bootstrap token: the new one is shown once and signs this page in; the
+    # bootstrap token no longer works.
+    page.click("#replace-token")
+    new_token = page.locator("#new-admin-token code").inner_text()
+    assert new_token.startswith("dga-") and new_token != first_run.admin_token
+    expect(page.locator("#bootstrap-banner")).to_have_count(0)
+    expect(page.locator("#nav-keys")).to_be_visible()
+    shot(page, "13-token-replaced-zh")
+    old = httpx2.get(f"{first_run.url}/admin/api/keys", headers={"authorization": f"Bearer {first_run.admin_token}"})
+    new = httpx2.get(f"{first_run.url}/admin/api/keys", headers={"authorization": f"Bearer {new_token}"})
+    assert (old.status_code, new.status_code) == (401, 200)
     context.close()
