@@ -189,7 +189,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         app = app.merge(admin);
     }
     app = app.merge(crate::files::routes(&state));
-    app.route("/v1/chat/completions", post(openai::chat_completions))
+    let app = app
+        .route("/v1/chat/completions", post(openai::chat_completions))
         .route(
             "/compatible-mode/v1/chat/completions",
             post(openai::chat_completions),
@@ -211,22 +212,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), request_id))
-        .layer(middleware::map_response_with_state(
-            state.clone(),
-            mark_simulated,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), request_id));
+    // Only under `serve --simulate`: a real gateway's responses pass no extra layer.
+    let app = if state.config.server.simulate {
+        app.layer(middleware::map_response(mark_simulated))
+    } else {
+        app
+    };
+    app.with_state(state)
 }
 
 /// Under `serve --simulate` every response says that no real upstream answered it.
-async fn mark_simulated(State(state): State<Arc<AppState>>, mut response: Response) -> Response {
-    if state.config.server.simulate {
-        response.headers_mut().insert(
-            "x-dashgate-upstream",
-            HeaderValue::from_static(crate::console::firstrun::SIMULATOR),
-        );
-    }
+async fn mark_simulated(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "x-dashgate-upstream",
+        HeaderValue::from_static(crate::console::firstrun::SIMULATOR),
+    );
     response
 }
 
