@@ -18,11 +18,16 @@ if [ ! -x e2e/.venv/bin/python ]; then
   python3 -m venv e2e/.venv
 fi
 e2e/.venv/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
+# The console's browser tests: Playwright (pinned) driving Debian's chromium (installed below).
+e2e/.venv/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements-browser.txt
 
-step "services (PostgreSQL and Redis on loopback, for the store and shared-limits tests)"
+step "services (PostgreSQL and Redis on loopback, for the store and shared-limits tests; chromium for the console)"
 need=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+# A CJK font, so the console's Chinese screenshots show characters rather than boxes.
+[ -n "$(fc-list :lang=zh 2>/dev/null)" ] || need+=(fonts-wqy-microhei)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq
@@ -64,5 +69,5 @@ cargo build --locked --bins
 step "rust tests"
 cargo nextest run --locked --no-fail-fast
 
-step "e2e (official SDKs)"
+step "e2e (official SDKs; the console in chromium, screenshots in test-artifacts/console/)"
 DASHGATE_BIN="$PWD/target/debug/dashgate" e2e/.venv/bin/python -m pytest e2e -q -p no:cacheprovider

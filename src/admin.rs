@@ -6,6 +6,7 @@
 //! - `GET /admin/api/usage?key=&model=&upstream=&from=&to=&group_by=key|model|upstream|day`
 //! - `GET /admin/api/usage/records?...&limit=N`
 //! - `GET /admin/api/upstreams`: each upstream with its circuit state
+//! - the console's own additions: `crate::console::api`; the web console itself: `/admin`
 
 use std::sync::Arc;
 
@@ -18,7 +19,6 @@ use axum::response::Response;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use crate::auth::{hash_key, key_prefix, mint_key};
 use crate::error::{GatewayError, json_response};
@@ -27,8 +27,7 @@ use crate::store::{KeyChanges, NewKey, StoreError, UsageFilter};
 
 /// The admin routes, or `None` when no admin token is set.
 pub fn routes(state: &Arc<AppState>) -> Option<Router<Arc<AppState>>> {
-    let token = state.config.auth.admin_token.as_ref()?;
-    if token.is_empty() {
+    if !state.console.enabled() {
         return None;
     }
     let router = Router::new()
@@ -40,8 +39,9 @@ pub fn routes(state: &Arc<AppState>) -> Option<Router<Arc<AppState>>> {
         .route("/admin/api/usage", get(usage))
         .route("/admin/api/usage/records", get(usage_records))
         .route("/admin/api/upstreams", get(upstreams))
+        .merge(crate::console::api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), admin_only));
-    Some(router)
+    Some(router.merge(crate::console::pages::routes()))
 }
 
 async fn admin_only(
@@ -50,18 +50,12 @@ async fn admin_only(
     request: Request,
     next: Next,
 ) -> Response {
-    let expected = state
-        .config
-        .auth
-        .admin_token
-        .as_ref()
-        .map(|t| hash_key(t.expose()));
-    let given = crate::auth::bearer(request.headers()).map(hash_key);
-    let allowed = match (expected, given) {
-        (Some(expected), Some(given)) => bool::from(expected.ct_eq(&given)),
-        _ => false,
-    };
-    if !allowed {
+    // The admin token as Bearer, or a console session (with its CSRF token for changes).
+    if state
+        .console
+        .admit(request.method(), request.headers())
+        .is_none()
+    {
         return GatewayError::InvalidApiKey.into_openai_response(&id);
     }
     next.run(request).await
@@ -103,6 +97,9 @@ async fn list_keys(
     Extension(RequestId(id)): Extension<RequestId>,
 ) -> Answer {
     let keys = state.store.list_keys().await.map_err(fail(&id))?;
+    let keys = crate::console::api::key_listing(&state, keys)
+        .await
+        .map_err(fail(&id))?;
     Ok(ok(StatusCode::OK, &json!({"object": "list", "data": keys})))
 }
 

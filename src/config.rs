@@ -311,6 +311,10 @@ pub struct ServerConfig {
     /// SSE comments sent while waiting for the upstream's first byte (0: none), for device
     /// links that drop idle connections.
     pub sse_keepalive_ms: u64,
+    /// Set by `serve --simulate`, never by the file: the in-process simulator is the only
+    /// upstream and every response says so (`x-dashgate-upstream: simulator`).
+    #[serde(skip)]
+    pub simulate: bool,
 }
 
 impl Default for ServerConfig {
@@ -321,6 +325,7 @@ impl Default for ServerConfig {
             fast_path: true,
             drain_timeout_ms: 30_000,
             sse_keepalive_ms: 0,
+            simulate: false,
         }
     }
 }
@@ -514,6 +519,16 @@ pub fn load(
     source: Source<'_>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    load_with(source, env, |_| {})
+}
+
+/// [`load`], with `prepare` changing the config before it is validated (`serve --simulate`
+/// brings its own upstream, so a file without `[[upstreams]]` is fine there).
+pub fn load_with(
+    source: Source<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    prepare: impl FnOnce(&mut Config),
+) -> Result<Config, ConfigError> {
     let path = match source {
         Source::File(path) => Some(path.to_path_buf()),
         Source::Default => {
@@ -529,6 +544,8 @@ pub fn load(
         }
         None => from_env(env),
     };
+    let mut config = config;
+    prepare(&mut config);
     validate(&config)?;
     Ok(config)
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod console;
 pub mod dialect;
 pub mod error;
 pub mod event;

@@ -38,6 +38,10 @@ enum Command {
         /// Address to listen on, overriding the config (port 0 picks a free one).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Run the built-in simulator in this process as the only upstream (no DashScope
+        /// account needed; every response carries `x-dashgate-upstream: simulator`).
+        #[arg(long)]
+        simulate: bool,
     },
     /// Run a DashScope simulator: a stand-in upstream with deterministic replies.
     Simulate(sim::Options),
@@ -78,8 +82,18 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Serve { config, listen } => {
-            let mut config = match load(config) {
+        Command::Serve {
+            config,
+            listen,
+            simulate,
+        } => {
+            let mut config = match load_with(config, |c| {
+                if simulate {
+                    // The real address is known once the simulator runs; validated as this.
+                    let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
+                    dashgate::console::firstrun::use_simulator(c, placeholder, "sk-sim");
+                }
+            }) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
@@ -88,11 +102,15 @@ fn main() -> ExitCode {
             }
             run(async move {
                 let listener = TcpListener::bind(config.server.listen).await?;
+                if simulate {
+                    start_simulator(&mut config).await?;
+                }
                 let state = server::AppState::new(config)
                     .await
                     .map_err(std::io::Error::other)?;
                 let shutdown = shutdown_on_signal()?;
                 announce("dashgate", &listener)?;
+                first_run(&state, listener.local_addr()?);
                 server::serve(listener, std::sync::Arc::new(state), shutdown).await
             })
         }
@@ -119,11 +137,18 @@ fn main() -> ExitCode {
 }
 
 fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
+    load_with(path, |_| {})
+}
+
+fn load_with(
+    path: Option<PathBuf>,
+    prepare: impl FnOnce(&mut config::Config),
+) -> Result<config::Config, ExitCode> {
     let source = match &path {
         Some(path) => Source::File(path),
         None => Source::Default,
     };
-    config::load(source, &|name| std::env::var(name).ok()).map_err(|e| {
+    config::load_with(source, &|name| std::env::var(name).ok(), prepare).map_err(|e| {
         eprintln!("dashgate: config error: {e}");
         ExitCode::from(2)
     })
@@ -136,6 +161,50 @@ fn announce(what: &str, listener: &TcpListener) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{what} listening on http://{addr}")?;
     out.flush()
+}
+
+/// `serve --simulate`: the simulator on a loopback port of its own, in this process.
+async fn start_simulator(config: &mut config::Config) -> std::io::Result<()> {
+    let key = dashgate::console::random_hex(16)
+        .map(|h| format!("sk-sim-{h}"))
+        .ok_or_else(|| std::io::Error::other("no randomness for the simulator's key"))?;
+    let options = sim::Options {
+        // A little pacing, so a stream looks like one in the console's playground.
+        chunk_delay_ms: 20,
+        api_key: Some(key.clone()),
+        ..sim::Options::default()
+    };
+    let (addr, _) = sim::spawn(options).await?;
+    dashgate::console::firstrun::use_simulator(config, addr, &key);
+    tracing::warn!(
+        "SIMULATED: the only upstream is the built-in DashScope simulator (http://{addr}), not DashScope; \
+         answers are canned and every response carries x-dashgate-upstream: simulator"
+    );
+    Ok(())
+}
+
+/// After the address line: what a first run needs to know, and the bootstrap token once.
+fn first_run(state: &server::AppState, addr: SocketAddr) {
+    use std::io::Write;
+    if let Some(hint) = dashgate::console::firstrun::missing_key_hint(&state.config, addr) {
+        tracing::warn!("{hint}");
+    }
+    match state.console.take_bootstrap_token() {
+        Some(token) => {
+            let mut out = std::io::stdout().lock();
+            let printed = dashgate::console::firstrun::bootstrap_lines(addr, &token)
+                .iter()
+                .try_for_each(|line| writeln!(out, "{line}"))
+                .and_then(|()| out.flush());
+            // A reader that took the address line and closed stdout must not stop the gateway.
+            if let Err(e) = printed {
+                tracing::warn!(error = %e, "the bootstrap admin token could not be printed on \
+                    stdout; restart with stdout open (and the store still empty) for a new one");
+            }
+        }
+        None if state.console.enabled() => tracing::info!("console: http://{addr}/admin"),
+        None => {}
+    }
 }
 
 /// Runs work that decides its own exit status.

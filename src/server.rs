@@ -46,6 +46,8 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// The usage ledger and what else every request's meter reports to.
     pub meters: MeterContext,
+    /// Who may open `/admin`: the admin token and the console's sessions.
+    pub console: crate::console::Console,
 }
 
 impl AppState {
@@ -73,7 +75,11 @@ impl AppState {
             prices: Arc::new(config.prices.clone()),
         };
         let key_cache = Duration::from_millis(config.auth.key_cache_ms);
+        let console = crate::console::Console::open(&config, &store)
+            .await
+            .map_err(|e| format!("store.url: {e}"))?;
         Ok(Self {
+            console,
             auth: Authenticator::new(
                 config.auth.mode,
                 &config.keys,
@@ -183,7 +189,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         app = app.merge(admin);
     }
     app = app.merge(crate::files::routes(&state));
-    app.route("/v1/chat/completions", post(openai::chat_completions))
+    let app = app
+        .route("/v1/chat/completions", post(openai::chat_completions))
         .route(
             "/compatible-mode/v1/chat/completions",
             post(openai::chat_completions),
@@ -205,8 +212,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), request_id))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), request_id));
+    // Only under `serve --simulate`: a real gateway's responses pass no extra layer.
+    let app = if state.config.server.simulate {
+        app.layer(middleware::map_response(mark_simulated))
+    } else {
+        app
+    };
+    app.with_state(state)
+}
+
+/// Under `serve --simulate` every response says that no real upstream answered it.
+async fn mark_simulated(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "x-dashgate-upstream",
+        HeaderValue::from_static(crate::console::firstrun::SIMULATOR),
+    );
+    response
 }
 
 async fn healthz() -> Response {

@@ -22,6 +22,10 @@ pub struct MediaStats {
     pub sent_bytes: u64,
     pub tokens_before: u64,
     pub tokens_after: u64,
+    /// Images whose metadata (EXIF, GPS, ...) was found and removed.
+    pub metadata_stripped: u32,
+    /// Images downscaled and re-encoded.
+    pub resized: u32,
 }
 
 /// Where in a message's part a new URL goes.
@@ -136,6 +140,8 @@ pub async fn prepare(
         stats.sent_bytes += report.sent_bytes as u64;
         stats.tokens_before += report.tokens_before;
         stats.tokens_after += report.tokens_after;
+        stats.metadata_stripped += u32::from(report.stripped);
+        stats.resized += u32::from(report.resized);
         let url = match (report.replacement, job.fetched) {
             (Some(url), _) => url,
             (None, true) => job.url.to_string(),

@@ -115,6 +115,7 @@ async fn a_huge_png_is_downscaled_to_the_pixel_budget() {
         "aspect kept: {w}x{h}"
     );
     assert_eq!(header(&headers, "x-dashgate-image-count"), 1);
+    assert_eq!(header(&headers, "x-dashgate-image-resized"), 1);
     assert_eq!(
         header(&headers, "x-dashgate-image-original-bytes"),
         png.len() as u64
@@ -167,6 +168,8 @@ async fn gps_never_leaves_the_gateway() {
         "stripped, not resized"
     );
     assert!(header(&headers, "x-dashgate-image-sent-bytes") < jpeg.len() as u64);
+    assert_eq!(header(&headers, "x-dashgate-image-metadata-stripped"), 1);
+    assert_eq!(header(&headers, "x-dashgate-image-resized"), 0);
 }
 
 #[tokio::test]
@@ -181,6 +184,15 @@ async fn a_clean_frame_within_budget_goes_through_byte_identical() {
     assert_eq!(
         header(&headers, "x-dashgate-image-original-bytes"),
         header(&headers, "x-dashgate-image-sent-bytes")
+    );
+    let untouched = [
+        "x-dashgate-image-metadata-stripped",
+        "x-dashgate-image-resized",
+    ];
+    assert!(
+        untouched
+            .iter()
+            .all(|h| headers.contains_key(*h) && header(&headers, h) == 0)
     );
 }
 

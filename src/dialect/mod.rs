@@ -189,6 +189,11 @@ pub fn with_media_headers(mut response: Response, media: Option<MediaStats>) -> 
         ("x-dashgate-image-sent-bytes", m.sent_bytes),
         ("x-dashgate-image-tokens-before", m.tokens_before),
         ("x-dashgate-image-tokens-after", m.tokens_after),
+        (
+            "x-dashgate-image-metadata-stripped",
+            u64::from(m.metadata_stripped),
+        ),
+        ("x-dashgate-image-resized", u64::from(m.resized)),
     ] {
         headers.insert(name, HeaderValue::from(value));
     }

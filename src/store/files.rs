@@ -18,7 +18,7 @@ pub struct FileRecord {
     pub created_at: i64,
 }
 
-fn file_of(row: &AnyRow) -> Result<FileRecord, StoreError> {
+pub(super) fn file_of(row: &AnyRow) -> Result<FileRecord, StoreError> {
     Ok(FileRecord {
         id: row.try_get("id")?,
         owner: row.try_get("owner")?,
@@ -30,7 +30,7 @@ fn file_of(row: &AnyRow) -> Result<FileRecord, StoreError> {
     })
 }
 
-const COLUMNS: &str = "id, owner, filename, purpose, bytes, sha256, created_at";
+pub(super) const COLUMNS: &str = "id, owner, filename, purpose, bytes, sha256, created_at";
 
 impl Store {
     pub async fn add_file(&self, file: &FileRecord) -> Result<(), StoreError> {

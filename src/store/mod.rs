@@ -2,6 +2,7 @@
 //! (WAL, the embedded default) or PostgreSQL (several gateways sharing state). One schema and
 //! one set of queries serve both: the SQL sticks to types and syntax both understand.
 
+mod console;
 mod files;
 mod keys;
 mod usage;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
+pub use console::{Bucket, SeriesPoint, UsageRow};
 pub use files::FileRecord;
 pub use keys::{KeyChanges, KeyRecord, NewKey, QuotaPeriod};
 pub use usage::{UsageFilter, UsageGroup, UsageTotals, group_column};

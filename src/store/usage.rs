@@ -92,7 +92,7 @@ fn n(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn u(v: i64) -> u64 {
+pub(super) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -110,7 +110,7 @@ fn totals_of(row: &AnyRow) -> Result<UsageTotals, StoreError> {
 }
 
 /// The WHERE clause of a filter, with its values in order.
-fn where_of(filter: &UsageFilter) -> (String, Vec<Value>) {
+pub(super) fn where_of(filter: &UsageFilter) -> (String, Vec<Value>) {
     let mut clauses = Vec::new();
     let mut values = Vec::new();
     let mut add = |clause: &str, value: Value| {
@@ -139,12 +139,12 @@ fn where_of(filter: &UsageFilter) -> (String, Vec<Value>) {
     }
 }
 
-enum Value {
+pub(super) enum Value {
     Text(String),
     Int(i64),
 }
 
-fn bind_all<'q>(
+pub(super) fn bind_all<'q>(
     mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     values: Vec<Value>,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
