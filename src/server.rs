@@ -251,18 +251,23 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     json_response(code, serde_json::to_vec(&body).unwrap_or_default())
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut response = Response::new(axum::body::Body::from(state.metrics.render(&state.router)));
+async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (text, content_type) =
+        crate::prom_text::negotiate(state.metrics.render(&state.router), accept);
+    let mut response = Response::new(axum::body::Body::from(text));
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        HeaderValue::from_static(content_type),
     );
     response
 }
 
 async fn not_found(Extension(RequestId(id)): Extension<RequestId>, request: Request) -> Response {
     let what = format!("{} {}", request.method(), request.uri().path());
-    GatewayError::RouteNotFound(what).into_openai_response(&id)
+    in_dialect_of(request.uri().path(), GatewayError::RouteNotFound(what), &id)
 }
 
 async fn method_not_allowed(
@@ -270,7 +275,20 @@ async fn method_not_allowed(
     request: Request,
 ) -> Response {
     let what = format!("{} {}", request.method(), request.uri().path());
-    GatewayError::MethodNotAllowed(what).into_openai_response(&id)
+    in_dialect_of(
+        request.uri().path(),
+        GatewayError::MethodNotAllowed(what),
+        &id,
+    )
+}
+
+/// Native paths (`/api/v1/...`) answer `{request_id, code, message}`; the rest in OpenAI's shape.
+fn in_dialect_of(path: &str, error: GatewayError, id: &str) -> Response {
+    if path.starts_with("/api/") {
+        error.into_native_response(id)
+    } else {
+        error.into_openai_response(id)
+    }
 }
 
 /// Serves until `shutdown` is cancelled; requests in flight are allowed to finish.

@@ -3,6 +3,7 @@
 
 pub mod native;
 pub mod openai;
+pub mod scan;
 pub mod sse;
 
 use axum::http::HeaderValue;

@@ -151,7 +151,8 @@ pub fn encode_reply(reply: &Reply, options: Options, request_id: &str) -> Vec<u8
     let body = json!({
         "output": whole_output(options, &reply.choices),
         "usage": reply.usage.as_ref().map(usage_json).unwrap_or(json!({})),
-        "request_id": reply.meta.request_id.as_deref().unwrap_or(request_id),
+        // The gateway's id, also when the upstream named its own: one id per request.
+        "request_id": request_id,
     });
     serde_json::to_vec(&body).unwrap_or_default()
 }
@@ -249,12 +250,8 @@ fn join(a: Option<Bytes>, b: Bytes) -> Bytes {
 impl StepEncoder for FrameEncoder {
     fn step(&mut self, step: Step) -> Option<Bytes> {
         match step {
-            Step::Meta(meta) => {
-                if let Some(id) = meta.request_id {
-                    self.request_id = id;
-                }
-                None
-            }
+            // The upstream's own id is not the client's: the gateway's id stays.
+            Step::Meta(_) => None,
             Step::Event(ChatEvent::Delta(delta)) => {
                 if delta.finish_reason.is_some() && delta.usage.is_none() {
                     let earlier = self.flush_held();

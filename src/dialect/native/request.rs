@@ -63,12 +63,16 @@ pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), Ga
             ));
         }
     };
+    // DashScope goes by the `X-DashScope-SSE` header alone: a body `stream` says nothing.
+    parameters.remove("stream");
+    let mut extra = request.extra;
+    extra.remove("stream");
     let mut shaped = Map::new();
     shaped.insert("model".into(), Value::String(request.model));
     shaped.insert("messages".into(), Value::Array(messages));
     shaped.insert("stream".into(), Value::Bool(stream));
     shaped.extend(parameters);
-    shaped.extend(request.extra);
+    shaped.extend(extra);
     let shaped = Value::Object(shaped);
     // Untracked first, as in `chat::parse_tracked`: the path is only wanted for an error.
     let untracked = <Chat as serde::Deserialize>::deserialize(&shaped);

@@ -24,12 +24,8 @@ pub(super) fn error_event(json: &[u8]) -> Bytes {
 /// Fills what a translated reply's upstream did not say: DashScope's native replies carry
 /// no id, time or model.
 pub(super) fn fill_meta(meta: &mut Meta, request_id: &str, model: &str) {
-    if meta.id.is_empty() {
-        meta.id = format!(
-            "chatcmpl-{}",
-            meta.request_id.as_deref().unwrap_or(request_id)
-        );
-    }
+    // Always the gateway's id, whatever the upstream called its reply: one id per request.
+    meta.id = format!("chatcmpl-{request_id}");
     if meta.created == 0 {
         meta.created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
