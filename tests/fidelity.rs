@@ -263,3 +263,64 @@ async fn usage_written_with_spaces_is_read_and_hidden_from_a_client_that_did_not
         (3, 2, Some(2), false)
     );
 }
+
+/// DashScope's documented ranges, refused before any upstream call, naming the field.
+#[tokio::test]
+async fn out_of_range_parameters_are_refused_naming_the_field_in_both_dialects() {
+    let (sim, gw) = matrix().await;
+    let tool =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"n": 2, "tools": tool}), "n"),
+        (json!({"top_k": -1}), "top_k"),
+        (json!({"repetition_penalty": 0}), "repetition_penalty"),
+        (json!({"top_logprobs": 6, "logprobs": true}), "top_logprobs"),
+        (
+            json!({"tool_choice": "bogus", "tools": tool}),
+            "tool_choice",
+        ),
+        (json!({"parallel_tool_calls": "yes"}), "parallel_tool_calls"),
+        (
+            json!({"response_format": {"type": "nonsense"}}),
+            "response_format.type",
+        ),
+        (json!({"enable_thinking": "maybe"}), "enable_thinking"),
+        (json!({"frequency_penalty": 9}), "frequency_penalty"),
+        (json!({"thinking_budget": 0}), "thinking_budget"),
+    ];
+    let before = sim.requests();
+    for (fields, param) in &cases {
+        for model in ["qwen-plus", "via-native", "via-openai"] {
+            let mut body = ask(model, "hi");
+            if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
+                b.extend(f.clone());
+            }
+            let r = send(gw.chat(&body)).await;
+            assert_eq!(r.status(), 400, "{model} {fields}");
+            let body = json_of(r).await;
+            assert_eq!(error_of(&body).1, Some(*param), "{model} {fields}: {body}");
+            let native = json!({"model": model, "input": {"prompt": "hi"}, "parameters": fields});
+            let r = send(native_post(&gw, &native)).await;
+            assert_eq!(r.status(), 400, "native {model} {fields}");
+            let body = json_of(r).await;
+            assert_eq!(body["code"], "InvalidParameter");
+            let named = format!("parameters.{param}");
+            assert!(
+                body["message"].as_str().is_some_and(|m| m.contains(&named)),
+                "native {model} {fields}: {body}"
+            );
+        }
+    }
+    assert_eq!(sim.requests(), before, "nothing out of range went upstream");
+    // In range, all of them pass.
+    let mut body = ask("qwen-plus", "hi");
+    let fine = json!({"top_k": 0, "repetition_penalty": 1.05, "top_logprobs": 5, "logprobs": true,
+        "tool_choice": "auto", "tools": tool, "parallel_tool_calls": true, "n": 1,
+        "response_format": {"type": "json_object"}, "enable_thinking": false,
+        "frequency_penalty": -2, "thinking_budget": 1});
+    if let (Some(b), Some(f)) = (body.as_object_mut(), fine.as_object()) {
+        b.extend(f.clone());
+    }
+    let r = send(gw.chat(&body)).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
