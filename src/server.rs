@@ -46,6 +46,8 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// The usage ledger and what else every request's meter reports to.
     pub meters: MeterContext,
+    /// What the `"*"` upstreams serve, asked of them and cached, for `GET /v1/models`.
+    pub model_lists: crate::provider::models::ModelLists,
 }
 
 impl AppState {
@@ -84,6 +86,7 @@ impl AppState {
             files: crate::files::Files::new(&config.files)?,
             limiter,
             meters,
+            model_lists: Default::default(),
             router: route::Router::new(upstreams),
             body_timeout: Duration::from_secs(300),
             metrics,
@@ -127,6 +130,9 @@ fn route_label(path: &str) -> Option<&'static str> {
         "/api/v1/services/aigc/text-generation/generation" => "native_text",
         "/api/v1/services/aigc/multimodal-generation/generation" => "native_multimodal",
         "/v1/models" | "/compatible-mode/v1/models" => "models",
+        _ if path.starts_with("/v1/models/") || path.starts_with("/compatible-mode/v1/models/") => {
+            "models"
+        }
         "/healthz" | "/readyz" | "/metrics" => return None,
         _ if path.starts_with("/admin/") => "admin",
         _ if path.starts_with("/v1/files") || path.starts_with("/compatible-mode/v1/files") => {
@@ -200,6 +206,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/models", get(openai::models))
         .route("/compatible-mode/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
+        .route("/compatible-mode/v1/models/{id}", get(openai::model))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

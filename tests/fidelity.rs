@@ -324,3 +324,87 @@ async fn out_of_range_parameters_are_refused_naming_the_field_in_both_dialects()
     let r = send(gw.chat(&body)).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 }
+
+#[tokio::test]
+async fn a_wildcard_upstream_lists_what_it_serves_filtered_by_the_key() {
+    let sim = Sim::start().await;
+    let extra = r#"
+[[upstreams]]
+name = "everything"
+provider = "dashscope"
+base_url = "{SIM}"
+api_key = "sk-upstream-test"
+models = ["*"]
+"#;
+    let gw = Gateway::start(&config_for(&sim, "", extra)).await;
+    let ids = |list: &Value| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let before = sim.requests();
+    for path in ["/v1/models", "/compatible-mode/v1/models"] {
+        let list = json_of(send(gw.http.get(gw.url(path)).bearer_auth(CLIENT_KEY)).await).await;
+        let ids = ids(&list);
+        for id in ["qwen-plus", "qwen-turbo", "qwen-omni-turbo", "qwq-32b"] {
+            assert!(
+                ids.iter().any(|i| i == id),
+                "{path}: {id} missing from {ids:?}"
+            );
+        }
+        assert!(
+            list["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|m| m["object"] == "model")
+        );
+    }
+    assert_eq!(sim.requests() - before, 1, "the upstream's list is cached");
+    let limited = json_of(
+        send(
+            gw.http
+                .get(gw.url("/v1/models"))
+                .bearer_auth("sk-limited-test"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(ids(&limited), ["qwen-plus"]);
+    let one = json_of(
+        send(
+            gw.http
+                .get(gw.url("/v1/models/qwen-turbo"))
+                .bearer_auth(CLIENT_KEY),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (&one["id"], &one["object"]),
+        (&json!("qwen-turbo"), &json!("model")),
+        "{one}"
+    );
+    assert!(
+        one["owned_by"].is_string() && one["created"].is_number(),
+        "{one}"
+    );
+    let hidden = send(
+        gw.http
+            .get(gw.url("/compatible-mode/v1/models/qwen-turbo"))
+            .bearer_auth("sk-limited-test"),
+    )
+    .await;
+    assert_eq!(hidden.status(), 404);
+    assert_eq!(error_of(&json_of(hidden).await).0, "model_not_found");
+    let unknown = send(
+        gw.http
+            .get(gw.url("/v1/models/nope"))
+            .bearer_auth(CLIENT_KEY),
+    )
+    .await;
+    assert_eq!(unknown.status(), 404);
+}

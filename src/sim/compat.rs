@@ -375,7 +375,19 @@ fn stream_reply(
     .into_response()
 }
 
-pub(super) async fn models() -> Response {
+/// `GET .../models`, as DashScope's compatible mode answers it (with the key checked).
+pub(super) async fn models(State(state): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if !authorized(&state.options, &headers) {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        return compat_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided. ",
+            &request_id,
+        );
+    }
     const MODELS: &[&str] = &[
         "qwen-max",
         "qwen-plus",

@@ -14,10 +14,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use serde_json::json;
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod models;
 mod reply;
 
 pub use reply::{ChunkEncoder, encode_completion, usage_json};
@@ -31,6 +31,7 @@ use crate::event::ChatEvent;
 use crate::provider::Api;
 use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, StreamSource, Upstreamed};
 use crate::server::{AppState, RequestId};
+pub use models::{model, models};
 use reply::{DONE, error_event, fill_meta};
 
 /// `POST /v1/chat/completions`.
@@ -417,35 +418,4 @@ async fn metered_completion(
         whole_response(upstreamed, IdRewriter::completion(request_id), meter).await?
     };
     Ok(super::tagged(response, &request.model, &name))
-}
-
-/// `GET /v1/models`: the models this key may use, as an OpenAI list.
-pub async fn models(
-    State(state): State<Arc<AppState>>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    headers: HeaderMap,
-) -> Response {
-    let caller = match state.auth.authenticate(&headers).await {
-        Ok(caller) => caller,
-        Err(error) => return error.into_openai_response(&request_id),
-    };
-    let mut names: Vec<&str> = state.router.named_models().into_iter().collect();
-    if let Some(allowed) = &caller.models {
-        names = allowed
-            .iter()
-            .map(String::as_str)
-            .filter(|m| state.router.serves(m))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-    }
-    let data: Vec<_> = names
-        .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "dashgate"}))
-        .collect();
-    let body = json!({"object": "list", "data": data});
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )
 }
