@@ -22,6 +22,8 @@ pub struct MediaStats {
     pub sent_bytes: u64,
     pub tokens_before: u64,
     pub tokens_after: u64,
+    /// Images whose declared type was not what their bytes are: sent under the true one.
+    pub relabelled: u32,
 }
 
 /// Where in a message's part a new URL goes.
@@ -112,7 +114,13 @@ pub async fn prepare(
             check_part(i, j, part, media, fetcher, &mut jobs).await?;
         }
     }
-    let policy = Arc::new(policy_of(media));
+    let mut policy = policy_of(media);
+    if chat.extra.get("vl_high_resolution_images") == Some(&Value::Bool(true)) {
+        // The client asked DashScope for its high-resolution budget (16384 patches of 28x28):
+        // downscaling to the default one would silently take that away.
+        policy.max_image_pixels = policy.max_image_pixels.max(media::HIGH_RES_MAX_PIXELS);
+    }
+    let policy = Arc::new(policy);
     let mut prepared = Prepared::default();
     for job in jobs {
         // Bounded: at most `limiter`'s permits images are decoded at once.
@@ -136,6 +144,7 @@ pub async fn prepare(
         stats.sent_bytes += report.sent_bytes as u64;
         stats.tokens_before += report.tokens_before;
         stats.tokens_after += report.tokens_after;
+        stats.relabelled += u32::from(report.relabelled_from.is_some());
         let url = match (report.replacement, job.fetched) {
             (Some(url), _) => url,
             (None, true) => job.url.to_string(),

@@ -193,6 +193,12 @@ pub fn with_media_headers(mut response: Response, media: Option<MediaStats>) -> 
     ] {
         headers.insert(name, HeaderValue::from(value));
     }
+    if m.relabelled > 0 {
+        headers.insert(
+            "x-dashgate-image-relabelled",
+            HeaderValue::from(m.relabelled),
+        );
+    }
     response
 }
 
