@@ -20,6 +20,7 @@
 
 mod compat;
 mod completions;
+mod extras;
 mod files;
 mod native;
 mod playback;
