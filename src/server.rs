@@ -129,7 +129,7 @@ fn route_label(path: &str) -> Option<&'static str> {
         "/v1/completions" | "/compatible-mode/v1/completions" => "completions",
         "/api/v1/services/aigc/text-generation/generation" => "native_text",
         "/api/v1/services/aigc/multimodal-generation/generation" => "native_multimodal",
-        "/v1/models" | "/compatible-mode/v1/models" => "models",
+        "/v1/models" | "/compatible-mode/v1/models" | "/api/v1/models" => "models",
         _ if path.starts_with("/v1/models/") || path.starts_with("/compatible-mode/v1/models/") => {
             "models"
         }
@@ -207,6 +207,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/compatible-mode/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
+        .route("/api/v1/models", get(openai::native_models))
         .route("/compatible-mode/v1/models/{id}", get(openai::model))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -31,7 +31,7 @@ use crate::event::ChatEvent;
 use crate::provider::Api;
 use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, StreamSource, Upstreamed};
 use crate::server::{AppState, RequestId};
-pub use models::{model, models};
+pub use models::{model, models, native_models};
 use reply::{DONE, error_event, fill_meta};
 
 /// `POST /v1/chat/completions`.

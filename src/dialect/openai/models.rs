@@ -1,4 +1,6 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`: the models this key may use, in OpenAI's shape.
+//! `GET /v1/models` and `GET /v1/models/{id}`: the models this key may use, in OpenAI's shape;
+//! and `GET /api/v1/models` (`page_no`, `page_size`, `model`), the same list as DashScope's
+//! native API and its SDK's `Models.list()` / `Models.get()` read it.
 //! Named models come from the config; a `"*"` upstream is asked what it serves (cached, see
 //! `provider::models`), and the key's allow-list filters the whole.
 
@@ -6,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
@@ -55,6 +57,53 @@ pub async fn model(
         ),
         None => GatewayError::ModelNotFound(id).into_openai_response(&request_id),
     }
+}
+
+/// `GET /api/v1/models`: `{request_id, output: {models: [{model, ...}], page_no, page_size,
+/// total}}`, one page; `model=NAME` narrows it to that model.
+pub async fn native_models(
+    State(state): State<Arc<AppState>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match state.auth.authenticate(&headers).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_native_response(&request_id),
+    };
+    let number = |name: &str, default: usize| {
+        query
+            .get(name)
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(default)
+    };
+    let (page_no, page_size) = (number("page_no", 1), number("page_size", 10).min(100));
+    let mut found = available(&state, &caller).await;
+    if let Some(name) = query.get("model") {
+        found.retain(|id, _| id == name);
+    }
+    let total = found.len();
+    let models: Vec<Value> = found
+        .into_iter()
+        .skip((page_no - 1).saturating_mul(page_size))
+        .take(page_size)
+        .map(|(id, mut entry)| {
+            entry.remove("object");
+            entry.remove("id");
+            let mut model = Map::new();
+            model.insert("model".into(), json!(id));
+            model.insert("name".into(), json!(id));
+            model.extend(entry);
+            Value::Object(model)
+        })
+        .collect();
+    let body = json!({"request_id": &*request_id, "output": {"models": models,
+        "page_no": page_no, "page_size": page_size, "total": total}});
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
 }
 
 /// The caller's models by id. An upstream that cannot be asked leaves its `"*"` unlisted;
