@@ -323,3 +323,61 @@ async fn omni_audio_output_is_relayed_translated_and_metered() {
         "{found:#?}"
     );
 }
+
+/// Chunks in their full shape (seed of a DashScope deployment: `function_call`, `refusal`,
+/// `role`, `tool_calls` present as `null`, `service_tier`) translate like the short ones.
+#[tokio::test]
+async fn full_shape_chunks_with_null_fields_translate_to_the_same_reply() {
+    let (sim, gw) = matrix().await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]);
+    // The simulator writes the full shape when asked.
+    let direct = reqwest::Client::new()
+        .post(format!("{}/compatible-mode/v1/chat/completions", sim.url()))
+        .bearer_auth(UPSTREAM_KEY)
+        .json(
+            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}],
+            "sim": {"full_shape": true}}),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = data_events(direct).await.remove(0);
+    assert!(
+        first.starts_with(r#"{"id":"chatcmpl-"#)
+            && first.contains(r#""delta":{"content":"","function_call":null,"refusal":null,"role":"assistant","tool_calls":null}"#)
+            && first.contains(r#""service_tier":null"#),
+        "{first}"
+    );
+    for model in ["via-compat", "via-openai"] {
+        for stream in [false, true] {
+            let body = json!({"model": model, "input": {"messages": [{"role": "user", "content": "hi"}]},
+                "parameters": {"result_format": "message", "incremental_output": true, "sim": {"full_shape": true}}});
+            let frames = native(&gw, &body, stream, TEXT_API).await;
+            let text: String = frames
+                .iter()
+                .filter_map(|f| f["output"]["choices"][0]["message"]["content"].as_str())
+                .collect();
+            assert_eq!(text, "echo: hi", "{model} stream={stream}: {frames:?}");
+            let body = json!({"model": model, "input": {"messages": [{"role": "user", "content": "杭州"}]},
+                "parameters": {"result_format": "message", "incremental_output": true, "tools": tools,
+                    "sim": {"full_shape": true}}});
+            let frames = native(&gw, &body, stream, TEXT_API).await;
+            let (mut name, mut arguments) = (String::new(), String::new());
+            for frame in &frames {
+                let call = &frame["output"]["choices"][0]["message"]["tool_calls"][0]["function"];
+                name.push_str(call["name"].as_str().unwrap_or(""));
+                arguments.push_str(call["arguments"].as_str().unwrap_or(""));
+            }
+            assert_eq!(
+                (name.as_str(), arguments.as_str()),
+                ("get_weather", r#"{"location":"杭州"}"#),
+                "{model} stream={stream}"
+            );
+            assert_eq!(
+                frames[frames.len() - 1]["output"]["choices"][0]["finish_reason"],
+                "tool_calls"
+            );
+        }
+    }
+}

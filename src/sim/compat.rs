@@ -184,6 +184,7 @@ pub(super) async fn chat(
         logprobs: super::extras::logprobs_wanted(&request),
         audio: super::extras::audio_wanted(&request),
         chunks: knobs.chunks.unwrap_or(state.options.chunks),
+        full_shape: knobs.full_shape,
     };
     let stream = request
         .get("stream")
@@ -223,6 +224,7 @@ struct Wire {
     /// Omni output: the text comes as the audio's transcript, with base64 audio chunks.
     audio: bool,
     chunks: usize,
+    full_shape: bool,
 }
 
 impl Wire {
@@ -311,6 +313,11 @@ impl Wire {
             "model": self.model,
             "id": self.id,
         });
+        let chunk = if self.full_shape {
+            super::extras::full_shape(&chunk)
+        } else {
+            chunk
+        };
         Bytes::from(format!("data: {chunk}\n\n"))
     }
 

@@ -81,3 +81,23 @@ pub fn search_info(request: &Map<String, Value>, text: &str) -> Option<Value> {
             "index": 1, "title": format!("About {text}"), "url": "https://example.com/search/1"}]})
     })
 }
+
+/// A compatible-mode chunk in its full shape: keys `id, choices, created, model, object,
+/// service_tier, system_fingerprint, usage`; each delta with `content, function_call, refusal,
+/// role, tool_calls`, the missing ones `null`.
+pub fn full_shape(chunk: &Value) -> Value {
+    let mut choices = chunk["choices"].as_array().cloned().unwrap_or_default();
+    for choice in &mut choices {
+        let delta = choice["delta"].as_object().cloned().unwrap_or_default();
+        let mut full = Map::new();
+        for key in ["content", "function_call", "refusal", "role", "tool_calls"] {
+            full.insert(key.into(), delta.get(key).cloned().unwrap_or(Value::Null));
+        }
+        for (key, value) in delta {
+            full.entry(key).or_insert(value);
+        }
+        choice["delta"] = Value::Object(full);
+    }
+    json!({"id": chunk["id"], "choices": choices, "created": chunk["created"], "model": chunk["model"],
+        "object": chunk["object"], "service_tier": null, "system_fingerprint": null, "usage": chunk["usage"]})
+}
