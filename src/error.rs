@@ -285,7 +285,12 @@ impl GatewayError {
 
     /// A complete native-dialect error response; an upstream's own native refusal travels as is.
     pub fn into_native_response(self, request_id: &str) -> Response {
-        let body = self.upstream_body(ErrorShape::Native);
+        // The upstream's refusal names the gateway's request id, as every other reply does.
+        let body = self.upstream_body(ErrorShape::Native).map(|b| {
+            crate::dialect::scan::IdRewriter::native(request_id)
+                .apply(bytes::Bytes::from(b))
+                .to_vec()
+        });
         self.respond(body.unwrap_or_else(|| self.native_body(request_id)))
     }
 

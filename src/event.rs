@@ -15,6 +15,8 @@ pub struct Meta {
     pub request_id: Option<String>,
 }
 
+// `Delta` is nearly every event: boxing it to shrink the rare ones would allocate per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
     Delta(Delta),
@@ -36,6 +38,13 @@ pub struct Delta {
     /// Usage so far, where the upstream reports it on every step (DashScope's native stream);
     /// the final figures always come as a `ChatEvent::Usage`.
     pub usage: Option<Usage>,
+    /// `logprobs` of this step as both dialects write it (`{"content": [{token, logprob,
+    /// bytes, top_logprobs}]}`), carried as it came.
+    pub logprobs: Option<serde_json::Value>,
+    /// Omni audio output of this step: `{data (base64), id, expires_at}` or `{transcript}`.
+    pub audio: Option<serde_json::Value>,
+    /// DashScope's `search_info` (`enable_search` with `search_options.enable_source`).
+    pub search_info: Option<serde_json::Value>,
 }
 
 /// A fragment of a tool call: the first carries id and name, later ones more arguments.
@@ -57,6 +66,8 @@ pub struct Usage {
     pub reasoning_tokens: Option<u64>,
     pub image_tokens: Option<u64>,
     pub audio_tokens: Option<u64>,
+    /// Audio the model spoke (Omni output): `completion_tokens_details.audio_tokens`.
+    pub output_audio_tokens: Option<u64>,
 }
 
 /// An error the upstream sent instead of the rest of the reply.
@@ -75,6 +86,7 @@ pub struct Reply {
     pub meta: Meta,
     pub choices: Vec<Choice>,
     pub usage: Option<Usage>,
+    pub search_info: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,6 +96,25 @@ pub struct Choice {
     pub reasoning: Option<String>,
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: Option<String>,
+    /// The steps' `logprobs.content` entries, in order.
+    pub logprobs: Option<Vec<serde_json::Value>>,
+    /// Omni audio output: the decoded bytes of every `audio.data`, in order.
+    pub audio_data: Vec<u8>,
+    /// The audio's other fields (`id`, `expires_at`, `transcript` joined).
+    pub audio: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Choice {
+    /// The audio as one `audio` object, its data base64 again; `None` without audio.
+    pub fn audio_json(&self) -> Option<serde_json::Value> {
+        use base64::Engine as _;
+        let mut audio = self.audio.clone()?;
+        if !self.audio_data.is_empty() {
+            let data = base64::engine::general_purpose::STANDARD.encode(&self.audio_data);
+            audio.insert("data".into(), serde_json::Value::String(data));
+        }
+        Some(serde_json::Value::Object(audio))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -111,7 +142,45 @@ impl Reply {
     }
 
     fn apply_delta(&mut self, delta: &Delta) {
+        if delta.search_info.is_some() {
+            self.search_info = delta.search_info.clone();
+        }
         let choice = self.choice_mut(delta.index);
+        if let Some(entries) = delta
+            .logprobs
+            .as_ref()
+            .and_then(|l| l.get("content"))
+            .and_then(serde_json::Value::as_array)
+        {
+            choice
+                .logprobs
+                .get_or_insert_with(Vec::new)
+                .extend(entries.iter().cloned());
+        }
+        if let Some(serde_json::Value::Object(audio)) = &delta.audio {
+            use base64::Engine as _;
+            let out = choice.audio.get_or_insert_with(Default::default);
+            for (key, value) in audio {
+                match (key.as_str(), value) {
+                    ("data", serde_json::Value::String(data)) => {
+                        let bytes = base64::engine::general_purpose::STANDARD.decode(data);
+                        choice.audio_data.extend(bytes.unwrap_or_default());
+                    }
+                    ("transcript", serde_json::Value::String(t)) => {
+                        let joined = out
+                            .entry("transcript")
+                            .or_insert_with(|| serde_json::Value::String(String::new()));
+                        if let serde_json::Value::String(joined) = joined {
+                            joined.push_str(t);
+                        }
+                    }
+                    (_, serde_json::Value::Null) => {}
+                    _ => {
+                        out.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
         if let Some(content) = &delta.content {
             choice.content.push_str(content);
         }
@@ -180,6 +249,12 @@ impl Reply {
                         .collect(),
                     finish_reason: c.finish_reason.clone(),
                     usage: None,
+                    logprobs: c
+                        .logprobs
+                        .as_ref()
+                        .map(|entries| serde_json::json!({"content": entries})),
+                    audio: c.audio_json(),
+                    search_info: (c.index == 0).then(|| self.search_info.clone()).flatten(),
                 })
             })
             .collect();

@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod files;
 pub mod limit;
 pub mod media;
+pub mod prom_text;
 pub mod provider;
 pub mod relay;
 pub mod route;

@@ -109,6 +109,8 @@ impl Outcome {
 }
 
 /// One step of a translated stream.
+// Events are nearly every step: boxing them would allocate per event.
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     /// The reply's id, model and time, once, before its first event.
     Meta(Meta),

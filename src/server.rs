@@ -48,6 +48,8 @@ pub struct AppState {
     pub meters: MeterContext,
     /// Who may open `/admin`: the admin token and the console's sessions.
     pub console: crate::console::Console,
+    /// What the `"*"` upstreams serve, asked of them and cached, for `GET /v1/models`.
+    pub model_lists: crate::provider::models::ModelLists,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl AppState {
             files: crate::files::Files::new(&config.files)?,
             limiter,
             meters,
+            model_lists: Default::default(),
             router: route::Router::new(upstreams),
             body_timeout: Duration::from_secs(300),
             metrics,
@@ -132,7 +135,10 @@ fn route_label(path: &str) -> Option<&'static str> {
         "/v1/completions" | "/compatible-mode/v1/completions" => "completions",
         "/api/v1/services/aigc/text-generation/generation" => "native_text",
         "/api/v1/services/aigc/multimodal-generation/generation" => "native_multimodal",
-        "/v1/models" | "/compatible-mode/v1/models" => "models",
+        "/v1/models" | "/compatible-mode/v1/models" | "/api/v1/models" => "models",
+        _ if path.starts_with("/v1/models/") || path.starts_with("/compatible-mode/v1/models/") => {
+            "models"
+        }
         "/healthz" | "/readyz" | "/metrics" => return None,
         _ if path.starts_with("/admin/") => "admin",
         _ if path.starts_with("/v1/files") || path.starts_with("/compatible-mode/v1/files") => {
@@ -207,6 +213,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/models", get(openai::models))
         .route("/compatible-mode/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
+        .route("/api/v1/models", get(openai::native_models))
+        .route("/compatible-mode/v1/models/{id}", get(openai::model))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -273,18 +282,23 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     json_response(code, serde_json::to_vec(&body).unwrap_or_default())
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut response = Response::new(axum::body::Body::from(state.metrics.render(&state.router)));
+async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (text, content_type) =
+        crate::prom_text::negotiate(state.metrics.render(&state.router), accept);
+    let mut response = Response::new(axum::body::Body::from(text));
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        HeaderValue::from_static(content_type),
     );
     response
 }
 
 async fn not_found(Extension(RequestId(id)): Extension<RequestId>, request: Request) -> Response {
     let what = format!("{} {}", request.method(), request.uri().path());
-    GatewayError::RouteNotFound(what).into_openai_response(&id)
+    in_dialect_of(request.uri().path(), GatewayError::RouteNotFound(what), &id)
 }
 
 async fn method_not_allowed(
@@ -292,7 +306,20 @@ async fn method_not_allowed(
     request: Request,
 ) -> Response {
     let what = format!("{} {}", request.method(), request.uri().path());
-    GatewayError::MethodNotAllowed(what).into_openai_response(&id)
+    in_dialect_of(
+        request.uri().path(),
+        GatewayError::MethodNotAllowed(what),
+        &id,
+    )
+}
+
+/// Native paths (`/api/v1/...`) answer `{request_id, code, message}`; the rest in OpenAI's shape.
+fn in_dialect_of(path: &str, error: GatewayError, id: &str) -> Response {
+    if path.starts_with("/api/") {
+        error.into_native_response(id)
+    } else {
+        error.into_openai_response(id)
+    }
 }
 
 /// Serves until `shutdown` is cancelled; requests in flight are allowed to finish.

@@ -26,6 +26,8 @@ pub struct MediaStats {
     pub metadata_stripped: u32,
     /// Images downscaled and re-encoded.
     pub resized: u32,
+    /// Images whose declared type was not what their bytes are: sent under the true one.
+    pub relabelled: u32,
 }
 
 /// Where in a message's part a new URL goes.
@@ -116,7 +118,13 @@ pub async fn prepare(
             check_part(i, j, part, media, fetcher, &mut jobs).await?;
         }
     }
-    let policy = Arc::new(policy_of(media));
+    let mut policy = policy_of(media);
+    if chat.extra.get("vl_high_resolution_images") == Some(&Value::Bool(true)) {
+        // The client asked DashScope for its high-resolution budget (16384 patches of 28x28):
+        // downscaling to the default one would silently take that away.
+        policy.max_image_pixels = policy.max_image_pixels.max(media::HIGH_RES_MAX_PIXELS);
+    }
+    let policy = Arc::new(policy);
     let mut prepared = Prepared::default();
     for job in jobs {
         // Bounded: at most `limiter`'s permits images are decoded at once.
@@ -142,6 +150,7 @@ pub async fn prepare(
         stats.tokens_after += report.tokens_after;
         stats.metadata_stripped += u32::from(report.stripped);
         stats.resized += u32::from(report.resized);
+        stats.relabelled += u32::from(report.relabelled_from.is_some());
         let url = match (report.replacement, job.fetched) {
             (Some(url), _) => url,
             (None, true) => job.url.to_string(),

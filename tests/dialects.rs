@@ -448,13 +448,17 @@ async fn fast_path_and_canonical_round_trip_give_the_same_bytes() {
         }
     }
     let requests_before = sim.requests();
-    for (label, a, b) in cases
+    for (n, (label, a, b)) in cases
         .iter_mut()
         .map(|(l, a, b)| (l.clone(), a.try_clone(), b.try_clone()))
+        .enumerate()
     {
         let (Some(a), Some(b)) = (a, b) else {
             panic!("{label}: request not cloneable")
         };
+        // One request id per request, in the body too: both gateways are given the same one.
+        let id = format!("case-{n}");
+        let (a, b) = (a.header("x-request-id", &id), b.header("x-request-id", &id));
         let a = a.send().await.unwrap_or_else(|e| panic!("{label}: {e}"));
         let b = b.send().await.unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!(

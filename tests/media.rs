@@ -256,7 +256,11 @@ async fn bad_parts_are_refused_naming_the_message_and_part() {
     let png = encode(&picture(64, 64), image::ImageFormat::Png);
     let text = json!({"type": "text", "text": "x"});
     let image = |url: String| json!({"type": "image_url", "image_url": {"url": url}});
-    let lying = refused(&gw, json!([text, image(data_url("image/jpeg", &png))])).await;
+    let lying = refused(
+        &gw,
+        json!([text, image(data_url("image/png", b"not an image at all"))]),
+    )
+    .await;
     assert_eq!(
         lying.0.as_deref(),
         Some("messages[0].content[1].image_url.url"),
@@ -374,4 +378,54 @@ async fn urls_are_fetched_for_upstreams_that_cannot_and_private_addresses_refuse
     let plain = Gateway::before(&sim).await;
     let (seen, _) = through(&plain, &with_image(&url)).await;
     assert_eq!(sent_image(&seen).0, url);
+}
+
+/// The glasses' fixed `data:image/png;base64,...` template on a JPEG frame: DashScope reads the
+/// bytes, so the gateway does too, and sends the frame under its true type.
+#[tokio::test]
+async fn a_mislabelled_frame_is_sent_under_its_true_type_and_the_response_says_so() {
+    let (_sim, gw) = gateway("").await;
+    let jpeg = encode(&picture(320, 240), image::ImageFormat::Jpeg);
+    let response = gw
+        .chat(&with_image(&data_url("image/png", &jpeg)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let headers = response.headers().clone();
+    assert_eq!(response.status(), 200);
+    let reply = json_of(response).await;
+    let seen: Value = serde_json::from_str(
+        reply["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or(""),
+    )
+    .unwrap_or_default();
+    let (url, sent) = sent_image(&seen);
+    assert!(url.starts_with("data:image/jpeg;base64,"), "{url:.40}");
+    assert_eq!(sent, jpeg, "the same bytes, relabelled");
+    assert_eq!(header(&headers, "x-dashgate-image-relabelled"), 1);
+    // Correctly labelled frames carry no such header.
+    let (_, headers) = through(&gw, &with_image(&data_url("image/jpeg", &jpeg))).await;
+    assert!(headers.get("x-dashgate-image-relabelled").is_none());
+}
+
+#[tokio::test]
+async fn high_resolution_requests_keep_the_high_resolution_pixel_budget() {
+    let (_sim, gw) = gateway("").await;
+    // 1.47 MP: over the default budget (1,003,520), well within the high-resolution one.
+    let jpeg = encode(&picture(1400, 1050), image::ImageFormat::Jpeg);
+    let mut body = with_image(&data_url("image/jpeg", &jpeg));
+    let (seen, _) = through(&gw, &body).await;
+    let (_, sent) = sent_image(&seen);
+    let img = image::load_from_memory(&sent).unwrap_or_else(|e| panic!("{e}"));
+    assert!(u64::from(img.width()) * u64::from(img.height()) <= 1_003_520);
+    body["vl_high_resolution_images"] = json!(true);
+    let (seen, headers) = through(&gw, &body).await;
+    let (_, sent) = sent_image(&seen);
+    assert_eq!(
+        sent, jpeg,
+        "within the high-resolution budget the frame goes as it came"
+    );
+    assert_eq!(seen["vl_high_resolution_images"], true);
+    assert!(header(&headers, "x-dashgate-image-tokens-after") > 1_280);
 }

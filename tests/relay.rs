@@ -10,6 +10,13 @@ fn fixed(mut body: Value) -> Value {
     body
 }
 
+/// The upstream's reply with its `chatcmpl-...` id replaced by the gateway's request id.
+fn with_gateway_id(direct: &str, request_id: &str) -> String {
+    let start = direct.find("\"chatcmpl-").map_or(0, |at| at + 1);
+    let end = direct[start..].find('"').map_or(start, |len| start + len);
+    direct.replace(&direct[start..end], &format!("chatcmpl-{request_id}"))
+}
+
 #[tokio::test]
 async fn non_stream_reply_is_the_upstreams_bytes() {
     let sim = Sim::start().await;
@@ -19,6 +26,7 @@ async fn non_stream_reply_is_the_upstreams_bytes() {
     assert_eq!(via_gateway, Some(reqwest::StatusCode::OK));
     let through = gw
         .chat(&body)
+        .header("x-request-id", "r-1")
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -32,11 +40,13 @@ async fn non_stream_reply_is_the_upstreams_bytes() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-        .bytes()
+        .text()
         .await
-        .ok();
+        .unwrap_or_default();
     assert!(through.is_some());
-    assert_eq!(through, direct);
+    // The same bytes, but for the id: the gateway's request id is the reply's.
+    let direct = with_gateway_id(&direct, "r-1");
+    assert_eq!(through, Some(direct.into()));
     let reply: Value = serde_json::from_slice(&through.unwrap_or_default()).unwrap_or_default();
     assert_eq!(reply["choices"][0]["message"]["content"], "echo: 你是谁?");
     assert_eq!(reply["object"], "chat.completion");
@@ -51,6 +61,7 @@ async fn stream_is_forwarded_byte_for_byte_and_ends_with_done() {
     body["stream_options"] = json!({"include_usage": true});
     let through = gw
         .chat(&body)
+        .header("x-request-id", "r-2")
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -72,7 +83,7 @@ async fn stream_is_forwarded_byte_for_byte_and_ends_with_done() {
         .text()
         .await
         .unwrap_or_default();
-    assert_eq!(through, direct);
+    assert_eq!(through, with_gateway_id(&direct, "r-2"));
     assert!(through.ends_with("data: [DONE]\n\n"), "{through}");
 }
 

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
 
+mod ranges;
 mod validate;
 
 pub use validate::validate;

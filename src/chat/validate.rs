@@ -33,7 +33,7 @@ pub fn validate(chat: &Chat) -> Result<(), GatewayError> {
             validate_tool(i, tool)?;
         }
     }
-    Ok(())
+    super::ranges::validate_extra(chat)
 }
 
 fn check_range(

@@ -3,6 +3,7 @@
 
 pub mod native;
 pub mod openai;
+pub mod scan;
 pub mod sse;
 
 use axum::http::HeaderValue;
@@ -196,6 +197,12 @@ pub fn with_media_headers(mut response: Response, media: Option<MediaStats>) -> 
         ("x-dashgate-image-resized", u64::from(m.resized)),
     ] {
         headers.insert(name, HeaderValue::from(value));
+    }
+    if m.relabelled > 0 {
+        headers.insert(
+            "x-dashgate-image-relabelled",
+            HeaderValue::from(m.relabelled),
+        );
     }
     response
 }

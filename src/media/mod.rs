@@ -4,9 +4,10 @@
 //! Exif GPS. [`process_data_url`] validates one such URL and applies an [`ImagePolicy`]:
 //!
 //! 1. [`parse_data_url`]: `data:image/<type>[;params];base64,<payload>`, nothing else.
-//! 2. The declared type must be an image type we handle (`image/jpg` counts as JPEG,
-//!    `image/heif` as HEIC) and must match what [`sniff`] finds in the bytes: a type that
-//!    lies about itself is refused rather than guessed at.
+//! 2. What [`sniff`] finds in the bytes decides the type, as at DashScope: a declared type
+//!    that does not match (`image/png` on JPEG bytes, from a device's fixed template) is
+//!    corrected in what is sent and reported ([`ImageReport::relabelled_from`]); only bytes
+//!    that are no supported image are refused.
 //! 3. The payload is decoded (ASCII whitespace skipped, padding optional) unless its decoded
 //!    size already exceeds `max_image_bytes`.
 //! 4. JPEG, PNG and WebP are walked structurally (truncated files are refused) and their
@@ -107,6 +108,8 @@ pub struct ImageReport {
     pub resized: bool,
     /// Some(new data URL) when the image changed; None means send the original bytes unchanged.
     pub replacement: Option<String>,
+    /// The declared type, when it was not what the bytes are (the image is sent relabelled).
+    pub relabelled_from: Option<String>,
 }
 
 /// Validates and applies the policy to a base64 image data URL. CPU-heavy (the caller runs it
@@ -114,18 +117,27 @@ pub struct ImageReport {
 /// (see [`MediaError::is_client_error`]).
 pub fn process_data_url(url: &str, policy: &ImagePolicy) -> Result<ImageReport, MediaError> {
     let parsed = parse_data_url(url)?;
-    let declared = declared_format(parsed.mime)?;
+    let declared = declared_format(parsed.mime);
     let bytes = dataurl::decode_payload(parsed.payload, policy.max_image_bytes)?;
-    let actual = sniff(&bytes).ok_or_else(|| MediaError::Unrecognized {
-        declared: parsed.mime.to_ascii_lowercase(),
-    })?;
-    if actual != declared {
-        return Err(MediaError::TypeMismatch {
-            declared: parsed.mime.to_ascii_lowercase(),
-            actual,
+    // The bytes decide, as they do at DashScope: devices label every frame `image/png` from a
+    // fixed template whatever the camera made. Only bytes that are no image of ours are refused.
+    let Some(actual) = sniff(&bytes) else {
+        return Err(match declared {
+            Err(e @ (MediaError::NotImage(_) | MediaError::UnsupportedType(_))) => e,
+            _ => MediaError::Unrecognized {
+                declared: parsed.mime.to_ascii_lowercase(),
+            },
         });
+    };
+    let mut report = process_image(&bytes, actual, policy)?;
+    if declared.ok() != Some(actual) {
+        report.relabelled_from = Some(parsed.mime.to_ascii_lowercase());
+        if report.replacement.is_none() {
+            // Same bytes, the true label, so the upstream is not told a lie either.
+            report.replacement = Some(dataurl::to_data_url(actual, &bytes));
+        }
     }
-    process_image(&bytes, actual, policy)
+    Ok(report)
 }
 
 /// The declared mime must be `image/*` and one of ours.
@@ -163,6 +175,7 @@ pub fn process_image(
         stripped: false,
         resized: false,
         replacement: None,
+        relabelled_from: None,
     };
     let Some(codec) = format.codec() else {
         // HEIC cannot be decoded or rewritten here. iPhones put GPS in it, so with stripping on

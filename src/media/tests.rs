@@ -313,10 +313,14 @@ fn heic_is_refused_while_stripping_and_passes_otherwise() {
 fn refusals_name_the_problem() {
     let p = policy();
     let small_png = png(8, 8, ExtendedColorType::Rgb8);
-    let err = process_data_url(&url("image/jpeg", &small_png), &p).unwrap_err();
+    // A wrong label on a valid image is corrected, not refused (DashScope reads the bytes).
+    let relabelled = process_data_url(&url("image/jpeg", &small_png), &p).unwrap();
+    assert_eq!(relabelled.format, ImageFormat::Png);
+    assert_eq!(relabelled.relabelled_from.as_deref(), Some("image/jpeg"));
     assert_eq!(
-        err.to_string(),
-        "declared image/jpeg but the bytes are a PNG"
+        relabelled.replacement,
+        Some(url("image/png", &small_png)),
+        "the same bytes under their true label"
     );
 
     let mut truncated = url("image/png", &small_png);

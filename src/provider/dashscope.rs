@@ -162,6 +162,8 @@ struct Output {
     text: Option<String>,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    search_info: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +174,8 @@ struct NativeChoice {
     message: Option<NativeMessage>,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +186,8 @@ struct NativeMessage {
     reasoning_content: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<NativeToolCall>>,
+    #[serde(default)]
+    audio: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +255,7 @@ impl From<NativeUsage> for Usage {
             reasoning_tokens: output.reasoning_tokens,
             image_tokens: u.image_tokens.or(input.image_tokens),
             audio_tokens: u.audio_tokens.or(input.audio_tokens),
+            output_audio_tokens: output.audio_tokens,
         }
     }
 }
@@ -299,10 +306,13 @@ impl Decoder {
                         content: text.map(Value::String),
                         reasoning_content: None,
                         tool_calls: None,
+                        audio: None,
                     }),
                     finish_reason: output.finish_reason,
+                    logprobs: None,
                 }],
             };
+            let mut search_info = output.search_info.filter(|s| !s.is_null());
             for (i, choice) in choices.into_iter().enumerate() {
                 let index = choice.index.unwrap_or(i as u32);
                 let bit = 1u64 << index.min(63);
@@ -311,13 +321,14 @@ impl Decoder {
                 let finish_reason = finished(choice.finish_reason);
                 done |= finish_reason.is_some();
                 let message = choice.message;
-                let (content, reasoning, calls) = match message {
+                let (content, reasoning, calls, audio) = match message {
                     Some(m) => (
                         text_of(m.content),
                         m.reasoning_content,
                         m.tool_calls.unwrap_or_default(),
+                        m.audio.filter(|a| !a.is_null()),
                     ),
-                    None => (None, None, Vec::new()),
+                    None => (None, None, Vec::new(), None),
                 };
                 events.push(ChatEvent::Delta(Delta {
                     index,
@@ -336,6 +347,9 @@ impl Decoder {
                         .collect(),
                     finish_reason,
                     usage: usage.clone(),
+                    logprobs: choice.logprobs.filter(|l| !l.is_null()),
+                    audio,
+                    search_info: search_info.take(),
                 }));
             }
         }

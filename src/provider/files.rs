@@ -87,7 +87,7 @@ impl Upstream {
         }
     }
 
-    fn protocol(&self, message: &str) -> GatewayError {
+    pub(super) fn protocol(&self, message: &str) -> GatewayError {
         GatewayError::UpstreamProtocol {
             upstream: self.config.name.clone(),
             message: message.into(),

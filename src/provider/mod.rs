@@ -6,6 +6,7 @@
 mod client;
 pub mod dashscope;
 mod files;
+pub mod models;
 pub mod openai;
 mod pool;
 

@@ -37,6 +37,9 @@ struct Chunk {
     usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<WireError>,
+    /// DashScope's search sources, as a translated native reply carries them.
+    #[serde(default)]
+    search_info: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +52,8 @@ struct WireChoice {
     message: Option<WireMessage>,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +66,8 @@ struct WireMessage {
     reasoning_content: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<WireToolCall>>,
+    #[serde(default)]
+    audio: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -128,12 +135,14 @@ impl From<WireUsage> for Usage {
             cached_tokens: prompt.cached_tokens,
             reasoning_tokens: completion.reasoning_tokens,
             image_tokens: prompt.image_tokens,
-            audio_tokens: prompt.audio_tokens.or(completion.audio_tokens),
+            audio_tokens: prompt.audio_tokens,
+            output_audio_tokens: completion.audio_tokens,
         }
     }
 }
 
-fn delta_of(index: u32, message: WireMessage, finish_reason: Option<String>) -> Delta {
+fn delta_of(index: u32, mut message: WireMessage, finish_reason: Option<String>) -> Delta {
+    let audio = message.audio.take();
     Delta {
         index,
         role: message.role.is_some(),
@@ -156,6 +165,9 @@ fn delta_of(index: u32, message: WireMessage, finish_reason: Option<String>) -> 
             .collect(),
         finish_reason,
         usage: None,
+        logprobs: None,
+        audio: audio.filter(|a| !a.is_null()),
+        search_info: None,
     }
 }
 
@@ -186,9 +198,10 @@ pub fn decode_chunk(data: &[u8]) -> Result<(Meta, Vec<ChatEvent>), String> {
         }));
         return Ok((meta, events));
     }
+    let mut search_info = chunk.search_info.filter(|s| !s.is_null());
     for choice in chunk.choices {
         let message = choice.delta.or(choice.message);
-        let delta = match message {
+        let mut delta = match message {
             Some(message) => delta_of(choice.index, message, choice.finish_reason),
             None => Delta {
                 index: choice.index,
@@ -196,6 +209,8 @@ pub fn decode_chunk(data: &[u8]) -> Result<(Meta, Vec<ChatEvent>), String> {
                 ..Delta::default()
             },
         };
+        delta.logprobs = choice.logprobs.filter(|l| !l.is_null());
+        delta.search_info = search_info.take();
         events.push(ChatEvent::Delta(delta));
     }
     if let Some(usage) = chunk.usage {

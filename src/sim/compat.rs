@@ -181,6 +181,10 @@ pub(super) async fn chat(
             .unwrap_or(1)
             .clamp(1, 4),
         cached_tokens: knobs.cached_tokens.unwrap_or(0),
+        logprobs: super::extras::logprobs_wanted(&request),
+        audio: super::extras::audio_wanted(&request),
+        chunks: knobs.chunks.unwrap_or(state.options.chunks),
+        full_shape: knobs.full_shape,
     };
     let stream = request
         .get("stream")
@@ -215,6 +219,12 @@ struct Wire {
     model: String,
     n: u64,
     cached_tokens: u64,
+    /// `Some(top_logprobs)` when logprobs were asked for.
+    logprobs: Option<usize>,
+    /// Omni output: the text comes as the audio's transcript, with base64 audio chunks.
+    audio: bool,
+    chunks: usize,
+    full_shape: bool,
 }
 
 impl Wire {
@@ -229,30 +239,57 @@ impl Wire {
         if let Some(reasoning) = reply.reasoning_tokens() {
             usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning * self.n});
         }
+        if self.audio {
+            let audio = super::extras::audio_tokens_of(&reply.content) * self.n;
+            let text = reply.completion_tokens * self.n;
+            usage["completion_tokens"] = json!(text + audio);
+            usage["total_tokens"] = json!(reply.prompt_tokens + text + audio);
+            usage["completion_tokens_details"] =
+                json!({"audio_tokens": audio, "text_tokens": text});
+        }
         usage
+    }
+
+    fn audio_id(&self) -> &str {
+        self.id.trim_start_matches("chatcmpl-")
     }
 
     fn completion(&self, reply: &Reply) -> Value {
         let choices: Vec<Value> = (0..self.n)
             .map(|index| {
                 let message = match &reply.tool_call {
-                    Some(call) => json!({
-                        "content": "",
-                        "role": "assistant",
-                        "tool_calls": [{
-                            "function": {"arguments": call.arguments, "name": call.name},
-                            "id": call.id, "index": 0, "type": "function",
-                        }],
-                    }),
-                    None => {
-                        let mut message = json!({"role": "assistant", "content": reply.content});
+                    Some(call) => {
+                        let mut message = json!({
+                            "content": "",
+                            "role": "assistant",
+                            "tool_calls": [{
+                                "function": {"arguments": call.arguments, "name": call.name},
+                                "id": call.id, "index": 0, "type": "function",
+                            }],
+                        });
                         if let Some(reasoning) = &reply.reasoning {
                             message["reasoning_content"] = json!(reasoning);
                         }
                         message
                     }
+                    None => {
+                        let mut message = json!({"role": "assistant", "content": reply.content});
+                        if let Some(reasoning) = &reply.reasoning {
+                            message["reasoning_content"] = json!(reasoning);
+                        }
+                        if self.audio {
+                            let mut audio =
+                                super::extras::audio_data(&reply.content, self.audio_id(), self.created);
+                            audio["transcript"] = json!(reply.content);
+                            message["audio"] = audio;
+                        }
+                        message
+                    }
                 };
-                json!({"message": message, "finish_reason": reply.finish_reason, "index": index, "logprobs": null})
+                let logprobs = self.logprobs.map_or(Value::Null, |top| {
+                    super::extras::logprobs_of(&pieces(&reply.content, self.chunks), top)
+                });
+                json!({"message": message, "finish_reason": reply.finish_reason, "index": index, "logprobs": logprobs})
             })
             .collect();
         json!({
@@ -276,6 +313,11 @@ impl Wire {
             "model": self.model,
             "id": self.id,
         });
+        let chunk = if self.full_shape {
+            super::extras::full_shape(&chunk)
+        } else {
+            chunk
+        };
         Bytes::from(format!("data: {chunk}\n\n"))
     }
 
@@ -291,6 +333,15 @@ impl Wire {
         for index in 0..self.n {
             match &reply.tool_call {
                 Some(call) => {
+                    if let Some(reasoning) = &reply.reasoning {
+                        let role =
+                            json!({"content": null, "reasoning_content": "", "role": "assistant"});
+                        events.push_back(self.choice_chunk(index, role, Value::Null));
+                        for piece in pieces(reasoning, chunks) {
+                            let delta = json!({"content": null, "reasoning_content": piece});
+                            events.push_back(self.choice_chunk(index, delta, Value::Null));
+                        }
+                    }
                     // As DashScope streams tool calls: the head carries id and name with the first
                     // fragment of the arguments; later deltas carry `"id":""` and more arguments.
                     let fragments = pieces(&call.arguments, chunks.max(2));
@@ -320,11 +371,23 @@ impl Wire {
                         }
                     }
                     for piece in pieces(&reply.content, chunks) {
-                        events.push_back(self.choice_chunk(
-                            index,
-                            json!({"content": piece}),
-                            Value::Null,
-                        ));
+                        if self.audio {
+                            // Qwen-Omni: the text is the audio's transcript, then its sound.
+                            let transcript =
+                                json!({"content": null, "audio": {"transcript": piece}});
+                            events.push_back(self.choice_chunk(index, transcript, Value::Null));
+                            let data =
+                                super::extras::audio_data(&piece, self.audio_id(), self.created);
+                            let delta = json!({"content": null, "audio": data});
+                            events.push_back(self.choice_chunk(index, delta, Value::Null));
+                            continue;
+                        }
+                        let mut chunk = json!([{"delta": {"content": piece}, "finish_reason": null, "index": index, "logprobs": null}]);
+                        if let Some(top) = self.logprobs {
+                            chunk[0]["logprobs"] =
+                                super::extras::logprobs_of(std::slice::from_ref(&piece), top);
+                        }
+                        events.push_back(self.chunk(chunk, Value::Null));
                     }
                     let finish = json!(reply.finish_reason);
                     events.push_back(self.choice_chunk(index, json!({"content": ""}), finish));
@@ -375,7 +438,19 @@ fn stream_reply(
     .into_response()
 }
 
-pub(super) async fn models() -> Response {
+/// `GET .../models`, as DashScope's compatible mode answers it (with the key checked).
+pub(super) async fn models(State(state): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if !authorized(&state.options, &headers) {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        return compat_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided. ",
+            &request_id,
+        );
+    }
     const MODELS: &[&str] = &[
         "qwen-max",
         "qwen-plus",

@@ -20,6 +20,7 @@
 
 mod compat;
 mod completions;
+mod extras;
 mod files;
 mod native;
 mod playback;
@@ -115,6 +116,10 @@ pub(crate) struct Knobs {
     echo_request: bool,
     created: Option<i64>,
     cached_tokens: Option<u64>,
+    /// Compatible-mode chunks in their full shape: every delta field present (`function_call`,
+    /// `refusal`, `role`, `tool_calls` as `null`), `service_tier` too, as some DashScope
+    /// deployments and SDK dumps write them.
+    full_shape: bool,
 }
 
 impl SimState {

@@ -55,6 +55,14 @@ struct Format {
     multimodal: bool,
     /// Choices (`n`); with more than one, each carries its `index`.
     n: u64,
+    /// `Some(top_logprobs)` when logprobs were asked for.
+    logprobs: Option<usize>,
+    /// Omni output: `message.audio` with base64 chunks and the transcript.
+    audio: bool,
+    /// `output.search_info`, on the first frame and the whole reply.
+    search_info: Option<Value>,
+    chunks: usize,
+    created: i64,
 }
 
 async fn generation(
@@ -226,6 +234,11 @@ async fn generation(
             .and_then(Value::as_u64)
             .unwrap_or(1)
             .clamp(1, 4),
+        logprobs: super::extras::logprobs_wanted(&parameters),
+        audio: super::extras::audio_wanted(&parameters),
+        search_info: super::extras::search_info(&parameters, &reply.content),
+        chunks: knobs.chunks.unwrap_or(state.options.chunks),
+        created: knobs.created.unwrap_or(1_700_000_000),
     };
     let mut response = if wants_stream {
         let chunks = knobs.chunks.unwrap_or(state.options.chunks);
@@ -251,11 +264,14 @@ async fn generation(
         };
         Playback::new(state, events, &knobs, fault).into_response()
     } else {
-        let usage = usage_json(
+        let mut usage = usage_json(
             &reply,
             reply.completion_tokens,
             knobs.cached_tokens.unwrap_or(0),
         );
+        if format.audio {
+            with_audio_usage(&mut usage, &reply, reply.completion_tokens);
+        }
         let body = json!({"output": whole_output(&reply, &format), "usage": usage, "request_id": request_id});
         let mut response = (StatusCode::OK, body.to_string()).into_response();
         response.headers_mut().insert(
@@ -327,6 +343,11 @@ fn whole_output(reply: &Reply, format: &Format) -> Value {
     if let Some(call) = &reply.tool_call {
         message["tool_calls"] = json!([{"function": {"name": call.name, "arguments": call.arguments}, "index": 0, "id": call.id, "type": "function"}]);
     }
+    if format.audio {
+        let mut audio = super::extras::audio_data(&reply.content, "sim", format.created);
+        audio["transcript"] = json!(reply.content);
+        message["audio"] = audio;
+    }
     let choices: Vec<Value> = (0..format.n)
         .map(|index| {
             let mut choice = Map::new();
@@ -335,10 +356,27 @@ fn whole_output(reply: &Reply, format: &Format) -> Value {
                 choice.insert("index".into(), json!(index));
             }
             choice.insert("message".into(), message.clone());
+            if let Some(top) = format.logprobs {
+                let pieces = super::reply::pieces(&reply.content, format.chunks);
+                choice.insert("logprobs".into(), super::extras::logprobs_of(&pieces, top));
+            }
             Value::Object(choice)
         })
         .collect();
-    json!({"choices": choices})
+    let mut output = json!({"choices": choices});
+    if let Some(info) = &format.search_info {
+        output["search_info"] = info.clone();
+    }
+    output
+}
+
+/// Omni output's usage: audio tokens beside the text ones, counted in the output.
+fn with_audio_usage(usage: &mut Value, reply: &Reply, text_tokens: u64) {
+    let audio = super::extras::audio_tokens_of(&reply.content);
+    let output = text_tokens + audio;
+    usage["output_tokens"] = json!(output);
+    usage["total_tokens"] = json!(reply.prompt_tokens + output);
+    usage["output_tokens_details"] = json!({"audio_tokens": audio, "text_tokens": text_tokens});
 }
 
 /// One step of the stream: what it adds to the reply.
@@ -441,11 +479,25 @@ fn frames(
                         message.insert("tool_calls".into(), json!([call_json]));
                     }
                 }
+                if format.audio && !step.content.is_empty() {
+                    // Qwen-Omni: the text is also spoken, as base64 audio in the message.
+                    let mut audio = super::extras::audio_data(&step.content, "sim", format.created);
+                    audio["transcript"] = json!(step.content);
+                    message.insert("audio".into(), audio);
+                }
                 let mut choice = json!({"message": message, "finish_reason": finish});
                 if format.n > 1 {
                     choice["index"] = json!(index);
                 }
-                json!({"choices": [choice]})
+                if let Some(top) = format.logprobs.filter(|_| !step.content.is_empty()) {
+                    choice["logprobs"] =
+                        super::extras::logprobs_of(std::slice::from_ref(&step.content), top);
+                }
+                let mut output = json!({"choices": [choice]});
+                if let (Some(info), true) = (&format.search_info, frames.is_empty()) {
+                    output["search_info"] = info.clone();
+                }
+                output
             };
             // Usage so far: DashScope reports it on every frame.
             let so_far = if step.finish {
@@ -455,7 +507,11 @@ fn frames(
                     as u64)
                     .div_ceil(3)
             };
-            let data = json!({"output": output, "usage": usage_json(reply, so_far, cached), "request_id": request_id});
+            let mut usage = usage_json(reply, so_far, cached);
+            if format.audio {
+                with_audio_usage(&mut usage, reply, so_far);
+            }
+            let data = json!({"output": output, "usage": usage, "request_id": request_id});
             let id = frames.len() + 1;
             frames.push_back(Bytes::from(format!(
                 "id:{id}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n"

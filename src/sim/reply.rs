@@ -6,7 +6,8 @@
 //!   parameters with the user text;
 //! - with a tool result last, it answers `tool result: <content>`;
 //! - `max_tokens` and `stop` cut the reply as a model would (`finish_reason` `length`/`stop`);
-//! - `enable_thinking: true` adds reasoning before the answer: `thinking about: <text>`.
+//! - `enable_thinking: true` adds reasoning before the answer (or the tool call):
+//!   `thinking about: <text>`.
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -64,10 +65,12 @@ pub fn reply_for(request: &Map<String, Value>, request_hash: &str) -> Reply {
         let name = function["name"].as_str().unwrap_or("tool").to_string();
         let arguments = arguments_for(&function["parameters"], &text);
         let id = format!("call_{}", &request_hash[..22.min(request_hash.len())]);
+        // A thinking model reasons before it calls a tool too.
+        let reasoning = thinking(request).then(|| format!("thinking about: {text}"));
         return Reply {
-            completion_tokens: tokens_of(&arguments),
+            completion_tokens: tokens_of(&arguments) + reasoning.as_deref().map_or(0, tokens_of),
             content: String::new(),
-            reasoning: None,
+            reasoning,
             tool_call: Some(ToolCall {
                 id,
                 name,
@@ -100,11 +103,7 @@ pub fn reply_for(request: &Map<String, Value>, request_hash: &str) -> Reply {
             finish_reason = "length";
         }
     }
-    let thinking = request
-        .get("enable_thinking")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let reasoning = thinking.then(|| format!("thinking about: {text}"));
+    let reasoning = thinking(request).then(|| format!("thinking about: {text}"));
     Reply {
         completion_tokens: tokens_of(&content) + reasoning.as_deref().map_or(0, tokens_of),
         content,
@@ -113,6 +112,13 @@ pub fn reply_for(request: &Map<String, Value>, request_hash: &str) -> Reply {
         finish_reason,
         prompt_tokens,
     }
+}
+
+fn thinking(request: &Map<String, Value>) -> bool {
+    request
+        .get("enable_thinking")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 impl Reply {

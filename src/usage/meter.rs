@@ -190,7 +190,11 @@ impl Drop for Inner {
                 record.cached_tokens = u.cached_tokens;
                 record.reasoning_tokens = u.reasoning_tokens;
                 record.image_tokens = u.image_tokens;
-                record.audio_tokens = u.audio_tokens;
+                // Audio heard and audio spoken (Omni output), together.
+                record.audio_tokens = match (u.audio_tokens, u.output_audio_tokens) {
+                    (None, None) => None,
+                    (heard, spoken) => Some(heard.unwrap_or(0) + spoken.unwrap_or(0)),
+                };
                 self.context
                     .metrics
                     .usage(&record.model, &record.upstream, &u);

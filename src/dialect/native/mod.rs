@@ -24,6 +24,7 @@ mod request;
 pub use reply::{FrameEncoder, encode_reply, usage_json};
 pub use request::decode;
 
+use super::scan::IdRewriter;
 use super::sse;
 use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::error::{GatewayError, json_response};
@@ -217,7 +218,7 @@ async fn reply_for(
         Outcome::Raw(upstreamed) => {
             let name = upstreamed.lease.upstream.config.name.clone();
             meter.upstream(&name);
-            let body = upstreamed.read_whole().await?;
+            let body = IdRewriter::native(request_id).apply(upstreamed.read_whole().await?);
             if let Some(u) = crate::provider::dashscope::decode_reply(&body)
                 .ok()
                 .and_then(|r| r.usage)
@@ -268,6 +269,7 @@ fn stream_of(
     let events = futures_util::stream::once(async move {
         match upstreamed.read_whole().await {
             Ok(body) => {
+                let body = IdRewriter::native(&request_id).apply(body);
                 if let Some(u) = crate::provider::dashscope::decode_reply(&body)
                     .ok()
                     .and_then(|r| r.usage)
@@ -312,11 +314,13 @@ fn raw_frames(
         events: SseEvents,
         sent: u64,
         usage: UsageSink,
+        ids: IdRewriter,
     }
     let relay = Relay {
         events,
         sent: 0,
         usage,
+        ids: IdRewriter::native(&request_id),
     };
     futures_util::stream::unfold(Some(relay), move |state| {
         let request_id = request_id.clone();
@@ -325,10 +329,11 @@ fn raw_frames(
             match relay.events.next().await {
                 Next::Event(event) if sse::error_status(&event).is_some() => {
                     relay.usage.failed(200, "upstream_error");
-                    Some((event, None))
+                    Some((relay.ids.apply(event), None))
                 }
                 Next::Event(event) => {
                     relay.sent += 1;
+                    let event = relay.ids.apply(event);
                     relay.usage.native_frame(&event);
                     Some((event, Some(relay)))
                 }

@@ -37,11 +37,17 @@ pub fn usage_json(usage: &Usage) -> Value {
             json!({"cached_tokens": cached}),
         );
     }
-    if let Some(reasoning) = usage.reasoning_tokens {
-        out.insert(
-            "output_tokens_details".into(),
-            json!({"reasoning_tokens": reasoning}),
-        );
+    let mut output = Map::new();
+    for (name, value) in [
+        ("reasoning_tokens", usage.reasoning_tokens),
+        ("audio_tokens", usage.output_audio_tokens),
+    ] {
+        if let Some(value) = value {
+            output.insert(name.into(), json!(value));
+        }
+    }
+    if !output.is_empty() {
+        out.insert("output_tokens_details".into(), Value::Object(output));
     }
     if let Some(image) = usage.image_tokens {
         out.insert("image_tokens".into(), json!(image));
@@ -98,12 +104,18 @@ fn whole_output(options: Options, choices: &[Choice]) -> Value {
             if !choice.tool_calls.is_empty() {
                 message.insert("tool_calls".into(), whole_calls_json(&choice.tool_calls));
             }
+            if let Some(audio) = choice.audio_json() {
+                message.insert("audio".into(), audio);
+            }
             let mut out = Map::new();
             out.insert("finish_reason".into(), json!(finish));
             if options.choices > 1 {
                 out.insert("index".into(), json!(choice.index));
             }
             out.insert("message".into(), Value::Object(message));
+            if let Some(logprobs) = &choice.logprobs {
+                out.insert("logprobs".into(), json!({"content": logprobs}));
+            }
             Value::Object(out)
         })
         .collect();
@@ -148,10 +160,15 @@ fn frame_output(
 
 /// A whole reply in the native shape.
 pub fn encode_reply(reply: &Reply, options: Options, request_id: &str) -> Vec<u8> {
+    let mut output = whole_output(options, &reply.choices);
+    if let Some(info) = &reply.search_info {
+        output["search_info"] = info.clone();
+    }
     let body = json!({
-        "output": whole_output(options, &reply.choices),
+        "output": output,
         "usage": reply.usage.as_ref().map(usage_json).unwrap_or(json!({})),
-        "request_id": reply.meta.request_id.as_deref().unwrap_or(request_id),
+        // The gateway's id, also when the upstream named its own: one id per request.
+        "request_id": request_id,
     });
     serde_json::to_vec(&body).unwrap_or_default()
 }
@@ -167,6 +184,8 @@ pub struct FrameEncoder {
     /// usage after the finish).
     held: Option<Delta>,
     usage: Option<Usage>,
+    /// Frames with output so far, for the running usage of frames the upstream sent none for.
+    tokens_so_far: u64,
 }
 
 impl FrameEncoder {
@@ -178,6 +197,7 @@ impl FrameEncoder {
             sofar: Reply::default(),
             held: None,
             usage: None,
+            tokens_so_far: 0,
         }
     }
 
@@ -223,11 +243,24 @@ impl FrameEncoder {
                 finish,
             )
         };
+        let mut output = output;
+        with_step_extras(&mut output, delta);
+        if delta.content.as_deref().is_some_and(|c| !c.is_empty())
+            || delta.reasoning.as_deref().is_some_and(|r| !r.is_empty())
+            || delta.audio.is_some()
+        {
+            self.tokens_so_far += 1;
+        }
+        // DashScope puts the usage so far on every frame; an upstream that reports it only at
+        // the end (compatible mode) gets a running count until its figures come.
+        let running = Usage {
+            completion_tokens: self.tokens_so_far,
+            total_tokens: self.tokens_so_far,
+            ..Usage::default()
+        };
         let mut data = Map::new();
         data.insert("output".into(), output);
-        if let Some(usage) = usage {
-            data.insert("usage".into(), usage_json(usage));
-        }
+        data.insert("usage".into(), usage_json(usage.unwrap_or(&running)));
         data.insert("request_id".into(), json!(self.request_id));
         result_frame(self.frames, &Value::Object(data))
     }
@@ -236,6 +269,23 @@ impl FrameEncoder {
         let held = self.held.take()?;
         let usage = self.usage.clone();
         Some(self.frame(&held, usage.as_ref()))
+    }
+}
+
+/// What a step carries beside text and tools: its `logprobs` on the choice, Omni `audio` in
+/// the message, `search_info` on the output.
+fn with_step_extras(output: &mut Value, delta: &Delta) {
+    if let Some(info) = &delta.search_info {
+        output["search_info"] = info.clone();
+    }
+    let Some(choice) = output.get_mut("choices").and_then(|c| c.get_mut(0)) else {
+        return;
+    };
+    if let Some(audio) = &delta.audio {
+        choice["message"]["audio"] = audio.clone();
+    }
+    if let Some(logprobs) = &delta.logprobs {
+        choice["logprobs"] = logprobs.clone();
     }
 }
 
@@ -249,12 +299,8 @@ fn join(a: Option<Bytes>, b: Bytes) -> Bytes {
 impl StepEncoder for FrameEncoder {
     fn step(&mut self, step: Step) -> Option<Bytes> {
         match step {
-            Step::Meta(meta) => {
-                if let Some(id) = meta.request_id {
-                    self.request_id = id;
-                }
-                None
-            }
+            // The upstream's own id is not the client's: the gateway's id stays.
+            Step::Meta(_) => None,
             Step::Event(ChatEvent::Delta(delta)) => {
                 if delta.finish_reason.is_some() && delta.usage.is_none() {
                     let earlier = self.flush_held();

@@ -63,12 +63,16 @@ pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), Ga
             ));
         }
     };
+    // DashScope goes by the `X-DashScope-SSE` header alone: a body `stream` says nothing.
+    parameters.remove("stream");
+    let mut extra = request.extra;
+    extra.remove("stream");
     let mut shaped = Map::new();
     shaped.insert("model".into(), Value::String(request.model));
     shaped.insert("messages".into(), Value::Array(messages));
     shaped.insert("stream".into(), Value::Bool(stream));
     shaped.extend(parameters);
-    shaped.extend(request.extra);
+    shaped.extend(extra);
     let shaped = Value::Object(shaped);
     // Untracked first, as in `chat::parse_tracked`: the path is only wanted for an error.
     let untracked = <Chat as serde::Deserialize>::deserialize(&shaped);
@@ -162,10 +166,39 @@ fn openai_part(item: Value) -> Value {
         }
     } else if let Some(audio) = item.remove("audio") {
         part.insert("type".into(), json!("input_audio"));
-        part.insert("input_audio".into(), json!({"data": audio}));
+        // Compatible mode wants the `format` beside the data; a native item says it only in its
+        // data URL's type or its URL's extension.
+        let format = audio.as_str().and_then(audio_format);
+        let input = match format {
+            Some(format) => json!({"data": audio, "format": format}),
+            None => json!({"data": audio}),
+        };
+        part.insert("input_audio".into(), input);
     }
     part.extend(item);
     Value::Object(part)
+}
+
+/// The audio format a native `{audio}` item names: `data:audio/wav;base64,...` or `.../a.mp3`.
+fn audio_format(audio: &str) -> Option<String> {
+    const KNOWN: &[&str] = &[
+        "wav", "mp3", "aac", "amr", "flac", "m4a", "ogg", "opus", "webm", "pcm",
+    ];
+    let named = if let Some(rest) = audio.strip_prefix("data:") {
+        let mime = rest.split([';', ',']).next().unwrap_or("");
+        let sub = mime.strip_prefix("audio/")?;
+        match sub.to_ascii_lowercase().as_str() {
+            "mpeg" | "mp3" => "mp3".to_string(),
+            "x-wav" | "wave" | "wav" => "wav".to_string(),
+            "mp4" | "x-m4a" => "m4a".to_string(),
+            other => other.to_string(),
+        }
+    } else {
+        let path = audio.split(['?', '#']).next().unwrap_or("");
+        let name = path.rsplit('/').next().unwrap_or("");
+        name.rsplit_once('.')?.1.to_ascii_lowercase()
+    };
+    KNOWN.contains(&named.as_str()).then_some(named)
 }
 
 #[cfg(test)]
@@ -186,7 +219,7 @@ mod tests {
             json!([{"type": "image_url", "image_url": {"url": "https://x/a.jpg"}},
                    {"type": "video", "video": ["a", "b"], "fps": 2},
                    {"type": "video_url", "video_url": {"url": "https://x/v.mp4"}},
-                   {"type": "input_audio", "input_audio": {"data": "https://x/a.wav"}},
+                   {"type": "input_audio", "input_audio": {"data": "https://x/a.wav", "format": "wav"}},
                    {"type": "text", "text": "what"}])
         );
         assert_eq!(chat.extra.get("enable_search"), Some(&json!(true)));

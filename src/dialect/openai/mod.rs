@@ -14,14 +14,15 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use serde_json::json;
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod models;
 mod reply;
 
 pub use reply::{ChunkEncoder, encode_completion, usage_json};
 
+use super::scan::IdRewriter;
 use super::sse;
 use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::chat;
@@ -30,6 +31,7 @@ use crate::event::ChatEvent;
 use crate::provider::Api;
 use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, StreamSource, Upstreamed};
 use crate::server::{AppState, RequestId};
+pub use models::{model, models, native_models};
 use reply::{DONE, error_event, fill_meta};
 
 /// `POST /v1/chat/completions`.
@@ -174,7 +176,9 @@ async fn reply_for(
         Outcome::Raw(upstreamed) => {
             let name = upstreamed.lease.upstream.config.name.clone();
             meter.upstream(&name);
-            super::tagged(whole_response(upstreamed, meter).await?, &model, &name)
+            let ids = IdRewriter::compat(request_id);
+            let response = whole_response(upstreamed, ids, meter).await?;
+            super::tagged(response, &model, &name)
         }
         Outcome::Whole(mut reply, name) => {
             meter.upstream(&name);
@@ -224,13 +228,21 @@ fn raw_stream(
     name: String,
 ) -> (BoxStream<'static, Bytes>, String) {
     if upstreamed.is_event_stream() {
-        let events = raw_events(upstreamed.into_events(), request_id, usage, include_usage);
+        let ids = IdRewriter::compat(&request_id);
+        let events = raw_events(
+            upstreamed.into_events(),
+            request_id,
+            usage,
+            include_usage,
+            ids,
+        );
         return (events.boxed(), name);
     }
     // Asked for a stream, the upstream answered whole: its reply as one event.
     let events = futures_util::stream::once(async move {
         match upstreamed.read_whole().await {
             Ok(body) => {
+                let body = IdRewriter::compat(&request_id).apply(body);
                 if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
                     usage.usage(&u);
                 }
@@ -250,6 +262,7 @@ fn raw_stream(
 /// Relays a non-stream upstream reply as it came, with its content type, counting its usage.
 async fn whole_response(
     upstreamed: Upstreamed,
+    mut ids: IdRewriter,
     usage: &UsageSink,
 ) -> Result<Response, GatewayError> {
     let content_type = upstreamed
@@ -258,7 +271,7 @@ async fn whole_response(
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/json"));
-    let body = upstreamed.read_whole().await?;
+    let body = ids.apply(upstreamed.read_whole().await?);
     if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
         usage.usage(&u);
     }
@@ -279,11 +292,12 @@ fn raw_events(
     request_id: Arc<str>,
     usage: UsageSink,
     include_usage: bool,
+    ids: IdRewriter,
 ) -> impl Stream<Item = Bytes> {
-    futures_util::stream::unfold(Some((events, usage)), move |state| {
+    futures_util::stream::unfold(Some((events, usage, ids)), move |state| {
         let request_id = request_id.clone();
         async move {
-            let (mut events, usage) = state?;
+            let (mut events, usage, mut ids) = state?;
             loop {
                 match events.next().await {
                     Next::Event(event) if sse::is_done(&event) => return Some((event, None)),
@@ -295,7 +309,8 @@ fn raw_events(
                         if take_usage(&event, &usage) && !include_usage {
                             continue;
                         }
-                        return Some((event, Some((events, usage))));
+                        let event = ids.apply(event);
+                        return Some((event, Some((events, usage, ids))));
                     }
                     Next::End => return Some((Bytes::from_static(DONE), None)),
                     Next::Fail(error) => {
@@ -311,15 +326,12 @@ fn raw_events(
 /// Reads the usage chunk as it passes (only chunks that carry one are parsed); true when the
 /// chunk carries nothing but usage.
 fn take_usage(event: &[u8], usage: &UsageSink) -> bool {
-    // Built once: a finder per event showed in the stream profile.
-    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\":{"));
-    if USAGE.find(event).is_none() {
-        return false;
-    }
     let Some(data) = sse::data_of(event) else {
         return false;
     };
+    if !super::scan::may_carry_usage(data) {
+        return false;
+    }
     let Ok((_, events)) = crate::provider::openai::decode_chunk(data) else {
         return false;
     };
@@ -399,41 +411,11 @@ async fn metered_completion(
             request_id.clone(),
             meter.clone(),
             true,
+            IdRewriter::completion(request_id),
         );
         event_stream_response(events, tracker)
     } else {
-        whole_response(upstreamed, meter).await?
+        whole_response(upstreamed, IdRewriter::completion(request_id), meter).await?
     };
     Ok(super::tagged(response, &request.model, &name))
-}
-
-/// `GET /v1/models`: the models this key may use, as an OpenAI list.
-pub async fn models(
-    State(state): State<Arc<AppState>>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    headers: HeaderMap,
-) -> Response {
-    let caller = match state.auth.authenticate(&headers).await {
-        Ok(caller) => caller,
-        Err(error) => return error.into_openai_response(&request_id),
-    };
-    let mut names: Vec<&str> = state.router.named_models().into_iter().collect();
-    if let Some(allowed) = &caller.models {
-        names = allowed
-            .iter()
-            .map(String::as_str)
-            .filter(|m| state.router.serves(m))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-    }
-    let data: Vec<_> = names
-        .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "dashgate"}))
-        .collect();
-    let body = json!({"object": "list", "data": data});
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )
 }

@@ -24,12 +24,8 @@ pub(super) fn error_event(json: &[u8]) -> Bytes {
 /// Fills what a translated reply's upstream did not say: DashScope's native replies carry
 /// no id, time or model.
 pub(super) fn fill_meta(meta: &mut Meta, request_id: &str, model: &str) {
-    if meta.id.is_empty() {
-        meta.id = format!(
-            "chatcmpl-{}",
-            meta.request_id.as_deref().unwrap_or(request_id)
-        );
-    }
+    // Always the gateway's id, whatever the upstream called its reply: one id per request.
+    meta.id = format!("chatcmpl-{request_id}");
     if meta.created == 0 {
         meta.created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -90,9 +86,13 @@ impl StepEncoder for ChunkEncoder {
                     "delta": delta_json(&delta),
                     "finish_reason": delta.finish_reason,
                     "index": delta.index,
-                    "logprobs": null,
+                    "logprobs": delta.logprobs,
                 });
-                Some(self.chunk(json!([choice]), Value::Null))
+                let chunk = self.chunk(json!([choice]), Value::Null);
+                Some(match &delta.search_info {
+                    Some(info) => with_search_info(&chunk, info),
+                    None => chunk,
+                })
             }
             Step::Event(ChatEvent::Usage(usage)) => {
                 // The gateway always asks for usage; a client that did not ask does not see it.
@@ -147,10 +147,26 @@ fn delta_json(delta: &Delta) -> Value {
             .collect();
         out.insert("tool_calls".into(), Value::Array(calls));
     }
+    if let Some(audio) = &delta.audio {
+        out.insert("audio".into(), audio.clone());
+    }
     if delta.role {
         out.insert("role".into(), json!("assistant"));
     }
     Value::Object(out)
+}
+
+/// A chunk event with DashScope's `search_info` added at the top level (OpenAI has no place
+/// for it; the SDKs keep unknown fields).
+fn with_search_info(event: &Bytes, info: &Value) -> Bytes {
+    let Some(data) = crate::dialect::sse::data_of(event) else {
+        return event.clone();
+    };
+    let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(data) else {
+        return event.clone();
+    };
+    chunk.insert("search_info".into(), info.clone());
+    error_event(&serde_json::to_vec(&chunk).unwrap_or_default())
 }
 
 /// Usage in the compatible-mode shape, details only where the upstream gave them.
@@ -172,10 +188,19 @@ pub fn usage_json(usage: &Usage) -> Value {
     if !prompt.is_empty() {
         out.insert("prompt_tokens_details".into(), Value::Object(prompt));
     }
-    if let Some(reasoning) = usage.reasoning_tokens {
+    let mut completion = Map::new();
+    for (name, value) in [
+        ("reasoning_tokens", usage.reasoning_tokens),
+        ("audio_tokens", usage.output_audio_tokens),
+    ] {
+        if let Some(value) = value {
+            completion.insert(name.into(), json!(value));
+        }
+    }
+    if !completion.is_empty() {
         out.insert(
             "completion_tokens_details".into(),
-            json!({"reasoning_tokens": reasoning}),
+            Value::Object(completion),
         );
     }
     Value::Object(out)
@@ -200,12 +225,8 @@ pub fn encode_completion(reply: &Reply) -> Vec<u8> {
         .choices
         .iter()
         .map(|c| {
-            let message = if c.tool_calls.is_empty() {
-                let mut m = json!({"role": "assistant", "content": c.content});
-                if let Some(reasoning) = &c.reasoning {
-                    m["reasoning_content"] = json!(reasoning);
-                }
-                m
+            let mut message = if c.tool_calls.is_empty() {
+                json!({"role": "assistant", "content": c.content})
             } else {
                 let calls: Vec<Value> = c
                     .tool_calls
@@ -217,7 +238,15 @@ pub fn encode_completion(reply: &Reply) -> Vec<u8> {
                     .collect();
                 json!({"content": c.content, "role": "assistant", "tool_calls": calls})
             };
-            json!({"message": message, "finish_reason": c.finish_reason, "index": c.index, "logprobs": null})
+            // Thinking models reason before a tool call too: the reasoning stays with it.
+            if let Some(reasoning) = &c.reasoning {
+                message["reasoning_content"] = json!(reasoning);
+            }
+            if let Some(audio) = c.audio_json() {
+                message["audio"] = audio;
+            }
+            let logprobs = c.logprobs.as_ref().map(|l| json!({"content": l}));
+            json!({"message": message, "finish_reason": c.finish_reason, "index": c.index, "logprobs": logprobs})
         })
         .collect();
     let body = json!({
@@ -229,5 +258,9 @@ pub fn encode_completion(reply: &Reply) -> Vec<u8> {
         "model": reply.meta.model,
         "id": reply.meta.id,
     });
+    let mut body = body;
+    if let Some(info) = &reply.search_info {
+        body["search_info"] = info.clone();
+    }
     serde_json::to_vec(&body).unwrap_or_default()
 }
