@@ -324,7 +324,12 @@ pub async fn dispatch(
                     let replacements = prepared.map_or(&[][..], |p| &p.replacements[..]);
                     let native = request.dialect == Dialect::Native;
                     let body = transform::apply_to_body(&request.original, replacements, native);
-                    let body = body.unwrap_or_else(|| request.original.clone());
+                    // Never the original when the edit did not apply: it still holds what the
+                    // media stage removed. The checked request, encoded, instead.
+                    let body = body.unwrap_or_else(|| match request.dialect {
+                        Dialect::OpenAi => provider::openai::encode_request(chat),
+                        Dialect::Native => provider::dashscope::encode_request(chat).1,
+                    });
                     let body = if ask_usage {
                         asking_usage(&body, chat)
                     } else {
