@@ -467,7 +467,7 @@ pub async fn read_whole(
         Err(_) | Ok(Err(ReadError::Timeout)) => Err(upstream.timeout()),
         Ok(Err(ReadError::TooLarge)) => Err(protocol_error(upstream, "reply too large")),
         Ok(Err(ReadError::Broken)) => Err(protocol_error(upstream, "connection broke mid-reply")),
-        Ok(Ok(body)) => Ok(body),
+        Ok(Ok(body)) => Ok(upstream.scrubber.scrub(body)),
     }
 }
 
@@ -518,12 +518,13 @@ impl SseEvents {
 
     pub async fn next(&mut self) -> Next {
         loop {
+            let scrubber = &self.lease.upstream.scrubber;
             if let Some(event) = self.splitter.next_event() {
-                return Next::Event(event);
+                return Next::Event(scrubber.scrub(event));
             }
             if self.ended {
                 return match self.splitter.finish() {
-                    Some(event) => Next::Event(event),
+                    Some(event) => Next::Event(scrubber.scrub(event)),
                     None => Next::End,
                 };
             }
