@@ -210,7 +210,8 @@ impl Metrics {
     }
 
     fn model_label<'a>(&self, model: &'a str) -> &'a str {
-        if self.models.contains(model) {
+        // `-`: the request never named a model (refused before, or not a chat).
+        if model == "-" || self.models.contains(model) {
             model
         } else {
             "other"
