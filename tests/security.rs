@@ -11,6 +11,11 @@ const ECHO_KEY: &str = "sk-upstream-echo-secret-0123456789";
 
 /// A gateway in front of the echoing upstream, one try per request.
 async fn echo_gateway() -> (Gateway, std::sync::Arc<echo::Seen>) {
+    echo_gateway_speaking("auto").await
+}
+
+/// The same, with the upstream spoken to in `dialect` (`auto`: the client's own).
+async fn echo_gateway_speaking(dialect: &str) -> (Gateway, std::sync::Arc<echo::Seen>) {
     let (addr, seen) = echo::start().await;
     let toml = format!(
         r#"
@@ -35,6 +40,7 @@ models = ["qwen-plus"]
 [[upstreams]]
 name = "echo"
 provider = "dashscope"
+dialect = "{dialect}"
 base_url = "http://{addr}"
 api_key = "{ECHO_KEY}"
 "#
@@ -112,7 +118,14 @@ async fn everything(response: reqwest::Response) -> String {
 
 #[tokio::test]
 async fn the_upstream_key_is_scrubbed_from_every_failure_in_both_dialects() {
-    let (gw, seen) = echo_gateway().await;
+    // Relayed as they come (`auto`), and translated both ways.
+    for dialect in ["auto", "compatible", "native"] {
+        key_stays_in(dialect).await;
+    }
+}
+
+async fn key_stays_in(upstream_dialect: &str) {
+    let (gw, seen) = echo_gateway_speaking(upstream_dialect).await;
     let modes = [
         "e400",
         "e404",
@@ -139,7 +152,9 @@ async fn the_upstream_key_is_scrubbed_from_every_failure_in_both_dialects() {
             for (dialect, request) in [("openai", openai), ("native", native)] {
                 let text = everything(request.send().await.unwrap_or_else(|e| panic!("{e}"))).await;
                 if text.contains(ECHO_KEY) {
-                    leaks.push(format!("{dialect} {mode} stream={stream}:\n{text}"));
+                    leaks.push(format!(
+                        "{dialect} to {upstream_dialect} {mode} stream={stream}:\n{text}"
+                    ));
                 }
             }
         }
