@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 pub mod echo;
+pub mod reading;
 
 use dashgate::config;
 use dashgate::server;
