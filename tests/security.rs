@@ -275,3 +275,62 @@ async fn a_native_request_the_gateway_accepts_reaches_the_upstream_as_checked() 
     assert_eq!(response.status(), 200);
     assert_eq!(last_seen(&seen)["model"], "qwen-plus");
 }
+
+#[tokio::test]
+async fn the_smaller_points_name_their_field() {
+    let (gw, seen) = echo_gateway().await;
+    let native = |body: &'static str| {
+        gw.http
+            .post(gw.url("/api/v1/services/aigc/multimodal-generation/generation"))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let cases = [
+        (
+            native(r#"{"model":"m","input":{"messages":[{"content":[{"text":"hi"}]}]}}"#),
+            "input.messages[0].role",
+        ),
+        (
+            native(
+                r#"{"model":"m","input":{"messages":[{"role":"user","content":[{"text":"hi"}],"content":[{"text":"x"}]}]}}"#,
+            ),
+            "input.messages[0].content",
+        ),
+        (
+            native(
+                r#"{"model":"m","input":{"messages":[{"role":"user","content":[{"text":"hi"}]}]},"parameters":{"seed":1,"seed":2}}"#,
+            ),
+            "parameters.seed",
+        ),
+        (
+            native(
+                r#"{"model":"m","input":{"messages":[{"role":"user","content":[{"text":"hi","image":"data:image/png;base64,AAAA"}]}]}}"#,
+            ),
+            "input.messages[0].content[0].image",
+        ),
+    ];
+    for (request, param) in cases {
+        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status();
+        let reply = json_of(response).await;
+        assert_eq!(status, 400, "{param}: {reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| m.contains(param)),
+            "{param}: {reply}"
+        );
+    }
+    let calls = json!({"model": "m", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": null, "tool_calls": 1},
+        {"role": "user", "content": "again"}]});
+    let response = gw
+        .chat(&calls)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 400);
+    let reply = json_of(response).await;
+    assert_eq!(reply["error"]["param"], "messages[1].tool_calls", "{reply}");
+    assert!(seen.all().is_empty(), "refused requests went upstream");
+}

@@ -104,7 +104,7 @@ fn validate_part(at: &str, part: &Part) -> Result<(), GatewayError> {
         return Err(GatewayError::param(
             format!("{at}.{other}"),
             format!(
-                "`{at}` mixes kinds: a `{}` part may not also carry `{other}`",
+                "`{at}.{other}`: a `{}` part may not also carry `{other}` (one kind per part)",
                 part.kind
             ),
         ));

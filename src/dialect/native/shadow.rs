@@ -88,11 +88,11 @@ pub fn refuse_mixed_items(messages: &[Value]) -> Result<(), GatewayError> {
             };
             let mut kinds = KINDS.iter().filter(|k| item.contains_key(**k));
             if let (Some(first), Some(second)) = (kinds.next(), kinds.next()) {
-                let at = format!("input.messages[{i}].content[{j}]");
+                let param = format!("input.messages[{i}].content[{j}].{second}");
                 return Err(GatewayError::param(
-                    format!("{at}.{second}"),
+                    param.clone(),
                     format!(
-                        "`{at}` mixes kinds: an item holds one of text, image, video or audio, not both `{first}` and `{second}`"
+                        "`{param}`: an item holds one of text, image, video or audio, not both `{first}` and `{second}`"
                     ),
                 ));
             }
