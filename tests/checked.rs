@@ -243,9 +243,22 @@ api_key = "sk-upstream-echo"
     let mut rng = rng();
     let frame = gps_frame();
     let mut accepted = 0;
-    for _ in 0..cases(150) / 3 {
-        let native = rng.bool();
-        let body = request(&mut rng, native, &frame);
+    // The checked-in adversarial requests first (the issue's own among them), then generated.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/request");
+    let mut fixed: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect();
+    fixed.sort();
+    let generated = cases(150) / 3;
+    for i in 0..fixed.len() + generated {
+        let (native, body) = match fixed.get(i) {
+            Some(body) => (body.contains("\"input\""), body.clone()),
+            None => {
+                let native = rng.bool();
+                (native, request(&mut rng, native, &frame))
+            }
+        };
         let path = if native {
             "/api/v1/services/aigc/multimodal-generation/generation"
         } else {
