@@ -497,3 +497,15 @@ async fn no_form_of_reference_reaches_another_callers_document() {
     assert_eq!(status, 200, "{reply}");
     assert!(content(&reply).contains("launch code"), "{reply}");
 }
+
+#[tokio::test]
+async fn a_request_naming_too_many_files_is_refused_before_any_lookup() {
+    let (sim, gw) = env().await;
+    let many: Vec<String> = (0..65).map(|i| format!("fileid://file-fe-{i}")).collect();
+    let body =
+        json!({"model": "qwen-long", "messages": [{"role": "user", "content": many.join(" ")}]});
+    let (status, reply) = answer(&gw, CLIENT_KEY, &body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["param"], "messages", "{reply}");
+    assert_eq!(sim.requests(), 0);
+}

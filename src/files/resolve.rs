@@ -66,6 +66,9 @@ pub fn refs_of(chat: &Chat) -> Result<Vec<FileRefs>, GatewayError> {
     Ok(refs)
 }
 
+/// Distinct `fileid://` ids a request may name outside its reference lists.
+const MAX_LOOSE_REFS: usize = 64;
+
 /// New contents for the system messages that name files: message index and text.
 pub type Rewrites = Vec<(usize, String)>;
 
@@ -78,11 +81,21 @@ pub async fn prepare(
 ) -> Result<Option<HashMap<String, Rewrites>>, GatewayError> {
     let refs = refs_of(chat)?;
     let listed: Vec<usize> = refs.iter().map(|r| r.message).collect();
-    // References anywhere else are not resolved, but must name the caller's own files.
-    for loose in super::scan::loose_refs(chat, &listed) {
-        if loose.id.is_empty() {
-            continue;
-        }
+    // References anywhere else are not resolved, but must name the caller's own files: each
+    // distinct id looked up once, and only so many (every one is a store query).
+    let mut loose = super::scan::loose_refs(chat, &listed);
+    loose.retain(|l| !l.id.is_empty());
+    loose.sort_by(|a, b| a.id.cmp(&b.id));
+    loose.dedup_by(|a, b| a.id == b.id);
+    if loose.len() > MAX_LOOSE_REFS {
+        return Err(GatewayError::param(
+            "messages",
+            format!(
+                "the request names more than {MAX_LOOSE_REFS} different `fileid://` references"
+            ),
+        ));
+    }
+    for loose in loose {
         let at = loose.message.map_or_else(
             || "messages".to_string(),
             |i| format!("messages[{i}].content"),
