@@ -334,3 +334,39 @@ async fn the_smaller_points_name_their_field() {
     assert_eq!(reply["error"]["param"], "messages[1].tool_calls", "{reply}");
     assert!(seen.all().is_empty(), "refused requests went upstream");
 }
+
+#[tokio::test]
+async fn a_typed_image_part_in_a_native_request_is_cleaned_too() {
+    use base64::Engine;
+    let (gw, seen) = echo_gateway().await;
+    let jpeg = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/corpus/image/exif.jpg"
+    ))
+    .unwrap_or_default();
+    assert!(jpeg.windows(3).any(|w| w == b"GPS"));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let url = format!("data:image/jpeg;base64,{}", b64.encode(&jpeg));
+    // An OpenAI-style part where the native API has `{image}` items.
+    let body = json!({"model": "qwen-vl-plus", "input": {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"text": "what is this"}]}]}});
+    let response = gw
+        .http
+        .post(gw.url("/api/v1/services/aigc/multimodal-generation/generation"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 200);
+    let sent = last_seen(&seen);
+    let part = &sent["input"]["messages"][0]["content"][0];
+    let sent_url = part["image_url"]["url"]
+        .as_str()
+        .or(part["image"].as_str())
+        .unwrap_or_default();
+    let payload = sent_url.split_once(',').map_or("", |(_, p)| p);
+    let bytes = b64.decode(payload).unwrap_or_default();
+    assert!(!bytes.is_empty(), "{sent}");
+    assert!(!bytes.windows(3).any(|w| w == b"GPS"), "GPS went upstream");
+}
