@@ -154,6 +154,9 @@ impl Fetcher {
                 allow: allow.clone(),
             })
             .redirect(redirects)
+            // An environment proxy (`HTTP_PROXY`) would get the host name and resolve it
+            // itself, past the guard: client URLs are always fetched directly.
+            .no_proxy()
             .connect_timeout(Duration::from_millis(media.fetch_timeout_ms))
             .user_agent(concat!("dashgate/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -326,7 +326,12 @@ pub async fn dispatch(
                     let replacements = prepared.map_or(&[][..], |p| &p.replacements[..]);
                     let native = request.dialect == Dialect::Native;
                     let body = transform::apply_to_body(&request.original, replacements, native);
-                    let body = body.unwrap_or_else(|| request.original.clone());
+                    // Never the original when the edit did not apply: it still holds what the
+                    // media stage removed. The checked request, encoded, instead.
+                    let body = body.unwrap_or_else(|| match request.dialect {
+                        Dialect::OpenAi => provider::openai::encode_request(chat),
+                        Dialect::Native => provider::dashscope::encode_request(chat).1,
+                    });
                     let body = if ask_usage {
                         asking_usage(&body, chat)
                     } else {
@@ -464,7 +469,7 @@ pub async fn read_whole(
         Err(_) | Ok(Err(ReadError::Timeout)) => Err(upstream.timeout()),
         Ok(Err(ReadError::TooLarge)) => Err(protocol_error(upstream, "reply too large")),
         Ok(Err(ReadError::Broken)) => Err(protocol_error(upstream, "connection broke mid-reply")),
-        Ok(Ok(body)) => Ok(body),
+        Ok(Ok(body)) => Ok(upstream.scrubber.scrub(body)),
     }
 }
 
@@ -515,12 +520,13 @@ impl SseEvents {
 
     pub async fn next(&mut self) -> Next {
         loop {
+            let scrubber = &self.lease.upstream.scrubber;
             if let Some(event) = self.splitter.next_event() {
-                return Next::Event(event);
+                return Next::Event(scrubber.scrub(event));
             }
             if self.ended {
                 return match self.splitter.finish() {
-                    Some(event) => Next::Event(event),
+                    Some(event) => Next::Event(scrubber.scrub(event)),
                     None => Next::End,
                 };
             }

@@ -63,7 +63,10 @@ impl AppState {
         let store = Store::open(&config.store.url)
             .await
             .map_err(|e| format!("store.url: {e}"))?;
-        let metrics = Arc::new(Metrics::new());
+        let configured = (config.upstreams.iter().flat_map(|u| u.models.iter()))
+            .chain(config.keys.iter().flat_map(|k| k.models.iter().flatten()))
+            .chain(config.prices.keys());
+        let metrics = Arc::new(Metrics::new().with_models(configured.map(String::as_str)));
         let limiter = Arc::new(Limiter::new(
             &config.limits,
             store.clone(),

@@ -64,6 +64,9 @@ pub struct Metrics {
     streams: Gauge,
     limiter_errors: Counter,
     ledger: Family<LedgerLabels, Counter>,
+    /// The model names a label may carry (the configured ones); any other is `other`, so a
+    /// client cannot add series by inventing names.
+    models: std::collections::HashSet<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,6 +165,7 @@ impl Metrics {
         Self {
             limiter_errors,
             ledger,
+            models: Default::default(),
             registry,
             requests,
             duration,
@@ -185,7 +189,7 @@ impl Metrics {
     ) {
         let labels = RequestLabels {
             route,
-            model: model.to_string(),
+            model: self.model_label(model).to_string(),
             upstream: upstream.to_string(),
             status,
         };
@@ -193,6 +197,25 @@ impl Metrics {
         self.duration
             .get_or_create(&RouteLabels { route })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The model names labels may carry, from the configuration (`*` is not a name).
+    pub fn with_models<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        self.models = names
+            .into_iter()
+            .filter(|m| *m != "*" && !m.is_empty())
+            .map(str::to_string)
+            .collect();
+        self
+    }
+
+    fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        // `-`: the request never named a model (refused before, or not a chat).
+        if model == "-" || self.models.contains(model) {
+            model
+        } else {
+            "other"
+        }
     }
 
     pub fn first_token(&self, route: &'static str, elapsed: Duration) {
@@ -221,7 +244,7 @@ impl Metrics {
         ] {
             if let Some(count) = count.filter(|c| *c > 0) {
                 let labels = TokenLabels {
-                    model: model.to_string(),
+                    model: self.model_label(model).to_string(),
                     upstream: upstream.to_string(),
                     kind,
                 };
@@ -285,7 +308,10 @@ mod tests {
 
     #[test]
     fn rendered_text_has_the_families_and_no_keys() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new().with_models(["qwen-plus", "*"]);
+        for invented in ["qwen-plus-x1", "qwen-plus-x2", "*"] {
+            metrics.request("chat", invented, "bailian", 200, Duration::ZERO);
+        }
         metrics.request(
             "chat",
             "qwen-plus",
@@ -316,6 +342,9 @@ mod tests {
             ),
             "{text}"
         );
+        // Names a client made up share one series.
+        assert!(text.contains(r#"dashgate_requests_total{route="chat",model="other",upstream="bailian",status="200"} 3"#), "{text}");
+        assert!(!text.contains("qwen-plus-x1"), "{text}");
         assert!(
             text.contains("dashgate_request_duration_seconds_bucket"),
             "{text}"

@@ -371,7 +371,9 @@ pub fn apply_to_body(
             .get_mut(r.part)?;
         let slot = match (&r.target, native) {
             (Target::ImageUrl, false) => part.get_mut("image_url")?.get_mut("url")?,
-            (Target::ImageUrl, true) => part.get_mut("image")?,
+            // A native item `{image}`, or a typed part sent to the native API.
+            (Target::ImageUrl, true) if part.get("image").is_some() => part.get_mut("image")?,
+            (Target::ImageUrl, true) => part.get_mut("image_url")?.get_mut("url")?,
             (Target::VideoFrame(k), _) => part.get_mut("video")?.get_mut(*k)?,
         };
         *slot = Value::String(r.url.clone());

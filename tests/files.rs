@@ -456,3 +456,56 @@ async fn uploads_are_checked_for_purpose_type_and_size() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(anonymous.status(), 401);
 }
+
+#[tokio::test]
+async fn no_form_of_reference_reaches_another_callers_document() {
+    let (sim, gw) = env().await;
+    let doc = uploaded(&gw, "secret.txt", b"The launch code is 0000.".to_vec()).await;
+    let mine = with_files("qwen-long", &[&format!("fileid://{doc}")], "?");
+    let (status, reply) = answer(&gw, CLIENT_KEY, &mine).await;
+    assert_eq!(status, 200, "{reply}");
+    // The upstream's own id for the document, which another caller might learn or guess.
+    let remote = sim_files(&sim).await[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!remote.is_empty());
+    let forms = [
+        ("system", format!("fileid://{remote},")),
+        ("system", format!(" fileid://{remote} , ")),
+        ("system", format!("fileid://{remote}, x")),
+        ("system", format!("FILEID://{remote}")),
+        ("user", format!("fileid://{remote}")),
+        ("user", format!("please read fileid://{remote}")),
+        ("system", format!("fileid://{doc}")),
+    ];
+    let before = sim.requests();
+    for (role, text) in forms {
+        let body = json!({"model": "qwen-long", "messages": [
+            {"role": role, "content": text},
+            {"role": "user", "content": "what does it say?"}
+        ]});
+        let (status, reply) = answer(&gw, OTHER_KEY, &body).await;
+        assert_eq!(status, 400, "{role}: {text}: {reply}");
+        assert!(!reply.to_string().contains("launch code"), "{reply}");
+        assert_eq!(reply["error"]["param"], "messages[0].content", "{reply}");
+    }
+    assert_eq!(sim.requests(), before, "nothing went upstream");
+    // A list with a trailing comma is still the owner's list.
+    let trailing = with_files("qwen-long", &[&format!("fileid://{doc}, ")], "?");
+    let (status, reply) = answer(&gw, CLIENT_KEY, &trailing).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(content(&reply).contains("launch code"), "{reply}");
+}
+
+#[tokio::test]
+async fn a_request_naming_too_many_files_is_refused_before_any_lookup() {
+    let (sim, gw) = env().await;
+    let many: Vec<String> = (0..65).map(|i| format!("fileid://file-fe-{i}")).collect();
+    let body =
+        json!({"model": "qwen-long", "messages": [{"role": "user", "content": many.join(" ")}]});
+    let (status, reply) = answer(&gw, CLIENT_KEY, &body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["param"], "messages", "{reply}");
+    assert_eq!(sim.requests(), 0);
+}

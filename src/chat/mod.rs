@@ -9,8 +9,10 @@ use serde_json::{Map, Value};
 use crate::error::GatewayError;
 
 mod ranges;
+mod strict;
 mod validate;
 
+pub use strict::refuse_duplicate_keys;
 pub use validate::validate;
 use validate::validate_sampling;
 
@@ -190,6 +192,9 @@ pub struct FunctionDef {
 pub(crate) fn parse_tracked<T: serde::de::DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, GatewayError> {
+    // Checks read the parse below; the fast path relays the bytes. Both mean one thing only
+    // when no key repeats.
+    refuse_duplicate_keys(body)?;
     if let Ok(parsed) = serde_json::from_slice(body) {
         return Ok(parsed);
     }
@@ -457,6 +462,28 @@ mod tests {
         );
         let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","type":"text"}]}]}"#;
         let error = decode(body).unwrap_err().to_string();
-        assert!(error.contains("duplicate field `type`"), "{error}");
+        assert!(
+            error.contains("`messages[0].content[0].type` is given more than once"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn repeated_keys_mixed_parts_and_odd_tool_calls_are_refused() {
+        let gps_first = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/jpeg;base64,R1BT","url":"data:image/jpeg;base64,Q0xFQU4="}}]}]}"#;
+        assert_eq!(
+            param_of(gps_first).as_deref(),
+            Some("messages[0].content[0].image_url.url")
+        );
+        let twice = r#"{"model":"qwen-plus","messages":[{"role":"user","content":"x"}],"model":"qwen-max"}"#;
+        assert_eq!(param_of(twice).as_deref(), Some("model"));
+        let mixed = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","image_url":{"url":"data:x"}}]}]}"#;
+        assert_eq!(
+            param_of(mixed).as_deref(),
+            Some("messages[0].content[0].image_url")
+        );
+        let calls =
+            r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":1}]}"#;
+        assert_eq!(param_of(calls).as_deref(), Some("messages[0].tool_calls"));
     }
 }

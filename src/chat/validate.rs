@@ -53,6 +53,12 @@ fn check_range(
 
 fn validate_message(i: usize, message: &Message) -> Result<(), GatewayError> {
     let at = |field: &str| format!("messages[{i}].{field}");
+    if message.tool_calls.as_ref().is_some_and(|t| !t.is_array()) {
+        return Err(GatewayError::param(
+            at("tool_calls"),
+            format!("`{}` must be an array of tool calls", at("tool_calls")),
+        ));
+    }
     let needs_content = match message.role {
         Role::Assistant => message.tool_calls.is_none(),
         _ => true,
@@ -74,9 +80,35 @@ fn validate_message(i: usize, message: &Message) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Checks the shape of the part types DashScope documents; unknown types pass through.
+/// The fields that make a part (or a native item) one kind of content: OpenAI's typed parts
+/// and DashScope's native items.
+const KIND_FIELDS: [&str; 7] = [
+    "text",
+    "image_url",
+    "video_url",
+    "video",
+    "input_audio",
+    "image",
+    "audio",
+];
+
+/// Checks the shape of the part types DashScope documents; unknown types pass through, but
+/// no part may carry another kind's field: `{"type":"text","text":..,"image":..}` is text to
+/// the gateway's checks and an image to a reader that looks for `image`.
 fn validate_part(at: &str, part: &Part) -> Result<(), GatewayError> {
     let field = |name: &str| part.fields.get(name);
+    if let Some(other) = KIND_FIELDS
+        .iter()
+        .find(|k| **k != part.kind && part.fields.contains_key(**k))
+    {
+        return Err(GatewayError::param(
+            format!("{at}.{other}"),
+            format!(
+                "`{at}.{other}`: a `{}` part may not also carry `{other}` (one kind per part)",
+                part.kind
+            ),
+        ));
+    }
     let url_of = |name: &str| -> Result<(), GatewayError> {
         match field(name) {
             Some(Value::Object(obj)) => match obj.get("url") {

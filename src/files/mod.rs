@@ -5,6 +5,7 @@
 mod api;
 pub mod extract;
 pub mod resolve;
+pub mod scan;
 
 use std::sync::Arc;
 

@@ -21,24 +21,53 @@ pub struct FileRefs {
     pub ids: Vec<String>,
 }
 
-/// The system messages whose whole text is `fileid://A` or `fileid://A,fileid://B,...`.
-pub fn refs_of(chat: &Chat) -> Vec<FileRefs> {
-    chat.messages
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.role == Role::System)
-        .filter_map(|(i, m)| match &m.content {
-            Some(Content::Text(text)) if text.trim_start().starts_with("fileid://") => {
-                let ids: Option<Vec<String>> = text
-                    .split(',')
-                    .map(|r| r.trim().strip_prefix("fileid://").map(str::to_string))
-                    .collect();
-                ids.map(|ids| FileRefs { message: i, ids })
+/// The system messages whose text is a list of references: `fileid://A`, or
+/// `fileid://A,fileid://B,...` (spaces and a trailing comma allowed). A system message that
+/// starts with a reference but goes on with anything else is refused: the upstream would read
+/// its first references, which the gateway could neither vet in place nor rewrite.
+pub fn refs_of(chat: &Chat) -> Result<Vec<FileRefs>, GatewayError> {
+    let mut refs = Vec::new();
+    for (i, m) in chat.messages.iter().enumerate() {
+        if m.role != Role::System {
+            continue;
+        }
+        let Some(Content::Text(text)) = &m.content else {
+            continue;
+        };
+        let starts = text
+            .trim_start()
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("fileid://"));
+        if !starts {
+            continue;
+        }
+        let mut ids = Vec::new();
+        for piece in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let id = piece
+                .get(..9)
+                .filter(|s| s.eq_ignore_ascii_case("fileid://"))
+                .map(|_| &piece[9..]);
+            match id {
+                Some(id) if !id.contains(char::is_whitespace) => ids.push(id.to_string()),
+                _ => {
+                    let at = format!("messages[{i}].content");
+                    return Err(GatewayError::param(
+                        at.clone(),
+                        format!(
+                            "`{at}` starts with a file reference, so it may hold only \
+                             comma-separated `fileid://` references (found `{piece}`)"
+                        ),
+                    ));
+                }
             }
-            _ => None,
-        })
-        .collect()
+        }
+        refs.push(FileRefs { message: i, ids });
+    }
+    Ok(refs)
 }
+
+/// Distinct `fileid://` ids a request may name outside its reference lists.
+const MAX_LOOSE_REFS: usize = 64;
 
 /// New contents for the system messages that name files: message index and text.
 pub type Rewrites = Vec<(usize, String)>;
@@ -50,7 +79,39 @@ pub async fn prepare(
     chat: &Chat,
     caller: &Caller,
 ) -> Result<Option<HashMap<String, Rewrites>>, GatewayError> {
-    let refs = refs_of(chat);
+    let refs = refs_of(chat)?;
+    let listed: Vec<usize> = refs.iter().map(|r| r.message).collect();
+    // References anywhere else are not resolved, but must name the caller's own files: each
+    // distinct id looked up once, and only so many (every one is a store query).
+    let mut loose = super::scan::loose_refs(chat, &listed);
+    loose.retain(|l| !l.id.is_empty());
+    loose.sort_by(|a, b| a.id.cmp(&b.id));
+    loose.dedup_by(|a, b| a.id == b.id);
+    if loose.len() > MAX_LOOSE_REFS {
+        return Err(GatewayError::param(
+            "messages",
+            format!(
+                "the request names more than {MAX_LOOSE_REFS} different `fileid://` references"
+            ),
+        ));
+    }
+    for loose in loose {
+        let at = loose.message.map_or_else(
+            || "messages".to_string(),
+            |i| format!("messages[{i}].content"),
+        );
+        let found = state
+            .store
+            .file(&loose.id, &super::owner_of(caller))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "file lookup failed");
+                GatewayError::StoreUnavailable
+            })?;
+        if found.is_none() {
+            return Err(GatewayError::param(at, format!("no file `{}`", loose.id)));
+        }
+    }
     if refs.is_empty() {
         return Ok(None);
     }
@@ -251,11 +312,11 @@ mod tests {
                 {"role": "system", "content": "fileid://file-fe-a"},
                 {"role": "system", "content": "fileid://file-fe-b, fileid://file-fe-c"},
                 {"role": "user", "content": "fileid://file-fe-x is not a reference here"},
-                {"role": "system", "content": "fileid://file-fe-d, and some text"}
+                {"role": "system", "content": "fileid://file-fe-d , "}
             ]
         }))
         .unwrap_or_else(|e| panic!("{e}"));
-        let refs = refs_of(&chat);
+        let refs = refs_of(&chat).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             refs,
             vec![
@@ -267,7 +328,20 @@ mod tests {
                     message: 2,
                     ids: vec!["file-fe-b".into(), "file-fe-c".into()]
                 },
+                FileRefs {
+                    message: 4,
+                    ids: vec!["file-fe-d".into()]
+                },
             ]
         );
+        let mixed: Chat = serde_json::from_value(serde_json::json!({
+            "model": "qwen-long",
+            "messages": [{"role": "system", "content": "fileid://file-fe-d, and some text"}]
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            refs_of(&mixed),
+            Err(GatewayError::InvalidParameter { param: Some(p), .. }) if p == "messages[0].content"
+        ));
     }
 }

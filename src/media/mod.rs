@@ -10,7 +10,7 @@
 //!    that are no supported image are refused.
 //! 3. The payload is decoded (ASCII whitespace skipped, padding optional) unless its decoded
 //!    size already exceeds `max_image_bytes`.
-//! 4. JPEG, PNG and WebP are walked structurally (truncated files are refused) and their
+//! 4. JPEG, PNG, WebP and GIF are walked structurally (truncated files are refused) and their
 //!    metadata located; dimensions come from the header, without decoding pixels.
 //! 5. Over the pixel budget: decode, turn upright per Exif, downscale with
 //!    [`fit_to_budget`] (sides multiples of 28, the Qwen-VL patch), re-encode as JPEG (PNG if
@@ -19,8 +19,8 @@
 //!
 //! HEIC is recognised but not decoded: with `strip_metadata` on it is refused (its metadata,
 //! GPS included, cannot be removed without a HEIF writer); with it off it passes through
-//! unchanged, size unknown. GIF and BMP are never stripped; over budget they are
-//! decoded (GIF: first frame) and re-encoded like the rest.
+//! unchanged, size unknown. BMP has no metadata to strip; GIF loses its comment and
+//! application (XMP) blocks. Over budget both are decoded (GIF: first frame) and re-encoded.
 //!
 //! Everything here is synchronous and CPU-bound (a 12 MP decode and resize takes tens of ms):
 //! callers run it on the blocking pool.
@@ -28,6 +28,7 @@
 mod dataurl;
 mod error;
 mod format;
+mod gif;
 mod jpeg;
 mod resize;
 mod strip;

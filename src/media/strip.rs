@@ -38,7 +38,7 @@ impl Plan {
         out
     }
 
-    fn delete(&mut self, range: Range<usize>) {
+    pub(crate) fn delete(&mut self, range: Range<usize>) {
         self.0.push(Edit {
             range,
             with: Vec::new(),
@@ -46,14 +46,15 @@ impl Plan {
     }
 }
 
-/// Plans the removal of metadata from `data`, already sniffed as `format`. BMP and GIF have
-/// no walker (BMP has no metadata; GIF comments are left alone), HEIC cannot be parsed here.
+/// Plans the removal of metadata from `data`, already sniffed as `format`. BMP has no walker
+/// (it has no metadata), HEIC cannot be parsed here; GIF's walker is in `gif`.
 pub(crate) fn plan(data: &[u8], format: ImageFormat) -> Result<Plan, MediaError> {
     match format {
         ImageFormat::Jpeg => jpeg::plan(data),
         ImageFormat::Png => png(data),
         ImageFormat::WebP => webp(data),
-        ImageFormat::Bmp | ImageFormat::Gif | ImageFormat::Heic => Ok(Plan::default()),
+        ImageFormat::Gif => super::gif::plan(data),
+        ImageFormat::Bmp | ImageFormat::Heic => Ok(Plan::default()),
     }
 }
 

@@ -435,3 +435,19 @@ fn jpeg_dimensions_from_the_frame_header_match_the_decoder() {
         None
     );
 }
+
+#[test]
+fn gif_comments_and_xmp_do_not_leave() {
+    let mut gif = b"GIF89a\x01\0\x01\0\x80\0\0\0\0\0\xff\xff\xff".to_vec();
+    gif.extend_from_slice(b"\x21\xfe\x0eGPS 31.2,121.4\0");
+    gif.extend_from_slice(b"\x21\xff\x0bXMP DataXMP\x13<x:gps>31.2</x:gps>\0");
+    gif.extend_from_slice(b"\x2c\0\0\0\0\x01\0\x01\0\0\x02\x02\x44\x01\0\x3b");
+    let report = process_data_url(&url("image/gif", &gif), &policy()).unwrap();
+    assert!(report.stripped);
+    let out = bytes_of(&report.replacement.unwrap());
+    assert!(
+        !out.windows(3).any(|w| w == b"GPS" || w == b"gps"),
+        "{out:?}"
+    );
+    assert!(image::load_from_memory(&out).is_ok());
+}

@@ -9,6 +9,7 @@ mod files;
 pub mod models;
 pub mod openai;
 mod pool;
+pub mod scrub;
 
 use std::time::Duration;
 
@@ -65,6 +66,8 @@ pub struct Upstream {
     uris: [Option<Uri>; 4],
     /// `Bearer {api_key}`, made once and marked sensitive (kept out of debug output).
     authorization: Option<HeaderValue>,
+    /// Takes the key out of everything read back from this upstream.
+    pub scrubber: scrub::Scrubber,
 }
 
 /// How long an unused upstream connection is kept.
@@ -133,7 +136,9 @@ impl Upstream {
             ),
             false => None,
         };
+        let scrubber = scrub::Scrubber::new(config.api_key.as_ref().map(|k| k.expose()));
         Ok(Self {
+            scrubber,
             slot: crate::route::Slot::new(config.max_concurrency, circuit),
             media,
             fetcher,
@@ -244,11 +249,16 @@ impl Upstream {
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
         let status = response.status().as_u16();
-        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .filter(|v| !self.scrubber.holds_key(v.as_bytes()))
+            .cloned();
         let idle = self.config.idle_timeout();
         let body = read_limited(response, MAX_ERROR_BYTES, idle)
             .await
             .unwrap_or_default();
+        let body = self.scrubber.scrub(body);
         let parsed = ErrorFields::parse(&body);
         let upstream = self.config.name.clone();
         tracing::warn!(upstream = %upstream, status, code = parsed.code.as_deref().unwrap_or(""), "upstream refused");

@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+pub mod echo;
+pub mod reading;
+
 use dashgate::config;
 use dashgate::server;
 use dashgate::sim::{self, Stats};

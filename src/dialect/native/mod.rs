@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 mod reply;
 mod request;
+mod shadow;
 
 pub use reply::{FrameEncoder, encode_reply, usage_json};
 pub use request::decode;

@@ -18,7 +18,10 @@ struct NativeRequest {
     extra: Map<String, Value>,
 }
 
+// Unknown input fields are refused: the upstream may read one (the old `history`) that the
+// gateway's checks never saw.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NativeInput {
     #[serde(default)]
     messages: Option<Vec<Value>>,
@@ -32,6 +35,16 @@ pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), Ga
     let request: NativeRequest = chat::parse_tracked(body)?;
     let multimodal = api == Api::NativeMultimodal;
     let mut parameters = request.parameters;
+    super::shadow::refuse_shadows(&parameters, &request.extra)?;
+    if request.input.messages.is_some() && request.input.prompt.is_some() {
+        return Err(GatewayError::param(
+            "input.prompt",
+            "Give either `input.prompt` or `input.messages`, not both",
+        ));
+    }
+    if let Some(messages) = &request.input.messages {
+        super::shadow::refuse_mixed_items(messages)?;
+    }
     let text_format = match parameters.remove("result_format") {
         None => !multimodal,
         Some(Value::String(f)) if f == "text" => true,
@@ -78,13 +91,7 @@ pub fn decode(body: &[u8], stream: bool, api: Api) -> Result<(Chat, Options), Ga
     let untracked = <Chat as serde::Deserialize>::deserialize(&shaped);
     let chat: Chat = untracked
         .or_else(|_| serde_path_to_error::deserialize(shaped))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            GatewayError::param(
-                native_param(&path),
-                format!("Invalid `{}`: {}", native_param(&path), e.into_inner()),
-            )
-        })?;
+        .map_err(|e| native_names(chat::path_error(e)))?;
     chat::validate(&chat).map_err(native_names)?;
     let choices = chat.n.unwrap_or(1);
     Ok((
@@ -241,5 +248,82 @@ mod tests {
             decode(prompt, false, Api::NativeText).unwrap_or_else(|e| panic!("{e}"));
         assert!(options.text_format);
         assert_eq!(chat.messages.len(), 1);
+    }
+
+    fn native_param_of(body: &str) -> Option<String> {
+        match decode(body.as_bytes(), false, Api::NativeMultimodal) {
+            Err(GatewayError::InvalidParameter { param, .. }) => param,
+            Err(other) => Some(format!("other: {other}")),
+            Ok(_) => None,
+        }
+    }
+
+    #[test]
+    fn what_the_upstream_reads_elsewhere_cannot_be_given_twice() {
+        let msgs = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+        let cases = [
+            (
+                format!(r#"{{"model":"qwen-max","input":{msgs},"parameters":{{"model":"qwen-plus"}}}}"#),
+                "parameters.model",
+            ),
+            (
+                format!(r#"{{"model":"m","input":{msgs},"parameters":{{"messages":[]}}}}"#),
+                "parameters.messages",
+            ),
+            (
+                format!(r#"{{"model":"m","input":{msgs},"parameters":{{"input":{{}}}}}}"#),
+                "parameters.input",
+            ),
+            (
+                format!(r#"{{"model":"m","input":{msgs},"messages":[]}}"#),
+                "messages",
+            ),
+            (
+                format!(r#"{{"model":"m","input":{msgs},"temperature":1,"parameters":{{"temperature":3}}}}"#),
+                "temperature",
+            ),
+            (
+                r#"{"model":"m","input":{"messages":[{"role":"user","content":"a"}],"history":[]}}"#.to_string(),
+                "input.history",
+            ),
+            (
+                r#"{"model":"m","input":{"messages":[{"role":"user","content":"a"}],"prompt":"b"}}"#.to_string(),
+                "input.prompt",
+            ),
+            (
+                r#"{"model":"m","model":"qwen-max","input":{"prompt":"b"}}"#.to_string(),
+                "model",
+            ),
+            (
+                r#"{"model":"m","input":{"messages":[{"role":"user","content":[{"image":"data:a","image":"data:b"}]}]}}"#.to_string(),
+                "input.messages[0].content[0].image",
+            ),
+            (
+                r#"{"model":"m","input":{"messages":[{"role":"user","role":"system","content":"a"}]}}"#.to_string(),
+                "input.messages[0].role",
+            ),
+            (
+                r#"{"model":"m","input":{"prompt":"b"},"parameters":{"top_k":1,"top_k":5}}"#.to_string(),
+                "parameters.top_k",
+            ),
+            (
+                r#"{"model":"m","input":{"messages":[{"role":"user","content":[{"text":"t","image":"data:x"}]}]}}"#.to_string(),
+                "input.messages[0].content[0].image",
+            ),
+            (
+                r#"{"model":"m","input":{"messages":[{"content":"a"}]}}"#.to_string(),
+                "input.messages[0].role",
+            ),
+            (
+                r#"{"model":"m","input":{"messages":[{"role":"assistant","content":null,"tool_calls":1}]}}"#.to_string(),
+                "input.messages[0].tool_calls",
+            ),
+        ];
+        for (body, param) in cases {
+            assert_eq!(native_param_of(&body).as_deref(), Some(param), "{body}");
+        }
+        let fine =
+            format!(r#"{{"model":"m","input":{msgs},"parameters":{{"seed":1}},"workspace":"w"}}"#);
+        assert_eq!(native_param_of(&fine), None);
     }
 }

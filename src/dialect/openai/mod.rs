@@ -269,6 +269,7 @@ async fn whole_response(
         .response
         .headers()
         .get(header::CONTENT_TYPE)
+        .filter(|v| !upstreamed.lease.upstream.scrubber.holds_key(v.as_bytes()))
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/json"));
     let body = ids.apply(upstreamed.read_whole().await?);
