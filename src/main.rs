@@ -58,13 +58,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DASHGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Command::Serve { config, listen } = cli.command {
+        return serve(config, listen);
+    }
+    init_logging();
     match cli.command {
         Command::Check { config } => match load(config) {
             Ok(config) => {
@@ -78,24 +75,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Serve { config, listen } => {
-            let mut config = match load(config) {
-                Ok(config) => config,
-                Err(code) => return code,
-            };
-            if let Some(listen) = listen {
-                config.server.listen = listen;
-            }
-            run(async move {
-                let listener = TcpListener::bind(config.server.listen).await?;
-                let state = server::AppState::new(config)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                let shutdown = shutdown_on_signal()?;
-                announce("dashgate", &listener)?;
-                server::serve(listener, std::sync::Arc::new(state), shutdown).await
-            })
-        }
+        Command::Serve { .. } => ExitCode::FAILURE, // taken above
         Command::Keys { config, action } => {
             let config = match load(config) {
                 Ok(config) => config,
@@ -116,6 +96,56 @@ fn main() -> ExitCode {
             sim::serve(listener, options, shutdown).await
         }),
     }
+}
+
+/// The log filter: `DASHGATE_LOG`, `info` when unset.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("DASHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
+    use tracing_subscriber::prelude::*;
+    let mut config = match load(config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    // Logs filtered by DASHGATE_LOG; the trace layer (when an endpoint is set) filters on its
+    // own, so the log level never decides what is traced.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(log_filter());
+    let (traces, _guard) = match dashgate::telemetry::otel::layer(&config.telemetry) {
+        Ok(Some((layer, guard))) => (Some(layer), Some(guard)),
+        Ok(None) => (None, None),
+        Err(message) => {
+            eprintln!("dashgate: config error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
+    run(async move {
+        let listener = TcpListener::bind(config.server.listen).await?;
+        let state = server::AppState::new(config)
+            .await
+            .map_err(std::io::Error::other)?;
+        let shutdown = shutdown_on_signal()?;
+        announce("dashgate", &listener)?;
+        server::serve(listener, std::sync::Arc::new(state), shutdown).await
+    })
 }
 
 fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {

@@ -1,6 +1,10 @@
 //! Metrics in Prometheus text (`GET /metrics`). One registry per gateway instance. Labels name
 //! routes, models, upstreams and statuses; never a key.
 
+pub mod access_log;
+pub mod observed;
+pub mod otel;
+
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -64,6 +68,8 @@ pub struct Metrics {
     streams: Gauge,
     limiter_errors: Counter,
     ledger: Family<LedgerLabels, Counter>,
+    /// Token latency per model, attempts, ledger queue, image savings (#20).
+    pub observed: observed::Observed,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,7 +165,9 @@ impl Metrics {
             "Usage records by outcome: written, spilled (to the local file), lost, store_error",
             ledger.clone(),
         );
+        let observed = observed::Observed::register(&mut registry);
         Self {
+            observed,
             limiter_errors,
             ledger,
             registry,
