@@ -264,7 +264,7 @@ fn attempt_span(
         otel.kind = "client",
         otel.status_code = Empty,
         dashgate.upstream = %upstream.config.name,
-        dashgate.attempt = attempt,
+        dashgate.attempt = i64::from(attempt),
         dashgate.circuit_state = upstream.slot.circuit.state().as_str(),
         dashgate.retry_reason = Empty,
         gen_ai.system = provider_name(upstream),
@@ -285,7 +285,10 @@ fn record_attempt(span: &tracing::Span, sent: &Result<provider::UpstreamResponse
         return;
     }
     match sent {
-        Ok(response) => span.record("http.response.status_code", response.status().as_u16()),
+        Ok(response) => span.record(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        ),
         Err(error) => {
             let status = match error {
                 GatewayError::UpstreamStatus { status, .. } => Some(*status),
@@ -293,7 +296,7 @@ fn record_attempt(span: &tracing::Span, sent: &Result<provider::UpstreamResponse
                 _ => None,
             };
             if let Some(status) = status {
-                span.record("http.response.status_code", status);
+                span.record("http.response.status_code", i64::from(status));
             }
             span.record("otel.status_code", "ERROR");
             span.record("error.type", crate::telemetry::observed::outcome(error))
@@ -359,9 +362,9 @@ pub async fn dispatch(
         let variants =
             tracing::Instrument::instrument(prepare_media(state, &request), span.clone()).await?;
         if let Some(stats) = variants.first().map(|v| v.prepared.stats) {
-            span.record("dashgate.images", stats.images);
-            span.record("dashgate.image_original_bytes", stats.original_bytes);
-            span.record("dashgate.image_sent_bytes", stats.sent_bytes);
+            span.record("dashgate.images", i64::from(stats.images));
+            span.record("dashgate.image_original_bytes", stats.original_bytes as i64);
+            span.record("dashgate.image_sent_bytes", stats.sent_bytes as i64);
         }
         variants
     } else {

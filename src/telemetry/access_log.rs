@@ -186,7 +186,8 @@ impl RequestLog {
     /// The response head went out.
     pub fn responded(&self, status: u16, model: &str, upstream: &str) {
         let head_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        self.span.record("http.response.status_code", status);
+        self.span
+            .record("http.response.status_code", i64::from(status));
         if status >= 500 {
             self.span.record("otel.status_code", "ERROR");
         }
@@ -229,11 +230,14 @@ impl RequestLog {
             );
             if record.upstream != "-" {
                 span.record("dashgate.upstream", record.upstream.as_str());
-                span.record("gen_ai.usage.input_tokens", record.prompt_tokens);
-                span.record("gen_ai.usage.output_tokens", record.completion_tokens);
+                span.record("gen_ai.usage.input_tokens", record.prompt_tokens as i64);
+                span.record(
+                    "gen_ai.usage.output_tokens",
+                    record.completion_tokens as i64,
+                );
             }
             if let Some(ttft) = record.ttft_ms {
-                span.record("dashgate.time_to_first_token_ms", ttft);
+                span.record("dashgate.time_to_first_token_ms", ttft as i64);
             }
             if let Some(code) = &record.error_code {
                 span.record("error.type", code.as_str());

@@ -105,6 +105,7 @@ where
         .with_threads(false)
         .with_target(false)
         .with_level(false)
+        .with_tracked_inactivity(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
         );
