@@ -396,3 +396,75 @@ async fn a_refused_request_has_its_line_too() {
     assert_eq!(log["trace_id"], Value::Null);
     assert!(!line.contains("sk-nobody"), "{line}");
 }
+
+/// `/metrics` of an in-process gateway, once its `wanted` series is at least 1.
+async fn metrics_with(gw: &common::Gateway, wanted: &str) -> String {
+    let wait = async {
+        loop {
+            let text = gw
+                .http
+                .get(gw.url("/metrics"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .text()
+                .await
+                .unwrap_or_default();
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(wanted)?.trim().parse::<f64>().ok());
+            if value.is_some_and(|v| v >= 1.0) {
+                return text;
+            }
+            // The ledger writer runs on its own; ask again once it had a turn.
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{wanted} never showed"))
+}
+
+fn value_of(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+}
+
+#[tokio::test]
+async fn a_retried_stream_shows_in_the_latency_attempt_and_ledger_metrics() {
+    let sim = Sim::start().await;
+    let toml = common::config_for(&sim, "", "[retry]\nbackoff_ms = 1\nmax_backoff_ms = 1\n");
+    let gw = common::Gateway::start(&toml).await;
+    let url = format!("http://{}", gw.addr);
+    let (sse, _) = streamed_with_a_retry(&url, "metrics-1").await;
+    let events = sse.matches("data: ").count() as f64;
+    let metrics = metrics_with(&gw, "dashgate_usage_write_lag_seconds_count").await;
+    let series = [
+        (
+            r#"dashgate_upstream_attempts_total{upstream="sim",outcome="503"}"#,
+            1.0,
+        ),
+        (
+            r#"dashgate_upstream_attempts_total{upstream="sim",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"dashgate_model_time_to_first_token_seconds_count{model="qwen-plus"}"#,
+            1.0,
+        ),
+        // One gap between each two events sent.
+        (
+            r#"dashgate_model_inter_token_seconds_count{model="qwen-plus"}"#,
+            events - 1.0,
+        ),
+        ("dashgate_usage_write_lag_seconds_count", 1.0),
+        ("dashgate_trace_spans_dropped_total", 0.0),
+        ("dashgate_access_log_dropped_total", 0.0),
+    ];
+    for (name, expected) in series {
+        assert_eq!(value_of(&metrics, name), expected, "{name}");
+    }
+    assert!(value_of(&metrics, "dashgate_usage_queue_depth") >= 0.0);
+}
