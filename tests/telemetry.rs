@@ -468,3 +468,73 @@ async fn a_retried_stream_shows_in_the_latency_attempt_and_ledger_metrics() {
     }
     assert!(value_of(&metrics, "dashgate_usage_queue_depth") >= 0.0);
 }
+
+#[test]
+fn the_dashboard_names_only_metrics_the_gateway_has() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/observability/grafana-dashboard.json"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"));
+    let dashboard: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() > 10, "{exprs:?}");
+    // Families show once they have a series: one of each.
+    use dashgate::config::{self, ProviderKind, UpstreamConfig};
+    let metrics = dashgate::telemetry::Metrics::new();
+    metrics.request("chat", "m", "u", 200, Duration::from_millis(1));
+    metrics.first_token("chat", Duration::from_millis(1));
+    metrics.stream_started();
+    metrics.stream_ended("chat", Duration::from_millis(1));
+    let usage = dashgate::event::Usage {
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        total_tokens: 2,
+        ..Default::default()
+    };
+    metrics.usage("m", "u", &usage);
+    metrics.retry("u", "503");
+    metrics.limiter_error();
+    metrics.ledger(dashgate::telemetry::LedgerOutcome::Written, 1);
+    let observed = &metrics.observed;
+    let (first, gap) = observed.token_histograms("m");
+    first.observe(0.1);
+    gap.observe(0.01);
+    observed.attempt("u", None);
+    observed.ledger_written(0);
+    observed.image_saved("m", 1, 1);
+    let upstream = UpstreamConfig::new("u", ProviderKind::Dashscope, "http://127.0.0.1:9");
+    let upstream = dashgate::provider::Upstream::new(
+        upstream,
+        &config::CircuitConfig::default(),
+        &config::MediaConfig::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let router = dashgate::route::Router::new(vec![Arc::new(upstream)]);
+    let exposed = metrics.render(&router);
+    let mut names = 0;
+    for expr in &exprs {
+        for (at, _) in expr.match_indices("dashgate_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_total", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                exposed.contains(&format!("# TYPE {family} ")),
+                "{name} (in {expr}) is not exposed"
+            );
+            names += 1;
+        }
+    }
+    assert!(names >= exprs.len());
+}
