@@ -112,7 +112,6 @@ fn init_logging() {
 }
 
 fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
-    use tracing_subscriber::prelude::*;
     let mut config = match load(config) {
         Ok(config) => config,
         Err(code) => return code,
@@ -120,23 +119,18 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
     if let Some(listen) = listen {
         config.server.listen = listen;
     }
-    // Logs filtered by DASHGATE_LOG; the trace layer (when an endpoint is set) filters on its
-    // own, so the log level never decides what is traced.
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(log_filter());
-    let (traces, _guard) = match dashgate::telemetry::otel::layer(&config.telemetry) {
-        Ok(Some((layer, guard))) => (Some(layer), Some(guard)),
-        Ok(None) => (None, None),
+    let _guard = match dashgate::telemetry::otel::dispatch(&config.telemetry, log_filter()) {
+        Ok((dispatch, guard)) => {
+            if let Err(e) = tracing::dispatcher::set_global_default(dispatch) {
+                eprintln!("dashgate: cannot set up logging: {e}");
+            }
+            guard
+        }
         Err(message) => {
             eprintln!("dashgate: config error: {message}");
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .init();
     run(async move {
         let listener = TcpListener::bind(config.server.listen).await?;
         let state = server::AppState::new(config)

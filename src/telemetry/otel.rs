@@ -62,6 +62,25 @@ pub fn traces_url(endpoint: &str) -> String {
     }
 }
 
+/// The gateway's subscriber: logs on stderr filtered by `logs` (`DASHGATE_LOG`), and the trace
+/// layer when an endpoint is set. The trace layer filters on its own, so the log level never
+/// decides what is traced; without an endpoint there is no trace layer, and the `trace`-level
+/// spans of [`TARGET`] are disabled where they are made.
+pub fn dispatch(
+    config: &TelemetryConfig,
+    logs: tracing_subscriber::EnvFilter,
+) -> Result<(tracing::Dispatch, Option<Guard>), String> {
+    use tracing_subscriber::prelude::*;
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(logs);
+    let registry = tracing_subscriber::registry().with(logs);
+    Ok(match layer(config)? {
+        Some((traces, guard)) => (registry.with(traces).into(), Some(guard)),
+        None => (registry.into(), None),
+    })
+}
+
 /// The `tracing` layer for `config`, or none when no endpoint is set.
 pub fn layer<S>(
     config: &TelemetryConfig,
@@ -296,6 +315,22 @@ pub fn upstream_traceparent(client_headers: &HeaderMap) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn span_enabled(config: &TelemetryConfig) -> bool {
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let (dispatch, _guard) = dispatch(config, filter).expect("subscriber");
+        tracing::dispatcher::with_default(&dispatch, || {
+            !tracing::trace_span!(target: TARGET, "dashgate.test").is_disabled()
+        })
+    }
+
+    #[test]
+    fn spans_are_made_only_when_an_endpoint_is_set() {
+        let mut config = TelemetryConfig::default();
+        assert!(!span_enabled(&config), "no endpoint: spans disabled");
+        config.otlp_endpoint = Some("http://127.0.0.1:9".into());
+        assert!(span_enabled(&config), "with an endpoint: spans made");
+    }
 
     #[test]
     fn traceparent_parsing_takes_only_w3c_values() {
