@@ -161,17 +161,16 @@ async fn request_id(
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
     // Routed requests get an access log line and a root span, both closed when the request is
     // wholly done (a stream's meter holds them to its end).
-    let log = route.map(|route| {
-        let uri = request.uri().path();
+    let log = route.and_then(|route| {
         let log = crate::telemetry::access_log::RequestLog::start(
             state.access_log.clone(),
             request.method(),
-            uri,
+            request.uri().path(),
             request.headers(),
             &id,
             route,
-        );
-        (log.clone(), log)
+        )?;
+        Some((log.clone(), log))
     });
     let mut response = match log {
         Some((log, scoped)) => {

@@ -125,7 +125,8 @@ struct Metered {
 
 impl RequestLog {
     /// Opens the request's span (a child of the client's trace, when it sent a
-    /// `traceparent`) and its log entry.
+    /// `traceparent`) and its log entry; none when there is neither a log nor a trace to
+    /// fill.
     pub fn start(
         sink: Option<Arc<AccessLog>>,
         method: &Method,
@@ -133,7 +134,7 @@ impl RequestLog {
         headers: &HeaderMap,
         request_id: &Arc<str>,
         route: &'static str,
-    ) -> Arc<RequestLog> {
+    ) -> Option<Arc<RequestLog>> {
         let span = tracing::trace_span!(
             target: otel::TARGET,
             "dashgate.request",
@@ -157,12 +158,12 @@ impl RequestLog {
             gen_ai.usage.output_tokens = Empty,
             error.type = Empty,
         );
+        if sink.is_none() && span.is_disabled() {
+            return None;
+        }
         otel::adopt_client_trace(&span, headers);
-        // Only worth working out when someone reads it.
-        let trace_id = (sink.is_some() || !span.is_disabled())
-            .then(|| otel::trace_id(&span, headers))
-            .flatten();
-        Arc::new(RequestLog {
+        let trace_id = otel::trace_id(&span, headers);
+        Some(Arc::new(RequestLog {
             span,
             sink,
             request_id: request_id.clone(),
@@ -172,7 +173,7 @@ impl RequestLog {
             route,
             started: Instant::now(),
             fields: Mutex::new(Fields::default()),
-        })
+        }))
     }
 
     fn with(&self, f: impl FnOnce(&mut Fields)) {
