@@ -65,6 +65,40 @@ pub struct Config {
     pub files: FilesConfig,
     /// Prices per model, for the cost in each usage record.
     pub prices: std::collections::BTreeMap<String, Price>,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Trace export and the access log (docs/observability.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP (protobuf) collector, e.g. `http://127.0.0.1:4318` (`/v1/traces` is added
+    /// when the URL has no path). Unset: no traces.
+    pub otlp_endpoint: Option<String>,
+    /// Share of traces kept (0.0 to 1.0); a client's sampled `traceparent` is followed.
+    pub sample_ratio: f64,
+    /// The access log's lines: `json` or `text`.
+    pub log_format: LogFormat,
+    /// One access log line per request on stdout.
+    pub access_log: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            log_format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
 }
 
 /// Where per-key limits are counted.
@@ -675,6 +709,7 @@ fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Config {
 
 /// Checks what types alone cannot; the first problem found is reported.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    validate_telemetry(&config.telemetry)?;
     if config.server.max_body_bytes == usize::MAX {
         return Err(ConfigError::new(
             "DASHGATE_LISTEN",
@@ -877,6 +912,26 @@ fn validate_media(media: &MediaConfig, at: &str) -> Result<(), ConfigError> {
             key("url_schemes"),
             "list schemes such as \"https\"; data: URLs are always allowed",
         ));
+    }
+    Ok(())
+}
+
+fn validate_telemetry(t: &TelemetryConfig) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        return Err(ConfigError::new(
+            "telemetry.sample_ratio",
+            "must be between 0.0 and 1.0",
+        ));
+    }
+    if let Some(endpoint) = &t.otlp_endpoint {
+        let ok = url::Url::parse(endpoint)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err(ConfigError::new(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL such as http://127.0.0.1:4318",
+            ));
+        }
     }
     Ok(())
 }

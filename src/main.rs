@@ -62,13 +62,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DASHGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Command::Serve {
+        config,
+        listen,
+        simulate,
+    } = cli.command
+    {
+        return serve(config, listen, simulate);
+    }
+    init_logging();
     match cli.command {
         Command::Check { config } => match load(config) {
             Ok(config) => {
@@ -82,38 +84,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Serve {
-            config,
-            listen,
-            simulate,
-        } => {
-            let mut config = match load_with(config, |c| {
-                if simulate {
-                    // The real address is known once the simulator runs; validated as this.
-                    let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
-                    dashgate::console::firstrun::use_simulator(c, placeholder, "sk-sim");
-                }
-            }) {
-                Ok(config) => config,
-                Err(code) => return code,
-            };
-            if let Some(listen) = listen {
-                config.server.listen = listen;
-            }
-            run(async move {
-                let listener = TcpListener::bind(config.server.listen).await?;
-                if simulate {
-                    start_simulator(&mut config).await?;
-                }
-                let state = server::AppState::new(config)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                let shutdown = shutdown_on_signal()?;
-                announce("dashgate", &listener)?;
-                first_run(&state, listener.local_addr()?);
-                server::serve(listener, std::sync::Arc::new(state), shutdown).await
-            })
-        }
+        Command::Serve { .. } => ExitCode::FAILURE, // taken above
         Command::Keys { config, action } => {
             let config = match load(config) {
                 Ok(config) => config,
@@ -134,6 +105,60 @@ fn main() -> ExitCode {
             sim::serve(listener, options, shutdown).await
         }),
     }
+}
+
+/// The log filter: `DASHGATE_LOG`, `info` when unset.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("DASHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, simulate: bool) -> ExitCode {
+    let mut config = match load_with(config, |c| {
+        if simulate {
+            // The real address is known once the simulator runs; validated as this.
+            let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
+            dashgate::console::firstrun::use_simulator(c, placeholder, "sk-sim");
+        }
+    }) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    let _guard = match dashgate::telemetry::otel::dispatch(&config.telemetry, log_filter()) {
+        Ok((dispatch, guard)) => {
+            if let Err(e) = tracing::dispatcher::set_global_default(dispatch) {
+                eprintln!("dashgate: cannot set up logging: {e}");
+            }
+            guard
+        }
+        Err(message) => {
+            eprintln!("dashgate: config error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    run(async move {
+        let listener = TcpListener::bind(config.server.listen).await?;
+        if simulate {
+            start_simulator(&mut config).await?;
+        }
+        let state = server::AppState::new(config)
+            .await
+            .map_err(std::io::Error::other)?;
+        let shutdown = shutdown_on_signal()?;
+        announce("dashgate", &listener)?;
+        first_run(&state, listener.local_addr()?);
+        server::serve(listener, std::sync::Arc::new(state), shutdown).await
+    })
 }
 
 fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {

@@ -181,6 +181,7 @@ pub async fn send_with_retries(
         let upstream = lease.upstream.clone();
         let (api, body) = body_for(&upstream);
         let started = Instant::now();
+        let span = attempt_span(&upstream, call, attempt, last_error.as_ref());
         let send = upstream.send(
             api,
             provider::Call {
@@ -195,10 +196,19 @@ pub async fn send_with_retries(
         let sent = tokio::select! {
             biased;
             _ = state.abort.cancelled() => return Err(GatewayError::ShuttingDown),
-            sent = send => sent,
+            sent = tracing::Instrument::instrument(send, span.clone()) => sent,
         };
+        state
+            .metrics
+            .observed
+            .attempt(&upstream.config.name, sent.as_ref().err());
+        record_attempt(&span, &sent);
+        drop(span);
         let error = match sent {
             Ok(response) => {
+                if let Some(log) = crate::telemetry::access_log::current() {
+                    log.upstream_chosen(provider_name(&upstream));
+                }
                 upstream.slot.circuit.record_success();
                 return Ok(Upstreamed {
                     response,
@@ -241,6 +251,69 @@ pub async fn send_with_retries(
     Err(last_error.unwrap_or(GatewayError::Internal))
 }
 
+/// The span of one upstream call: which upstream, which try, its circuit, and why the try
+/// before it failed.
+fn attempt_span(
+    upstream: &Upstream,
+    call: &Call<'_>,
+    attempt: u32,
+    previous: Option<&GatewayError>,
+) -> tracing::Span {
+    use tracing::field::Empty;
+    let span = tracing::trace_span!(
+        target: crate::telemetry::otel::TARGET,
+        "dashgate.upstream",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        dashgate.upstream = %upstream.config.name,
+        dashgate.attempt = i64::from(attempt),
+        dashgate.circuit_state = upstream.slot.circuit.state().as_str(),
+        dashgate.retry_reason = Empty,
+        gen_ai.system = provider_name(upstream),
+        gen_ai.operation.name = "chat",
+        gen_ai.request.model = call.model,
+        dashgate.streamed = call.stream,
+        http.response.status_code = Empty,
+        error.type = Empty,
+    );
+    if let Some(previous) = previous {
+        span.record("dashgate.retry_reason", reason(previous));
+    }
+    span
+}
+
+fn record_attempt(span: &tracing::Span, sent: &Result<provider::UpstreamResponse, GatewayError>) {
+    if span.is_disabled() {
+        return;
+    }
+    match sent {
+        Ok(response) => span.record(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        ),
+        Err(error) => {
+            let status = match error {
+                GatewayError::UpstreamStatus { status, .. } => Some(*status),
+                GatewayError::UpstreamRejected(r) => Some(r.status),
+                _ => None,
+            };
+            if let Some(status) = status {
+                span.record("http.response.status_code", i64::from(status));
+            }
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", crate::telemetry::observed::outcome(error))
+        }
+    };
+}
+
+/// `gen_ai.system` for an upstream.
+fn provider_name(upstream: &Upstream) -> &'static str {
+    match upstream.config.provider {
+        crate::config::ProviderKind::Dashscope => "dashscope",
+        crate::config::ProviderKind::Openai => "openai",
+    }
+}
+
 /// Full-jitter exponential backoff.
 fn backoff(retry: &crate::config::RetryConfig, attempt: u32) -> Duration {
     let ceiling = retry
@@ -280,7 +353,25 @@ pub async fn dispatch(
         headers: request.headers,
         request_id: request.request_id,
     };
-    let variants = prepare_media(state, &request).await?;
+    let variants = if transform::has_media(&request.chat) {
+        let span = tracing::trace_span!(
+            target: crate::telemetry::otel::TARGET,
+            "dashgate.media",
+            dashgate.images = tracing::field::Empty,
+            dashgate.image_original_bytes = tracing::field::Empty,
+            dashgate.image_sent_bytes = tracing::field::Empty,
+        );
+        let variants =
+            tracing::Instrument::instrument(prepare_media(state, &request), span.clone()).await?;
+        if let Some(stats) = variants.first().map(|v| v.prepared.stats) {
+            span.record("dashgate.images", i64::from(stats.images));
+            span.record("dashgate.image_original_bytes", stats.original_bytes as i64);
+            span.record("dashgate.image_sent_bytes", stats.sent_bytes as i64);
+        }
+        variants
+    } else {
+        Vec::new()
+    };
     let fast_path = state.config.server.fast_path;
     // Every stream is metered from the upstream's own usage, also for a client that did not
     // ask for it (the usage chunk is then kept from it).

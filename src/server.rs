@@ -50,6 +50,8 @@ pub struct AppState {
     pub console: crate::console::Console,
     /// What the `"*"` upstreams serve, asked of them and cached, for `GET /v1/models`.
     pub model_lists: crate::provider::models::ModelLists,
+    /// Where access log lines go; none when `telemetry.access_log = false`.
+    pub access_log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
 }
 
 impl AppState {
@@ -104,6 +106,7 @@ impl AppState {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             abort: CancellationToken::new(),
+            access_log: crate::telemetry::access_log::AccessLog::start(&config.telemetry),
             config: Arc::new(config),
         })
     }
@@ -171,7 +174,36 @@ async fn request_id(
     // Copied only for the debug line: the request itself moves on.
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
-    let mut response = next.run(request).await;
+    // Routed requests get an access log line and a root span, both closed when the request is
+    // wholly done (a stream's meter holds them to its end).
+    let log = route.and_then(|route| {
+        let log = crate::telemetry::access_log::RequestLog::start(
+            state.access_log.clone(),
+            request.method(),
+            request.uri().path(),
+            request.headers(),
+            &id,
+            route,
+        )?;
+        Some((log.clone(), log))
+    });
+    let mut response = match log {
+        Some((log, scoped)) => {
+            use tracing::Instrument;
+            let span = log.span.clone();
+            let response = crate::telemetry::access_log::scope(scoped, next.run(request))
+                .instrument(span)
+                .await;
+            let info = response.extensions().get::<RouteInfo>();
+            log.responded(
+                response.status().as_u16(),
+                info.map_or("-", |i| i.model.as_str()),
+                info.map_or("-", |i| i.upstream.as_str()),
+            );
+            response
+        }
+        None => next.run(request).await,
+    };
     let elapsed = started.elapsed();
     if let Some((method, path)) = logged {
         // For a stream this is the time to its head; the body may run on much longer.

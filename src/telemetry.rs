@@ -1,6 +1,10 @@
 //! Metrics in Prometheus text (`GET /metrics`). One registry per gateway instance. Labels name
 //! routes, models, upstreams and statuses; never a key.
 
+pub mod access_log;
+pub mod observed;
+pub mod otel;
+
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -67,6 +71,8 @@ pub struct Metrics {
     /// The model names a label may carry (the configured ones); any other is `other`, so a
     /// client cannot add series by inventing names.
     models: std::collections::HashSet<String>,
+    /// Token latency per model, attempts, ledger queue, image savings (#20).
+    pub observed: observed::Observed,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,7 +168,9 @@ impl Metrics {
             "Usage records by outcome: written, spilled (to the local file), lost, store_error",
             ledger.clone(),
         );
+        let observed = observed::Observed::register(&mut registry);
         Self {
+            observed,
             limiter_errors,
             ledger,
             models: Default::default(),
@@ -209,7 +217,8 @@ impl Metrics {
         self
     }
 
-    fn model_label<'a>(&self, model: &'a str) -> &'a str {
+    /// The label a model name is counted under: a configured name, `-`, or `other`.
+    pub fn model_label<'a>(&self, model: &'a str) -> &'a str {
         // `-`: the request never named a model (refused before, or not a chat).
         if model == "-" || self.models.contains(model) {
             model

@@ -143,6 +143,29 @@ async fn a_huge_png_is_downscaled_to_the_pixel_budget() {
         r.image_tokens_after,
         header(&headers, "x-dashgate-image-tokens-after")
     );
+    // And the savings metric.
+    let metrics = gw
+        .http
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    let saved_bytes = png.len() as u64 - sent.len() as u64;
+    let saved_tokens = header(&headers, "x-dashgate-image-tokens-before")
+        - header(&headers, "x-dashgate-image-tokens-after");
+    for line in [
+        format!(
+            r#"dashgate_image_policy_saved_total{{model="qwen-vl-plus",unit="bytes"}} {saved_bytes}"#
+        ),
+        format!(
+            r#"dashgate_image_policy_saved_total{{model="qwen-vl-plus",unit="tokens"}} {saved_tokens}"#
+        ),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
 }
 
 #[tokio::test]

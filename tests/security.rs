@@ -226,12 +226,16 @@ async fn an_environment_proxy_is_not_a_way_past_the_fetch_guard() {
 async fn invented_model_names_do_not_add_metric_series() {
     let (gw, _seen) = echo_gateway().await;
     for i in 0..20 {
+        // Streams too: the per-model token latency families are labelled the same way.
+        let mut body = ask(&format!("made-up-model-{i}"), "hi");
+        body["stream"] = json!(i % 2 == 1);
         let response = gw
-            .chat(&ask(&format!("made-up-model-{i}"), "hi"))
+            .chat(&body)
             .send()
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(response.status(), 200);
+        let _ = response.text().await;
     }
     let metrics = gw
         .http

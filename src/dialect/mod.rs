@@ -41,6 +41,10 @@ pub struct StreamTracker {
     started: Instant,
     first_sent: bool,
     meter: UsageSink,
+    /// Per-model time to first token and between tokens; the last event's time.
+    first_token: prometheus_client::metrics::histogram::Histogram,
+    inter_token: prometheus_client::metrics::histogram::Histogram,
+    last_event: Option<Instant>,
 }
 
 impl StreamTracker {
@@ -51,21 +55,37 @@ impl StreamTracker {
         meter: &UsageSink,
     ) -> Self {
         metrics.stream_started();
+        let model = meter.model();
+        let (first_token, inter_token) = metrics
+            .observed
+            .token_histograms(metrics.model_label(&model));
         Self {
             metrics,
             route,
             started,
             first_sent: false,
             meter: meter.clone(),
+            first_token,
+            inter_token,
+            last_event: None,
         }
     }
 
     fn sent(&mut self, event: &[u8]) {
         self.meter.sent(event);
         // Keep-alive comments are not tokens.
-        if !self.first_sent && !event.starts_with(b":") {
+        if event.starts_with(b":") {
+            return;
+        }
+        let now = Instant::now();
+        if !self.first_sent {
             self.first_sent = true;
-            self.metrics.first_token(self.route, self.started.elapsed());
+            let elapsed = now - self.started;
+            self.metrics.first_token(self.route, elapsed);
+            self.first_token.observe(elapsed.as_secs_f64());
+        }
+        if let Some(last) = self.last_event.replace(now) {
+            self.inter_token.observe((now - last).as_secs_f64());
         }
     }
 }
@@ -241,7 +261,31 @@ pub async fn admit(
     body: Body,
     entry: Entry<'_>,
 ) -> Result<(crate::auth::Caller, Bytes, UsageSink), GatewayError> {
-    let caller = state.auth.authenticate(headers).await?;
+    let span = tracing::trace_span!(
+        target: crate::telemetry::otel::TARGET,
+        "dashgate.admission",
+        dashgate.key_name = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    let admission = admit_in(state, headers, body, entry, &span);
+    tracing::Instrument::instrument(admission, span.clone()).await
+}
+
+async fn admit_in(
+    state: &crate::server::AppState,
+    headers: &HeaderMap,
+    body: Body,
+    entry: Entry<'_>,
+    span: &tracing::Span,
+) -> Result<(crate::auth::Caller, Bytes, UsageSink), GatewayError> {
+    let caller = match state.auth.authenticate(headers).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            span.record("error.type", error.code());
+            return Err(error);
+        }
+    };
+    span.record("dashgate.key_name", &*caller.name);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -266,6 +310,7 @@ pub async fn admit(
             Ok((caller, bytes, meter))
         }
         Err(error) => {
+            span.record("error.type", error.code());
             meter.failed(error.status().as_u16(), error.code());
             Err(error)
         }

@@ -209,6 +209,9 @@ impl Upstream {
                 }
             }
         }
+        if let Some(value) = crate::telemetry::otel::upstream_traceparent(call.client_headers) {
+            headers.insert("traceparent", value);
+        }
         let sent =
             tokio::time::timeout(self.config.first_byte_timeout(), self.pool.send(request)).await;
         let response = match sent {

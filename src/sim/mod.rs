@@ -92,6 +92,24 @@ pub struct Stats {
     pub streams_closed_early: AtomicU64,
     /// Signalled each time a stream ends early because the client went away.
     pub stream_closed_early: tokio::sync::Notify,
+    /// The `traceparent` header of every request that carried one, in arrival order.
+    pub traceparents: Mutex<Vec<String>>,
+}
+
+/// Notes each request's `traceparent`, for tests of trace propagation.
+async fn note_traceparent(
+    State(stats): State<Arc<Stats>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(value) = request.headers().get("traceparent") {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match stats.traceparents.lock() {
+            Ok(mut seen) => seen.push(value),
+            Err(poisoned) => poisoned.into_inner().push(value),
+        }
+    }
+    next.run(request).await
 }
 
 struct SimState {
@@ -187,6 +205,10 @@ pub fn router(options: Options) -> (Router, Arc<Stats>) {
             get(files::content),
         )
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .layer(axum::middleware::from_fn_with_state(
+            stats.clone(),
+            note_traceparent,
+        ))
         .with_state(state);
     (router, stats)
 }

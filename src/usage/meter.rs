@@ -39,6 +39,8 @@ struct Inner {
     bytes_out: AtomicU64,
     events_out: AtomicU64,
     first_event_ms: OnceLock<u64>,
+    /// The request's access log line and root span, finished with the record.
+    log: Option<Arc<crate::telemetry::access_log::RequestLog>>,
 }
 
 #[derive(Default)]
@@ -85,6 +87,7 @@ impl Meter {
             bytes_out: AtomicU64::new(0),
             events_out: AtomicU64::new(0),
             first_event_ms: OnceLock::new(),
+            log: crate::telemetry::access_log::current(),
         }))
     }
 
@@ -114,9 +117,22 @@ impl Meter {
         self.with(|s| s.record.upstream = name.to_string());
     }
 
+    /// The model asked for, once known.
+    pub fn model(&self) -> String {
+        let mut model = String::new();
+        self.with(|s| model.clone_from(&s.record.model));
+        model
+    }
+
     pub fn media(&self, media: Option<MediaStats>) {
         let Some(m) = media else { return };
         self.with(|s| {
+            let metrics = &self.0.context.metrics;
+            metrics.observed.image_saved(
+                metrics.model_label(&s.record.model),
+                m.original_bytes.saturating_sub(m.sent_bytes),
+                m.tokens_before.saturating_sub(m.tokens_after),
+            );
             let r = &mut s.record;
             r.images = u64::from(m.images);
             r.image_original_bytes = m.original_bytes;
@@ -225,6 +241,14 @@ impl Drop for Inner {
         self.context
             .limiter
             .spend(&self.caller, &self.limits, record.total_tokens);
+        let Some(log) = &self.log else {
+            self.context.ledger.record(record);
+            return;
+        };
+        log.metered(&record);
+        let span = tracing::trace_span!(target: crate::telemetry::otel::TARGET, parent: &log.span,
+            "dashgate.ledger", dashgate.request_id = record.request_id.as_str());
+        let _entered = span.enter();
         self.context.ledger.record(record);
     }
 }

@@ -61,7 +61,10 @@ impl Ledger {
     /// Queues a record; never waits. A full queue (the writer far behind) loses the record,
     /// counted and logged.
     pub fn record(&self, record: UsageRecord) {
-        if let Err(e) = self.queue.try_send(record) {
+        let sent = self.queue.try_send(record);
+        let depth = self.queue.max_capacity() - self.queue.capacity();
+        self.metrics.observed.ledger_depth(depth);
+        if let Err(e) = sent {
             self.metrics.ledger(LedgerOutcome::Lost, 1);
             let request_id = match &e {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => {
@@ -179,6 +182,10 @@ impl Writer {
             Ok(()) => {
                 self.metrics
                     .ledger(LedgerOutcome::Written, batch.len() as u64);
+                if let Some(oldest) = batch.iter().map(|r| r.at).min() {
+                    self.metrics.observed.ledger_written(oldest);
+                }
+                self.metrics.observed.ledger_depth(self.receiver.len());
                 true
             }
             Err(e) => {
