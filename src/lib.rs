@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod chat;
+pub mod circuits;
 pub mod config;
 pub mod dialect;
 pub mod error;

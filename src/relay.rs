@@ -79,7 +79,7 @@ impl Upstreamed {
         let upstream = self.lease.upstream.clone();
         let body = read_whole(self.response, &upstream, self.deadline).await;
         if body.is_err() {
-            upstream.slot.circuit.record_failure();
+            self.lease.circuit.record_failure();
         }
         body
     }
@@ -128,15 +128,18 @@ fn retryable(error: &GatewayError) -> bool {
     }
 }
 
-/// Failures that count against an upstream's circuit (a 429 is a busy upstream, not a broken one).
+/// Failures that say the upstream is unhealthy for this model, and so count against its
+/// circuit: unreachable, slow, 502/503/504, a broken reply. A 429 is a busy upstream, and a
+/// 500 is DashScope's answer to one request (`InternalError.Algo`), not word on its health:
+/// neither counts (a 500 is still retried).
 fn counts_against(error: &GatewayError) -> bool {
-    matches!(
-        error,
+    match error {
         GatewayError::UpstreamUnreachable { .. }
-            | GatewayError::UpstreamTimeout { .. }
-            | GatewayError::UpstreamStatus { .. }
-            | GatewayError::UpstreamProtocol { .. }
-    )
+        | GatewayError::UpstreamTimeout { .. }
+        | GatewayError::UpstreamProtocol { .. } => true,
+        GatewayError::UpstreamStatus { status, .. } => matches!(status, 502..=504),
+        _ => false,
+    }
 }
 
 /// A short label for metrics and logs.
@@ -197,7 +200,7 @@ pub async fn send_with_retries(
         };
         let error = match sent {
             Ok(response) => {
-                upstream.slot.circuit.record_success();
+                lease.circuit.record_success();
                 return Ok(Upstreamed {
                     response,
                     lease,
@@ -208,7 +211,7 @@ pub async fn send_with_retries(
             Err(error) => error,
         };
         if counts_against(&error) {
-            upstream.slot.circuit.record_failure();
+            lease.circuit.record_failure();
         }
         if !retryable(&error) || attempt == retry.attempts {
             return Err(error);
@@ -548,11 +551,11 @@ impl SseEvents {
                 Ok(None) => self.ended = true,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(upstream = %upstream.config.name, error = %e, "upstream stream broke");
-                    upstream.slot.circuit.record_failure();
+                    self.lease.circuit.record_failure();
                     return Next::Fail(protocol_error(upstream, "the stream broke off"));
                 }
                 Err(_) => {
-                    upstream.slot.circuit.record_failure();
+                    self.lease.circuit.record_failure();
                     return Next::Fail(upstream.timeout());
                 }
             }
