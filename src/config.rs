@@ -78,6 +78,8 @@ pub struct LimitsConfig {
     pub on_redis_error: FailMode,
     /// The longest a limit check waits for Redis.
     pub redis_timeout_ms: u64,
+    /// Completion tokens reserved at admission for a request without `max_tokens`.
+    pub reserve_completion_tokens: u64,
 }
 
 impl Default for LimitsConfig {
@@ -86,6 +88,7 @@ impl Default for LimitsConfig {
             redis_url: None,
             on_redis_error: FailMode::Open,
             redis_timeout_ms: 250,
+            reserve_completion_tokens: 1024,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Request<'a> {
     pub caller: &'a Caller,
     pub headers: &'a HeaderMap,
     pub request_id: &'a str,
+    /// The request's meter: admission's reservation is settled through it.
+    pub meter: &'a crate::usage::Meter,
 }
 
 /// What came back.
@@ -161,6 +163,9 @@ pub struct Call<'a> {
     pub caller: &'a Caller,
     pub headers: &'a HeaderMap,
     pub request_id: &'a str,
+    pub meter: &'a crate::usage::Meter,
+    /// Tokens to reserve against the key's TPM and quota at admission.
+    pub reserve: u64,
 }
 
 /// Sends to an upstream for `call.model`, retrying and failing over before the first byte:
@@ -179,6 +184,11 @@ pub async fn send_with_retries(
             Ok(lease) => lease,
             Err(error) => return Err(last_error.unwrap_or(error)),
         };
+        if attempt == 1 && !call.meter.is_unchecked() {
+            // Admission: nothing the gateway refused before this point counted.
+            let reservation = state.limiter.reserve(call.caller, call.reserve).await?;
+            call.meter.reserved(reservation);
+        }
         let upstream = lease.upstream.clone();
         let (api, body) = body_for(&upstream);
         let started = Instant::now();
@@ -280,6 +290,8 @@ pub async fn dispatch(
         caller: request.caller,
         headers: request.headers,
         request_id: request.request_id,
+        meter: request.meter,
+        reserve: 0,
     };
     let variants = prepare_media(state, &request).await?;
     let fast_path = state.config.server.fast_path;
@@ -293,6 +305,19 @@ pub async fn dispatch(
     // Documents named as `fileid://`: each upstream gets its own rewrite of the request.
     let files = crate::files::resolve::prepare(state, &request.chat, request.caller).await?;
     let mut file_bodies: std::collections::HashMap<String, (Api, Bytes)> = Default::default();
+    let image_stats = variants
+        .first()
+        .map(|v| v.prepared.stats)
+        .unwrap_or_default();
+    let call = Call {
+        reserve: reserve_for(
+            state,
+            request.original.len(),
+            &image_stats,
+            request.chat.max_tokens,
+        ),
+        ..call
+    };
     let upstreamed = send_with_retries(state, &call, |upstream| {
         let wire = wire_for(upstream, request.dialect);
         let at = variant_of(&variants, upstream).min(variants.len());
@@ -363,6 +388,21 @@ pub async fn dispatch(
     reply
         .map(|reply| (Outcome::Whole(reply, name), media))
         .map_err(|e| protocol_error(&upstream, &format!("unreadable reply: {e}")))
+}
+
+/// The tokens a request may use, reserved at admission: its prompt estimated from its text
+/// bytes (four to a token) and its images' tokens, and its `max_tokens` or the configured
+/// default.
+pub fn reserve_for(
+    state: &AppState,
+    body_bytes: usize,
+    images: &MediaStats,
+    max_tokens: Option<u32>,
+) -> u64 {
+    let image_text = images.original_bytes.saturating_mul(4) / 3;
+    let text = (body_bytes as u64).saturating_sub(image_text) / 4;
+    let completion = max_tokens.map_or(state.config.limits.reserve_completion_tokens, u64::from);
+    text + images.tokens_after + completion
 }
 
 /// An OpenAI-dialect stream request body that asks for the usage chunk. Without

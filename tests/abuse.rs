@@ -51,3 +51,106 @@ async fn a_model_that_always_fails_never_takes_a_healthy_model_on_the_same_upstr
     let body = json_of(response).await;
     assert_ne!(error_of(&body).0, "upstream_unavailable", "{body}");
 }
+
+fn key_toml(name: &str, key: &str, limits: &str) -> String {
+    format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nmodels = [\"qwen-plus\"]\n{limits}\n")
+}
+
+async fn send(gw: &Gateway, key: &str, body: &serde_json::Value) -> u16 {
+    gw.http
+        .post(gw.url("/compatible-mode/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn refused_requests_do_not_count_against_rpm() {
+    let sim = Sim::start().await;
+    let keys = key_toml("two-a-minute", "sk-two-test", "rpm = 2");
+    let gw = Gateway::start(&config_for(&sim, "", &keys)).await;
+    // Refused by the allow-list (403) and by validation (400): neither is admitted.
+    for _ in 0..2 {
+        assert_eq!(send(&gw, "sk-two-test", &ask("qwen-max", "x")).await, 403);
+        let invalid = json!({"model": "qwen-plus", "messages": [], "temperature": 9});
+        assert_eq!(send(&gw, "sk-two-test", &invalid).await, 400);
+    }
+    assert_eq!(sim.requests(), 0);
+    for n in 0..2 {
+        assert_eq!(
+            send(&gw, "sk-two-test", &ask("qwen-plus", "x")).await,
+            200,
+            "valid request {n} after four refused ones"
+        );
+    }
+}
+
+/// 30 concurrent streams on a small quota: the tokens spent stay within the quota plus one
+/// request's own use (the documented bound).
+async fn concurrent_streams_hold_the_quota(limits: &str, name: &str) {
+    let sim = Sim::start().await;
+    let quota = 200;
+    let keys = key_toml(
+        name,
+        "sk-quota-test",
+        &format!("token_quota = {quota}\nquota_period = \"day\""),
+    );
+    let gw = Gateway::start(&config_for(&sim, "", &format!("{limits}\n{keys}"))).await;
+    let mut body = ask("qwen-plus", "tell me a story");
+    body["stream"] = json!(true);
+    body["sim"] = json!({"chunk_delay_ms": 5, "chunks": 8});
+    let calls = (0..30).map(|_| async {
+        let response = gw
+            .http
+            .post(gw.url("/compatible-mode/v1/chat/completions"))
+            .bearer_auth("sk-quota-test")
+            .json(&body)
+            .send()
+            .await;
+        match response {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
+            }
+            Err(_) => 0,
+        }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(admitted >= 1, "{statuses:?}");
+    assert_eq!(
+        admitted + statuses.iter().filter(|&&s| s == 429).count(),
+        30
+    );
+    let store = open_store(&format!("sqlite://{}/dashgate.db", gw.dir.path().display())).await;
+    let filter = dashgate::store::UsageFilter {
+        key: Some(name.into()),
+        ..Default::default()
+    };
+    let found = records(&store, &filter, 30).await;
+    let spent: u64 = found.iter().map(|r| r.total_tokens).sum();
+    let largest = found.iter().map(|r| r.total_tokens).max().unwrap_or(0);
+    assert!(
+        spent <= quota + largest,
+        "spent {spent} on a quota of {quota} (largest request {largest}), {admitted} admitted"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_streams_hold_a_local_quota() {
+    concurrent_streams_hold_the_quota("", "quota-local").await;
+}
+
+#[tokio::test]
+async fn concurrent_streams_hold_a_redis_quota() {
+    let redis = std::env::var("DASHGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| panic!("DASHGATE_TEST_REDIS_URL is not set: run scripts/test.sh"));
+    // A key name of its own, so runs sharing the Redis do not share counts.
+    let name = format!("quota-{}", uuid::Uuid::new_v4().simple());
+    let limits = format!("[limits]\nredis_url = \"{redis}\"\non_redis_error = \"closed\"\n");
+    concurrent_streams_hold_the_quota(&limits, &name).await;
+}

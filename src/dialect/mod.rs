@@ -244,7 +244,9 @@ pub async fn admit(
         declared,
     );
     let admitted = async {
-        state.limiter.admit(&caller).await?;
+        if !state.limiter.admit(&caller).await? {
+            meter.unchecked();
+        }
         let limit = state.config.server.max_body_bytes;
         read_body(headers, body, limit, state.body_timeout).await
     };

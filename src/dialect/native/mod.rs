@@ -148,6 +148,7 @@ async fn metered(
                 caller: &caller,
                 headers: &headers,
                 request_id: &request_id2,
+                meter: &meter2,
             };
             match relay::dispatch(&state2, request)
                 .await
@@ -180,6 +181,7 @@ async fn metered(
         caller: &caller,
         headers,
         request_id,
+        meter,
     };
     let (outcome, media) = relay::dispatch(state, request)
         .await
