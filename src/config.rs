@@ -113,9 +113,15 @@ pub struct UsageConfig {
     pub flush_ms: u64,
     /// Records held in memory while the store is down; beyond this they go to the spill file.
     pub memory_records: usize,
-    /// Where records wait on disk while the store is down (JSON lines; replayed at start and
-    /// when the store is back).
+    /// The spill file of gateways from before the journal: shipped at start if present.
     pub spill_path: std::path::PathBuf,
+    /// The journal every record is appended to before it goes to the store (JSON lines).
+    pub journal_path: std::path::PathBuf,
+    /// How often what was journaled is fsynced (for power loss; a crash loses nothing
+    /// either way); 0: never, the kernel writes it back in its own time.
+    pub journal_fsync_ms: u64,
+    /// The journal's size limit: records beyond it (a very long store outage) are lost.
+    pub journal_max_bytes: u64,
 }
 
 impl Default for UsageConfig {
@@ -126,6 +132,9 @@ impl Default for UsageConfig {
             flush_ms: 50,
             memory_records: 100_000,
             spill_path: "dashgate-usage.spill".into(),
+            journal_path: "dashgate-usage.journal".into(),
+            journal_fsync_ms: 1000,
+            journal_max_bytes: 1 << 30,
         }
     }
 }

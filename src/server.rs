@@ -65,7 +65,7 @@ impl AppState {
             store.clone(),
             metrics.clone(),
         )?);
-        let ledger = Ledger::start(store.clone(), &config.usage, metrics.clone());
+        let ledger = Ledger::start(store.clone(), &config.usage, metrics.clone())?;
         let meters = MeterContext {
             ledger,
             limiter: limiter.clone(),
