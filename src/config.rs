@@ -323,6 +323,18 @@ pub struct ServerConfig {
     /// SSE comments sent while waiting for the upstream's first byte (0: none), for device
     /// links that drop idle connections.
     pub sse_keepalive_ms: u64,
+    /// How long a client has to send a request's headers, counted from the connection's
+    /// start or, on a kept-alive connection, from the end of the previous response (so it is
+    /// also the idle keep-alive timeout); then the connection is closed.
+    pub header_timeout_ms: u64,
+    /// Open client connections at most (0: four fifths of the process's open-file limit);
+    /// beyond it new connections are closed at once, logged and counted.
+    pub max_connections: usize,
+    /// The longest a request body may take to arrive in all (400 after it).
+    pub body_timeout_ms: u64,
+    /// The longest a request body may go without a byte arriving (400 after it): a body
+    /// trickled in slower than that is cut off long before `body_timeout_ms`.
+    pub body_idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -333,6 +345,10 @@ impl Default for ServerConfig {
             fast_path: true,
             drain_timeout_ms: 30_000,
             sse_keepalive_ms: 0,
+            header_timeout_ms: 15_000,
+            max_connections: 0,
+            body_timeout_ms: 60_000,
+            body_idle_timeout_ms: 10_000,
         }
     }
 }
@@ -735,6 +751,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "usage",
             "queue_records, batch_records and memory_records must be at least 1",
+        ));
+    }
+    let server = &config.server;
+    if server.header_timeout_ms == 0
+        || server.body_timeout_ms == 0
+        || server.body_idle_timeout_ms == 0
+    {
+        return Err(ConfigError::new(
+            "server",
+            "header_timeout_ms, body_timeout_ms and body_idle_timeout_ms must be at least 1",
         ));
     }
     if let Some(url) = &config.files.url {

@@ -12,6 +12,7 @@ pub mod event;
 pub mod fetch;
 pub mod files;
 pub mod limit;
+pub mod listen;
 pub mod media;
 pub mod provider;
 pub mod relay;

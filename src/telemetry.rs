@@ -52,6 +52,8 @@ fn latency_histogram() -> Histogram {
 }
 
 pub struct Metrics {
+    /// Client connections: open, and refused at the cap (`listen.rs`).
+    pub connections: crate::listen::ConnectionMetrics,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -159,7 +161,9 @@ impl Metrics {
             "Usage records by outcome: written, spilled (to the local file), lost, store_error",
             ledger.clone(),
         );
+        let connections = crate::listen::ConnectionMetrics::register(&mut registry);
         Self {
+            connections,
             limiter_errors,
             ledger,
             registry,

@@ -154,3 +154,114 @@ async fn concurrent_streams_hold_a_redis_quota() {
     let limits = format!("[limits]\nredis_url = \"{redis}\"\non_redis_error = \"closed\"\n");
     concurrent_streams_hold_the_quota(&limits, &name).await;
 }
+
+/// A gateway whose `[server]` table gets `settings` too.
+async fn gateway_with(sim: &Sim, settings: &str) -> Gateway {
+    let toml = config_for(sim, "", "").replace(
+        "max_body_bytes = 65536",
+        &format!("max_body_bytes = 65536\n{settings}"),
+    );
+    Gateway::start(&toml).await
+}
+
+/// Reads what the server sends until it closes the connection; the safety net only keeps a
+/// server that never closes from hanging the test.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut seen),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was never closed");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+async fn connect(gw: &Gateway, first_bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(first_bytes)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_while_normal_requests_are_served() {
+    let sim = Sim::start().await;
+    let gw = gateway_with(&sim, "header_timeout_ms = 300").await;
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(connect(&gw, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").await);
+    }
+    assert_eq!(
+        gw.chat(&ask("qwen-plus", "x"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok(),
+        Some(200)
+    );
+    for stream in &mut slow {
+        let seen = until_closed(stream).await;
+        assert!(!seen.contains(" 200 "), "{seen}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_refused_with_400() {
+    let sim = Sim::start().await;
+    let gw = gateway_with(&sim, "body_idle_timeout_ms = 300").await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{\"model\":"
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        stalled.push(connect(&gw, head.as_bytes()).await);
+    }
+    assert_eq!(
+        gw.chat(&ask("qwen-plus", "x"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok(),
+        Some(200)
+    );
+    for stream in &mut stalled {
+        let seen = until_closed(stream).await;
+        assert!(seen.starts_with("HTTP/1.1 400"), "{seen}");
+        assert!(seen.contains("stalled"), "{seen}");
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_and_counted() {
+    let sim = Sim::start().await;
+    let gw = gateway_with(&sim, "max_connections = 3").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&gw, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await);
+    }
+    let mut over = connect(&gw, b"").await;
+    let seen = until_closed(&mut over).await;
+    assert_eq!(seen, "", "closed without an answer");
+    drop(held);
+    // The held connections' slots free as the server sees them go.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        let answer = gw.http.get(gw.url("/metrics")).send().await;
+        if let Ok(r) = answer {
+            break r.text().await.unwrap_or_default();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never served again");
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        metrics.contains("dashgate_client_connections_refused_total 1"),
+        "{metrics}"
+    );
+}
