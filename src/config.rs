@@ -154,6 +154,14 @@ pub struct FilesConfig {
     /// Documents put into the system message for an upstream without a files API may come to
     /// at most this many tokens (estimated); more is a 400.
     pub max_inline_tokens: u64,
+    /// Text extraction's cage: bytes a DOCX may decompress to.
+    pub max_extract_bytes: u64,
+    /// Characters of text one document may give.
+    pub max_text_chars: usize,
+    /// How long one extraction may take before the request is refused.
+    pub extract_timeout_ms: u64,
+    /// Extractions running at once, across all requests (more wait for a slot).
+    pub max_extractions: usize,
 }
 
 impl Default for FilesConfig {
@@ -163,6 +171,10 @@ impl Default for FilesConfig {
             url: None,
             max_file_bytes: 64 * 1024 * 1024,
             max_inline_tokens: 120_000,
+            max_extract_bytes: 32 * 1024 * 1024,
+            max_text_chars: 2_000_000,
+            extract_timeout_ms: 10_000,
+            max_extractions: 2,
         }
     }
 }

@@ -19,6 +19,7 @@ async fn env() -> (Sim, Gateway) {
 [files]
 max_file_bytes = 200000
 max_inline_tokens = 2000
+max_extract_bytes = 100000
 
 [[keys]]
 name = "other"
@@ -455,4 +456,24 @@ async fn uploads_are_checked_for_purpose_type_and_size() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn a_docx_zip_bomb_is_refused_naming_the_limit() {
+    let (_sim, gw) = env().await;
+    // About 1 KB of zip that inflates to 300 KB of XML, over the test's 100 KB cap.
+    let bomb = docx(&["word ".repeat(60_000).as_str()]);
+    assert!(bomb.len() < 20_000, "{}", bomb.len());
+    let id = uploaded(&gw, "bomb.docx", bomb).await;
+    for _ in 0..2 {
+        let (status, reply) = answer(
+            &gw,
+            CLIENT_KEY,
+            &with_files("local-long", &[&format!("fileid://{id}")], "?"),
+        )
+        .await;
+        assert_eq!(status, 400, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("files.max_extract_bytes"), "{reply}");
+    }
 }
