@@ -65,6 +65,8 @@ pub struct Config {
     pub files: FilesConfig,
     /// Prices per model, for the cost in each usage record.
     pub prices: std::collections::BTreeMap<String, Price>,
+    /// The exact response cache (`docs/cache.md`).
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// Where per-key limits are counted.

@@ -48,6 +48,8 @@ pub struct AppState {
     pub meters: MeterContext,
     /// Who may open `/admin`: the admin token and the console's sessions.
     pub console: crate::console::Console,
+    /// The exact response cache.
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 impl AppState {
@@ -78,7 +80,9 @@ impl AppState {
         let console = crate::console::Console::open(&config, &store)
             .await
             .map_err(|e| format!("store.url: {e}"))?;
+        let cache = crate::cache::Cache::new(&config.cache, metrics.cache.clone())?;
         Ok(Self {
+            cache,
             console,
             auth: Authenticator::new(
                 config.auth.mode,

@@ -64,6 +64,8 @@ pub struct Metrics {
     streams: Gauge,
     limiter_errors: Counter,
     ledger: Family<LedgerLabels, Counter>,
+    /// The response cache's counters (`crate::cache`).
+    pub cache: crate::cache::CacheMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,7 +161,10 @@ impl Metrics {
             "Usage records by outcome: written, spilled (to the local file), lost, store_error",
             ledger.clone(),
         );
+        let cache = crate::cache::CacheMetrics::default();
+        cache.register(&mut registry);
         Self {
+            cache,
             limiter_errors,
             ledger,
             registry,

@@ -47,6 +47,8 @@ struct State {
     usage: Option<Usage>,
     /// The last native frame relayed as it came: its usage is the reply's so far.
     last_native_frame: Option<Bytes>,
+    /// Answered from the response cache.
+    cache_hit: bool,
 }
 
 impl Meter {
@@ -135,6 +137,11 @@ impl Meter {
         self.with(|s| s.last_native_frame = Some(frame.clone()));
     }
 
+    /// The reply came from the response cache: the record keeps its usage for reference only.
+    pub fn cache_hit(&self) {
+        self.with(|s| s.cache_hit = true);
+    }
+
     /// The request failed with `status`, or its stream ended with an error event (status 200).
     pub fn failed(&self, status: u16, code: &str) {
         self.with(|s| {
@@ -182,6 +189,14 @@ impl Drop for Inner {
                 _ => None,
             })
         });
+        let usage = if state.cache_hit {
+            record.cache_hit = true;
+            record.cache_prompt_tokens = usage.as_ref().map(|u| u.prompt_tokens);
+            record.cache_completion_tokens = usage.as_ref().map(|u| u.completion_tokens);
+            None
+        } else {
+            usage
+        };
         match usage {
             Some(u) => {
                 record.prompt_tokens = u.prompt_tokens;
@@ -197,7 +212,7 @@ impl Drop for Inner {
             }
             // Something went upstream and no figures came back: the client hung up, or the
             // upstream failed mid-way. The gateway's estimate, marked as one.
-            None if record.upstream != "-" => {
+            None if record.upstream != "-" && !record.cache_hit => {
                 let text_bytes = record
                     .bytes_in
                     .saturating_sub(record.image_original_bytes * 4 / 3);
