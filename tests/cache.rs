@@ -346,3 +346,46 @@ async fn two_gateways_share_one_redis_cache() {
     assert_eq!(second["choices"], first["choices"]);
     assert_eq!(sim.requests(), 1);
 }
+
+fn frame(shade: u8) -> String {
+    use base64::Engine as _;
+    let img = image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([shade, (x * 4) as u8, (y * 5) as u8])
+    });
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(jpeg.into_inner());
+    format!("data:image/jpeg;base64,{b64}")
+}
+
+fn with_image(url: &str) -> Value {
+    json!({"model": "qwen-vl-plus", "seed": 1, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": url}}]}]})
+}
+
+#[tokio::test]
+async fn a_repeated_camera_frame_hits_and_a_remote_image_is_not_cached() {
+    let sim = Sim::start().await;
+    let gw = Gateway::start(&cached_config(&sim, "")).await;
+    let (a, b) = (frame(10), frame(200));
+    let first = send_openai(&gw, CLIENT_KEY, &with_image(&a), Some("on")).await;
+    assert_eq!(cache_header(&first).as_deref(), Some("miss"));
+    let first = json_of(first).await;
+    let again = send_openai(&gw, CLIENT_KEY, &with_image(&a), Some("on")).await;
+    assert_eq!(cache_header(&again).as_deref(), Some("hit"));
+    assert_eq!(json_of(again).await["choices"], first["choices"]);
+    let other = send_openai(&gw, CLIENT_KEY, &with_image(&b), Some("on")).await;
+    assert_eq!(cache_header(&other).as_deref(), Some("miss"));
+    assert_eq!(sim.requests(), 2);
+    let remote = send_openai(
+        &gw,
+        CLIENT_KEY,
+        &with_image("https://127.0.0.1:9/a.jpg"),
+        Some("on"),
+    )
+    .await;
+    assert_eq!(cache_header(&remote), None);
+}

@@ -12,8 +12,9 @@ use crate::chat::Chat;
 /// a request is not cached (data URLs and `fileid://` are content, and are).
 const MEDIA_FIELDS: [&str; 5] = ["url", "image", "video", "audio", "data"];
 
-/// The key for `chat` in `scope`, or `None` when the request names remote media.
-pub fn of(scope: &str, chat: &Chat) -> Option<[u8; 32]> {
+/// The key for `chat` in `scope` under the media `policies` that process it, or `None` when
+/// the request names remote media.
+pub fn of(scope: &str, policies: &str, chat: &Chat) -> Option<[u8; 32]> {
     let mut value = serde_json::to_value(chat).ok()?;
     if let Value::Object(map) = &mut value {
         map.remove("stream");
@@ -22,6 +23,8 @@ pub fn of(scope: &str, chat: &Chat) -> Option<[u8; 32]> {
     let mut hasher = Sha256::new();
     hasher.update(b"dashgate-cache-v1\0");
     hasher.update(scope.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(policies.as_bytes());
     hasher.update(b"\0");
     hash_value(&mut hasher, &value, "")?;
     Some(hasher.finalize().into())
@@ -94,7 +97,7 @@ mod tests {
         let b = chat(
             r#"{"top_k":3,"messages":[{"content":"hi","role":"user"}],"model":"m","seed":1,"stream":true}"#,
         );
-        assert_eq!(of("k", &a), of("k", &b));
+        assert_eq!(of("k", "", &a), of("k", "", &b));
     }
 
     #[test]
@@ -103,9 +106,9 @@ mod tests {
         let b = chat(r#"{"model":"m","seed":2,"messages":[{"role":"user","content":"hi"}]}"#);
         let c =
             chat(r#"{"model":"m","seed":1,"top_k":1,"messages":[{"role":"user","content":"hi"}]}"#);
-        assert_ne!(of("k", &a), of("k", &b));
-        assert_ne!(of("k", &a), of("k", &c));
-        assert_ne!(of("k", &a), of("other", &a));
+        assert_ne!(of("k", "", &a), of("k", "", &b));
+        assert_ne!(of("k", "", &a), of("k", "", &c));
+        assert_ne!(of("k", "", &a), of("other", "", &a));
     }
 
     #[test]
@@ -116,8 +119,8 @@ mod tests {
         let inline = chat(
             r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#,
         );
-        assert_eq!(of("k", &remote), None);
-        assert!(of("k", &inline).is_some());
+        assert_eq!(of("k", "", &remote), None);
+        assert!(of("k", "", &inline).is_some());
     }
 
     #[test]

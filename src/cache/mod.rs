@@ -48,14 +48,13 @@ impl Cache {
         }))
     }
 
-    /// Looks the request up, where the config and the request allow it; a hit is marked on
-    /// the meter (no upstream tokens; the original usage kept for reference).
-    pub async fn consult(
+    async fn consult(
         self: &Arc<Self>,
         caller: &Caller,
         headers: &HeaderMap,
         chat: &Chat,
         meter: &Meter,
+        router: &crate::route::Router,
     ) -> Result<Consult, GatewayError> {
         let asked = match headers.get(HEADER).map(HeaderValue::to_str) {
             None => None,
@@ -86,7 +85,17 @@ impl Cache {
             CacheScope::Shared => "shared".to_string(),
             CacheScope::Key => format!("key:{}", caller.id.as_deref().unwrap_or(&caller.name)),
         };
-        let Some(key) = key::of(&scope, chat) else {
+        // Media is processed (resized, stripped) by the policy of the upstream that serves
+        // the request, a pure function of the frame and the policy: keying on both is keying
+        // on what goes upstream, without processing the frame again for a hit.
+        let mut policies = String::new();
+        if crate::transform::has_media(chat) {
+            for upstream in router.serving(&chat.model) {
+                let fetches = upstream.fetcher.is_some();
+                policies.push_str(&format!("{:?}/{fetches};", upstream.media));
+            }
+        }
+        let Some(key) = key::of(&scope, &policies, chat) else {
             return Ok(off);
         };
         let found = match mode {
@@ -154,6 +163,21 @@ enum Mode {
     Off,
     /// Skip the lookup, keep the new reply.
     Refresh,
+}
+
+/// Looks the request up, where the config and the request allow it; a hit is marked on the
+/// meter (no upstream tokens; the original usage kept for reference).
+pub async fn consult(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    chat: &Chat,
+    meter: &Meter,
+) -> Result<Consult, GatewayError> {
+    let cache = &state.cache;
+    cache
+        .consult(caller, headers, chat, meter, &state.router)
+        .await
 }
 
 /// What the cache said about one request.

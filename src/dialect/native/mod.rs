@@ -130,7 +130,7 @@ async fn metered(
     let stream = chat.is_stream();
     let model = chat.model.clone();
     meter.request(&model, stream);
-    let cache = state.cache.consult(&caller, headers, &chat, meter).await?;
+    let cache = crate::cache::consult(state, &caller, headers, &chat, meter).await?;
     let cache_label = cache.label();
     let keepalive = state.config.server.sse_keepalive_ms;
     if stream && keepalive > 0 {

@@ -82,7 +82,7 @@ async fn metered_chat(
 ) -> Result<Response, GatewayError> {
     let chat = chat::decode(&bytes)?;
     meter.request(&chat.model, chat.is_stream());
-    let cache = state.cache.consult(&caller, headers, &chat, meter).await?;
+    let cache = crate::cache::consult(state, &caller, headers, &chat, meter).await?;
     let cache_label = cache.label();
     let include_usage = chat.wants_usage();
     let stream = chat.is_stream();
