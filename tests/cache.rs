@@ -389,3 +389,27 @@ async fn a_repeated_camera_frame_hits_and_a_remote_image_is_not_cached() {
     .await;
     assert_eq!(cache_header(&remote), None);
 }
+
+#[tokio::test]
+async fn a_stream_with_keepalives_hits_and_keeps_usage_from_a_client_that_did_not_ask() {
+    let sim = Sim::start().await;
+    let config = cached_config(&sim, "").replace(
+        "max_body_bytes = 65536",
+        "max_body_bytes = 65536\nsse_keepalive_ms = 60000",
+    );
+    let gw = Gateway::start(&config).await;
+    let mut body = seeded("a stream behind keep-alives");
+    body["stream"] = json!(true);
+    let original = send_openai(&gw, CLIENT_KEY, &body, Some("on")).await;
+    assert_eq!(cache_header(&original).as_deref(), Some("miss"));
+    let original = payloads(original).await;
+    let replay = send_openai(&gw, CLIENT_KEY, &body, Some("on")).await;
+    assert_eq!(cache_header(&replay).as_deref(), Some("hit"));
+    let replay = payloads(replay).await;
+    assert_eq!(sim.requests(), 1);
+    assert!(openai_text(&original).contains("a stream behind keep-alives"));
+    assert_eq!(openai_text(&replay), openai_text(&original));
+    for chunk in original.iter().chain(&replay) {
+        assert!(chunk.get("usage").is_none_or(Value::is_null), "{chunk}");
+    }
+}
