@@ -62,6 +62,9 @@ struct Args {
     /// Runtime worker threads (default: the CPUs this process may run on).
     #[arg(long)]
     threads: Option<usize>,
+    /// An extra request header, `name: value` (repeatable), e.g. `x-dashgate-cache: on`.
+    #[arg(long)]
+    header: Vec<String>,
 }
 
 /// 74 characters: the simulator's reply `echo: <text>` is 80, so `--chunks 20` gives 20 deltas.
@@ -337,7 +340,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args, url: reqwest::Url, body: Bytes, max: Duration) -> ExitCode {
+    let mut headers = reqwest::header::HeaderMap::new();
+    for header in &args.header {
+        let parsed = header.split_once(':').and_then(|(name, value)| {
+            let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
+            Some((
+                name,
+                reqwest::header::HeaderValue::from_str(value.trim()).ok()?,
+            ))
+        });
+        match parsed {
+            Some((name, value)) => {
+                headers.insert(name, value);
+            }
+            None => {
+                eprintln!("loadgen: --header {header:?}: expected `name: value`");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let client = match reqwest::Client::builder()
+        .default_headers(headers)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .build()

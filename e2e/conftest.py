@@ -194,6 +194,10 @@ base_url = "{sim_url}"
 api_key = "{UPSTREAM_KEY}"
 models = ["qwen-stall"]
 idle_timeout_ms = 500
+
+# The response cache, allowed for one model; a request still asks (x-dashgate-cache: on).
+[cache]
+models = ["qwen-max"]
 """
 
 

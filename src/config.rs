@@ -66,6 +66,8 @@ pub struct Config {
     /// Prices per model, for the cost in each usage record.
     pub prices: std::collections::BTreeMap<String, Price>,
     pub telemetry: TelemetryConfig,
+    /// The exact response cache (`docs/cache.md`).
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// Trace export and the access log (docs/observability.md).

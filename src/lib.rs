@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod chat;
 pub mod circuits;
 pub mod config;

@@ -116,6 +116,9 @@ struct Counters {
     /// The quota period the count below is for (its start, + 1 so 0 means "not loaded").
     period: AtomicU64,
     quota_used: AtomicU64,
+    /// Held while a period's starting count is read from the ledger, so concurrent first
+    /// requests ask once and none of them counts against a figure about to be replaced.
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl Counters {
@@ -189,6 +192,10 @@ impl Local {
         if c.period.load(Ordering::Acquire) == period {
             return;
         }
+        let _loading = c.loading.lock().await;
+        if c.period.load(Ordering::Acquire) == period {
+            return;
+        }
         let since = period_start(limits.quota_period, now);
         let used = match self.store.tokens_since(&caller.name, since).await {
             Ok(used) => used,
@@ -197,17 +204,10 @@ impl Local {
                 0
             }
         };
-        if c.period
-            .compare_exchange(
-                c.period.load(Ordering::Acquire),
-                period,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-        {
-            c.quota_used.store(used, Ordering::Release);
-        }
+        // The count first, then the period that says it is loaded: a request that sees the
+        // period reads this count, never the one it replaces.
+        c.quota_used.store(used, Ordering::Release);
+        c.period.store(period, Ordering::Release);
     }
 }
 

@@ -786,3 +786,25 @@ fn decode_stream(events: SseEvents, wire: Dialect) -> impl Stream<Item = Step> {
         }
     })
 }
+
+/// A fast-path outcome as canonical steps or a canonical reply (the response cache keeps only
+/// those); `dialect` is the client's, which the fast path's upstream spoke.
+pub async fn canonical(outcome: Outcome, dialect: Dialect) -> Result<Outcome, GatewayError> {
+    let Outcome::Raw(upstreamed) = outcome else {
+        return Ok(outcome);
+    };
+    let name = upstreamed.lease.upstream.config.name.clone();
+    if upstreamed.is_event_stream() {
+        let steps = decode_stream(upstreamed.into_events(), dialect).boxed();
+        return Ok(Outcome::Steps(steps, name));
+    }
+    let upstream = upstreamed.lease.upstream.clone();
+    let body = upstreamed.read_whole().await?;
+    let reply = match dialect {
+        Dialect::OpenAi => provider::openai::decode_completion(&body),
+        Dialect::Native => provider::dashscope::decode_reply(&body),
+    };
+    reply
+        .map(|reply| Outcome::Whole(reply, name))
+        .map_err(|e| protocol_error(&upstream, &format!("unreadable reply: {e}")))
+}

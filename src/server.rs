@@ -51,6 +51,8 @@ pub struct AppState {
     pub model_lists: crate::provider::models::ModelLists,
     /// Where access log lines go; none when `telemetry.access_log = false`.
     pub access_log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
+    /// The exact response cache.
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 impl AppState {
@@ -84,7 +86,9 @@ impl AppState {
         let console = crate::console::Console::open(&config, &store)
             .await
             .map_err(|e| format!("store.url: {e}"))?;
+        let cache = crate::cache::Cache::new(&config.cache, metrics.cache.clone())?;
         Ok(Self {
+            cache,
             console,
             auth: Authenticator::new(
                 config.auth.mode,

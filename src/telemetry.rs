@@ -75,6 +75,8 @@ pub struct Metrics {
     models: std::collections::HashSet<String>,
     /// Token latency per model, attempts, ledger queue, image savings (#20).
     pub observed: observed::Observed,
+    /// The response cache's counters (`crate::cache`).
+    pub cache: crate::cache::CacheMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,9 +174,12 @@ impl Metrics {
         );
         let observed = observed::Observed::register(&mut registry);
         let connections = crate::listen::ConnectionMetrics::register(&mut registry);
+        let cache = crate::cache::CacheMetrics::default();
+        cache.register(&mut registry);
         Self {
             observed,
             connections,
+            cache,
             limiter_errors,
             ledger,
             models: Default::default(),

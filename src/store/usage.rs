@@ -46,8 +46,8 @@ const COLUMNS: &str = "id, at, day, request_id, key_id, key_name, model, upstrea
     dialect, stream, status, error_code, prompt_tokens, completion_tokens, total_tokens, \
     cached_tokens, reasoning_tokens, image_tokens, audio_tokens, estimated, ttft_ms, duration_ms, \
     bytes_in, bytes_out, images, image_original_bytes, image_sent_bytes, image_tokens_before, \
-    image_tokens_after, cost";
-const PER_ROW: usize = 31;
+    image_tokens_after, cost, cache_hit, cache_prompt_tokens, cache_completion_tokens";
+const PER_ROW: usize = 34;
 /// Rows per INSERT statement: one statement per batch is one trip to the database (for SQLite,
 /// one hand-off to its worker thread), well within both databases' parameter limits.
 const ROWS_PER_STATEMENT: usize = 100;
@@ -207,7 +207,10 @@ impl Store {
                     .bind(n(r.image_sent_bytes))
                     .bind(n(r.image_tokens_before))
                     .bind(n(r.image_tokens_after))
-                    .bind(r.cost);
+                    .bind(r.cost)
+                    .bind(i64::from(r.cache_hit))
+                    .bind(r.cache_prompt_tokens.map(n))
+                    .bind(r.cache_completion_tokens.map(n));
             }
             query.execute(&mut *tx).await?;
         }
@@ -314,5 +317,8 @@ fn record_of(row: &AnyRow) -> Result<UsageRecord, StoreError> {
         image_tokens_before: u(row.try_get("image_tokens_before")?),
         image_tokens_after: u(row.try_get("image_tokens_after")?),
         cost: row.try_get("cost")?,
+        cache_hit: row.try_get::<i64, _>("cache_hit")? != 0,
+        cache_prompt_tokens: opt("cache_prompt_tokens")?,
+        cache_completion_tokens: opt("cache_completion_tokens")?,
     })
 }

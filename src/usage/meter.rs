@@ -53,6 +53,8 @@ struct State {
     reservation: Option<crate::limit::Reservation>,
     /// The shared limiter was unreachable on arrival and let the request through.
     unchecked: bool,
+    /// Answered from the response cache.
+    cache_hit: bool,
 }
 
 impl Meter {
@@ -171,6 +173,11 @@ impl Meter {
         self.with(|s| s.last_native_frame = Some(frame.clone()));
     }
 
+    /// The reply came from the response cache: the record keeps its usage for reference only.
+    pub fn cache_hit(&self) {
+        self.with(|s| s.cache_hit = true);
+    }
+
     /// The request failed with `status`, or its stream ended with an error event (status 200).
     pub fn failed(&self, status: u16, code: &str) {
         self.with(|s| {
@@ -218,6 +225,14 @@ impl Drop for Inner {
                 _ => None,
             })
         });
+        let usage = if state.cache_hit {
+            record.cache_hit = true;
+            record.cache_prompt_tokens = usage.as_ref().map(|u| u.prompt_tokens);
+            record.cache_completion_tokens = usage.as_ref().map(|u| u.completion_tokens);
+            None
+        } else {
+            usage
+        };
         match usage {
             Some(u) => {
                 record.prompt_tokens = u.prompt_tokens;
@@ -237,7 +252,7 @@ impl Drop for Inner {
             }
             // Something went upstream and no figures came back: the client hung up, or the
             // upstream failed mid-way. The gateway's estimate, marked as one.
-            None if record.upstream != "-" => {
+            None if record.upstream != "-" && !record.cache_hit => {
                 let text_bytes = record
                     .bytes_in
                     .saturating_sub(record.image_original_bytes * 4 / 3);

@@ -45,4 +45,12 @@ pub struct UsageRecord {
     pub image_tokens_after: u64,
     /// From the `[prices]` table; `None` when the model has no price.
     pub cost: Option<f64>,
+    /// Answered from the response cache: no upstream tokens; the original reply's figures are
+    /// in `cache_prompt_tokens` and `cache_completion_tokens`.
+    #[serde(default)]
+    pub cache_hit: bool,
+    #[serde(default)]
+    pub cache_prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_completion_tokens: Option<u64>,
 }

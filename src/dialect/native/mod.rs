@@ -30,7 +30,7 @@ use super::sse;
 use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::error::{GatewayError, json_response};
 use crate::provider::Api;
-use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, StreamSource};
+use crate::relay::{Dialect, Next, Outcome, Request, SseEvents, StreamSource};
 use crate::server::{AppState, RequestId};
 use reply::{error_frame, result_frame};
 
@@ -132,6 +132,8 @@ async fn metered(
     let stream = chat.is_stream();
     let model = chat.model.clone();
     meter.request(&model, stream);
+    let cache = crate::cache::consult(state, &caller, headers, &chat, meter).await?;
+    let cache_label = cache.label();
     let keepalive = state.config.server.sse_keepalive_ms;
     if stream && keepalive > 0 {
         // The head goes out now; the call runs inside the stream, which the client can drop.
@@ -152,7 +154,8 @@ async fn metered(
                 request_id: &request_id2,
                 meter: &meter2,
             };
-            match relay::dispatch(&state2, request)
+            match cache
+                .dispatch(&state2, request)
                 .await
                 .map_err(request::native_names)
             {
@@ -169,11 +172,8 @@ async fn metered(
         };
         let events = super::with_keepalive(first, Duration::from_millis(keepalive));
         let tracker = StreamTracker::new(state.metrics.clone(), route, started, meter);
-        return Ok(super::tagged(
-            event_stream_response(events, tracker),
-            &model,
-            "-",
-        ));
+        let response = super::tagged(event_stream_response(events, tracker), &model, "-");
+        return Ok(crate::cache::tag(response, cache_label));
     }
     let request = Request {
         dialect: Dialect::Native,
@@ -185,7 +185,8 @@ async fn metered(
         request_id,
         meter,
     };
-    let (outcome, media) = relay::dispatch(state, request)
+    let (outcome, media) = cache
+        .dispatch(state, request)
         .await
         .map_err(request::native_names)?;
     meter.media(media);
@@ -193,7 +194,8 @@ async fn metered(
         state, outcome, request_id, started, &model, stream, options, route, meter,
     )
     .await?;
-    Ok(super::with_media_headers(response, media))
+    let response = super::with_media_headers(response, media);
+    Ok(crate::cache::tag(response, cache_label))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -84,6 +84,8 @@ async fn metered_chat(
 ) -> Result<Response, GatewayError> {
     let chat = chat::decode(&bytes)?;
     meter.request(&chat.model, chat.is_stream());
+    let cache = crate::cache::consult(state, &caller, headers, &chat, meter).await?;
+    let cache_label = cache.label();
     let include_usage = chat.wants_usage();
     let stream = chat.is_stream();
     let model = chat.model.clone();
@@ -108,7 +110,7 @@ async fn metered_chat(
                 request_id: &request_id2,
                 meter: &meter2,
             };
-            match relay::dispatch(&state2, request).await {
+            match cache.dispatch(&state2, request).await {
                 Ok((outcome, media)) => {
                     meter2.media(media);
                     let stream = stream_of(outcome, request_id2.clone(), &model2, include_usage);
@@ -122,11 +124,8 @@ async fn metered_chat(
         };
         let events = super::with_keepalive(first, Duration::from_millis(keepalive));
         let tracker = StreamTracker::new(state.metrics.clone(), "chat", started, meter);
-        return Ok(super::tagged(
-            event_stream_response(events, tracker),
-            &model,
-            "-",
-        ));
+        let response = super::tagged(event_stream_response(events, tracker), &model, "-");
+        return Ok(crate::cache::tag(response, cache_label));
     }
     let request = Request {
         dialect: Dialect::OpenAi,
@@ -138,7 +137,7 @@ async fn metered_chat(
         request_id,
         meter,
     };
-    let (outcome, media) = relay::dispatch(state, request).await?;
+    let (outcome, media) = cache.dispatch(state, request).await?;
     meter.media(media);
     let response = reply_for(
         state,
@@ -151,7 +150,8 @@ async fn metered_chat(
         meter,
     )
     .await?;
-    Ok(super::with_media_headers(response, media))
+    let response = super::with_media_headers(response, media);
+    Ok(crate::cache::tag(response, cache_label))
 }
 
 #[allow(clippy::too_many_arguments)]
