@@ -6,6 +6,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod console;
+pub mod device;
 pub mod dialect;
 pub mod error;
 pub mod event;

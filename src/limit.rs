@@ -48,13 +48,27 @@ impl Limiter {
 
     /// Lets the request in, or says which limit it ran into and when to try again.
     pub async fn admit(&self, caller: &Caller) -> Result<(), GatewayError> {
-        if !caller.limits.any() {
-            return Ok(());
+        if caller.limits.any() {
+            match self {
+                Limiter::Local(local) => local.admit(caller).await?,
+                Limiter::Redis(shared) => shared.admit(caller).await?,
+            }
         }
-        match self {
-            Limiter::Local(local) => local.admit(caller).await,
-            Limiter::Redis(shared) => shared.admit(caller).await,
+        // A device's account after the device itself: a request its device refuses takes no
+        // slot of the account (one the account refuses has taken one of the device).
+        if let Some((name, limits)) = &caller.account_limits {
+            let account = Caller {
+                name: name.clone(),
+                limits: *limits,
+                account_limits: None,
+                ..caller.clone()
+            };
+            match self {
+                Limiter::Local(local) => local.admit(&account).await?,
+                Limiter::Redis(shared) => shared.admit(&account).await?,
+            }
         }
+        Ok(())
     }
 
     /// Adds the tokens a finished request used; never waits on the request path.

@@ -52,6 +52,8 @@ pub struct AppState {
     pub model_lists: crate::provider::models::ModelLists,
     /// Where access log lines go; none when `telemetry.access_log = false`.
     pub access_log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
+    /// Device tokens: signing keys and revocations (docs/fleet.md).
+    pub devices: Arc<crate::device::Devices>,
 }
 
 impl AppState {
@@ -85,6 +87,8 @@ impl AppState {
         let console = crate::console::Console::open(&config, &store)
             .await
             .map_err(|e| format!("store.url: {e}"))?;
+        let devices = Arc::new(crate::device::Devices::open(&config.devices, &store).await?);
+        crate::device::keep_refreshing(&devices, &store, config.devices.revocation_refresh_ms);
         Ok(Self {
             console,
             auth: Authenticator::new(
@@ -92,7 +96,9 @@ impl AppState {
                 &config.keys,
                 Some(store.clone()),
                 key_cache,
-            ),
+            )
+            .with_devices(devices.clone()),
+            devices,
             store,
             files: crate::files::Files::new(&config.files)?,
             limiter,
@@ -251,6 +257,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(openai::model))
         .route("/api/v1/models", get(openai::native_models))
         .route("/compatible-mode/v1/models/{id}", get(openai::model))
+        .route("/v1/device-tokens", post(crate::device::api::mint))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

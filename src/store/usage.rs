@@ -46,8 +46,8 @@ const COLUMNS: &str = "id, at, day, request_id, key_id, key_name, model, upstrea
     dialect, stream, status, error_code, prompt_tokens, completion_tokens, total_tokens, \
     cached_tokens, reasoning_tokens, image_tokens, audio_tokens, estimated, ttft_ms, duration_ms, \
     bytes_in, bytes_out, images, image_original_bytes, image_sent_bytes, image_tokens_before, \
-    image_tokens_after, cost";
-const PER_ROW: usize = 31;
+    image_tokens_after, cost, account, device";
+const PER_ROW: usize = 33;
 /// Rows per INSERT statement: one statement per batch is one trip to the database (for SQLite,
 /// one hand-off to its worker thread), well within both databases' parameter limits.
 const ROWS_PER_STATEMENT: usize = 100;
@@ -164,6 +164,8 @@ pub fn group_column(by: &str) -> Option<&'static str> {
         "model" => "model",
         "upstream" => "upstream",
         "day" => "day",
+        "account" => "account",
+        "device" => "device",
         _ => return None,
     })
 }
@@ -207,7 +209,9 @@ impl Store {
                     .bind(n(r.image_sent_bytes))
                     .bind(n(r.image_tokens_before))
                     .bind(n(r.image_tokens_after))
-                    .bind(r.cost);
+                    .bind(r.cost)
+                    .bind(r.account.as_deref())
+                    .bind(r.device.as_deref());
             }
             query.execute(&mut *tx).await?;
         }
@@ -232,7 +236,7 @@ impl Store {
     ) -> Result<Vec<UsageGroup>, StoreError> {
         let (clause, values) = where_of(filter);
         let sql = format!(
-            "SELECT {column} AS grp, {SUMS} FROM usage_records{clause} \
+            "SELECT COALESCE({column}, '-') AS grp, {SUMS} FROM usage_records{clause} \
              GROUP BY {column} ORDER BY {column}"
         );
         let rows = bind_all(sqlx::query(&sql), values)
@@ -314,5 +318,7 @@ fn record_of(row: &AnyRow) -> Result<UsageRecord, StoreError> {
         image_tokens_before: u(row.try_get("image_tokens_before")?),
         image_tokens_after: u(row.try_get("image_tokens_after")?),
         cost: row.try_get("cost")?,
+        account: row.try_get("account")?,
+        device: row.try_get("device")?,
     })
 }

@@ -33,6 +33,8 @@ struct Inner {
     context: MeterContext,
     caller: Arc<str>,
     limits: Limits,
+    /// A device's account-wide limits, spent beside its own.
+    account_limits: Option<(Arc<str>, Limits)>,
     started: Instant,
     state: Mutex<State>,
     // Counted per stream event: atomics, not the lock.
@@ -68,6 +70,8 @@ impl Meter {
             request_id: request_id.to_string(),
             key_id: caller.id.as_deref().map(str::to_string),
             key_name: caller.name.to_string(),
+            account: caller.account.as_deref().map(str::to_string),
+            device: caller.device.as_deref().map(str::to_string),
             upstream: "-".into(),
             route: route.into(),
             dialect: dialect.into(),
@@ -79,6 +83,7 @@ impl Meter {
             context: context.clone(),
             caller: caller.name.clone(),
             limits: caller.limits,
+            account_limits: caller.account_limits.clone(),
             started: Instant::now(),
             state: Mutex::new(State {
                 record,
@@ -241,6 +246,11 @@ impl Drop for Inner {
         self.context
             .limiter
             .spend(&self.caller, &self.limits, record.total_tokens);
+        if let Some((name, limits)) = &self.account_limits {
+            self.context
+                .limiter
+                .spend(name, limits, record.total_tokens);
+        }
         let Some(log) = &self.log else {
             self.context.ledger.record(record);
             return;

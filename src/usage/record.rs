@@ -45,4 +45,9 @@ pub struct UsageRecord {
     pub image_tokens_after: u64,
     /// From the `[prices]` table; `None` when the model has no price.
     pub cost: Option<f64>,
+    /// The caller's account and, for a device token, its device id (docs/fleet.md).
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
 }
