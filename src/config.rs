@@ -136,6 +136,8 @@ pub struct LimitsConfig {
     pub on_redis_error: FailMode,
     /// The longest a limit check waits for Redis.
     pub redis_timeout_ms: u64,
+    /// Completion tokens reserved at admission for a request without `max_tokens`.
+    pub reserve_completion_tokens: u64,
 }
 
 impl Default for LimitsConfig {
@@ -144,6 +146,7 @@ impl Default for LimitsConfig {
             redis_url: None,
             on_redis_error: FailMode::Open,
             redis_timeout_ms: 250,
+            reserve_completion_tokens: 1024,
         }
     }
 }
@@ -168,9 +171,15 @@ pub struct UsageConfig {
     pub flush_ms: u64,
     /// Records held in memory while the store is down; beyond this they go to the spill file.
     pub memory_records: usize,
-    /// Where records wait on disk while the store is down (JSON lines; replayed at start and
-    /// when the store is back).
+    /// The spill file of gateways from before the journal: shipped at start if present.
     pub spill_path: std::path::PathBuf,
+    /// The journal every record is appended to before it goes to the store (JSON lines).
+    pub journal_path: std::path::PathBuf,
+    /// How often what was journaled is fsynced (for power loss; a crash loses nothing
+    /// either way); 0: never, the kernel writes it back in its own time.
+    pub journal_fsync_ms: u64,
+    /// The journal's size limit: records beyond it (a very long store outage) are lost.
+    pub journal_max_bytes: u64,
 }
 
 impl Default for UsageConfig {
@@ -181,6 +190,9 @@ impl Default for UsageConfig {
             flush_ms: 50,
             memory_records: 100_000,
             spill_path: "dashgate-usage.spill".into(),
+            journal_path: "dashgate-usage.journal".into(),
+            journal_fsync_ms: 1000,
+            journal_max_bytes: 1 << 30,
         }
     }
 }
@@ -200,6 +212,14 @@ pub struct FilesConfig {
     /// Documents put into the system message for an upstream without a files API may come to
     /// at most this many tokens (estimated); more is a 400.
     pub max_inline_tokens: u64,
+    /// Text extraction's cage: bytes a DOCX may decompress to.
+    pub max_extract_bytes: u64,
+    /// Characters of text one document may give.
+    pub max_text_chars: usize,
+    /// How long one extraction may take before the request is refused.
+    pub extract_timeout_ms: u64,
+    /// Extractions running at once, across all requests (more wait for a slot).
+    pub max_extractions: usize,
 }
 
 impl Default for FilesConfig {
@@ -209,6 +229,10 @@ impl Default for FilesConfig {
             url: None,
             max_file_bytes: 64 * 1024 * 1024,
             max_inline_tokens: 120_000,
+            max_extract_bytes: 32 * 1024 * 1024,
+            max_text_chars: 2_000_000,
+            extract_timeout_ms: 10_000,
+            max_extractions: 2,
         }
     }
 }
@@ -373,6 +397,18 @@ pub struct ServerConfig {
     /// upstream and every response says so (`x-dashgate-upstream: simulator`).
     #[serde(skip)]
     pub simulate: bool,
+    /// How long a client has to send a request's headers, counted from the connection's
+    /// start or, on a kept-alive connection, from the end of the previous response (so it is
+    /// also the idle keep-alive timeout); then the connection is closed.
+    pub header_timeout_ms: u64,
+    /// Open client connections at most (0: four fifths of the process's open-file limit);
+    /// beyond it new connections are closed at once, logged and counted.
+    pub max_connections: usize,
+    /// The longest a request body may take to arrive in all (400 after it).
+    pub body_timeout_ms: u64,
+    /// The longest a request body may go without a byte arriving (400 after it): a body
+    /// trickled in slower than that is cut off long before `body_timeout_ms`.
+    pub body_idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -384,6 +420,10 @@ impl Default for ServerConfig {
             drain_timeout_ms: 30_000,
             sse_keepalive_ms: 0,
             simulate: false,
+            header_timeout_ms: 15_000,
+            max_connections: 0,
+            body_timeout_ms: 60_000,
+            body_idle_timeout_ms: 10_000,
         }
     }
 }
@@ -803,6 +843,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "usage",
             "queue_records, batch_records and memory_records must be at least 1",
+        ));
+    }
+    let server = &config.server;
+    if server.header_timeout_ms == 0
+        || server.body_timeout_ms == 0
+        || server.body_idle_timeout_ms == 0
+    {
+        return Err(ConfigError::new(
+            "server",
+            "header_timeout_ms, body_timeout_ms and body_idle_timeout_ms must be at least 1",
         ));
     }
     if let Some(url) = &config.files.url {

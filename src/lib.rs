@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod chat;
+pub mod circuits;
 pub mod config;
 pub mod console;
 pub mod device;
@@ -13,6 +14,7 @@ pub mod event;
 pub mod fetch;
 pub mod files;
 pub mod limit;
+pub mod listen;
 pub mod media;
 pub mod prom_text;
 pub mod provider;

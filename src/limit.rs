@@ -2,10 +2,10 @@
 //! or month). Counted in this process by default, or in Redis when `[limits] redis_url` is set,
 //! so that every gateway sharing it shares the counts.
 //!
-//! Minutes are fixed windows (the wall-clock minute). A request is admitted when the key's
-//! requests this minute are under its RPM, its tokens this minute under its TPM and its tokens
-//! in the quota period under its quota; tokens are known only when the reply is done, so they
-//! are added then (a request may overshoot TPM or the quota by its own size, never more).
+//! Minutes are fixed windows (the wall-clock minute). A request is checked on arrival (the
+//! key's requests this minute under its RPM, its tokens this minute under its TPM, its tokens
+//! in the quota period under its quota) without counting; it is counted and its tokens
+//! reserved only when it is admitted, right before it goes upstream (`reserve.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,10 @@ use crate::config::{FailMode, LimitsConfig};
 use crate::error::{GatewayError, Limit};
 use crate::store::{QuotaPeriod, Store, now_ms, period_start};
 use crate::telemetry::Metrics;
+
+mod account;
+mod reserve;
+pub use reserve::Reservation;
 
 pub enum Limiter {
     Local(Local),
@@ -46,39 +50,26 @@ impl Limiter {
         })))
     }
 
-    /// Lets the request in, or says which limit it ran into and when to try again.
-    pub async fn admit(&self, caller: &Caller) -> Result<(), GatewayError> {
-        if caller.limits.any() {
-            match self {
-                Limiter::Local(local) => local.admit(caller).await?,
-                Limiter::Redis(shared) => shared.admit(caller).await?,
-            }
+    /// Checks the request against the key's limits, counting nothing (a request is counted
+    /// when admitted: `reserve`), or says which limit it ran into and when to try again.
+    /// `Ok(false)`: the shared limiter could not be reached and lets the request through
+    /// unchecked (admission then does not try it again).
+    pub async fn admit(&self, caller: &Caller) -> Result<bool, GatewayError> {
+        let checked = self.admit_one(caller).await?;
+        // A device's account after the device itself (docs/fleet.md).
+        match account::of(caller) {
+            Some(account) => Ok(self.admit_one(&account).await? && checked),
+            None => Ok(checked),
         }
-        // A device's account after the device itself: a request its device refuses takes no
-        // slot of the account (one the account refuses has taken one of the device).
-        if let Some((name, limits)) = &caller.account_limits {
-            let account = Caller {
-                name: name.clone(),
-                limits: *limits,
-                account_limits: None,
-                ..caller.clone()
-            };
-            match self {
-                Limiter::Local(local) => local.admit(&account).await?,
-                Limiter::Redis(shared) => shared.admit(&account).await?,
-            }
-        }
-        Ok(())
     }
 
-    /// Adds the tokens a finished request used; never waits on the request path.
-    pub fn spend(&self, caller_name: &Arc<str>, limits: &Limits, tokens: u64) {
-        if tokens == 0 || (limits.tpm.is_none() && limits.token_quota.is_none()) {
-            return;
+    async fn admit_one(&self, caller: &Caller) -> Result<bool, GatewayError> {
+        if !caller.limits.any() {
+            return Ok(true);
         }
         match self {
-            Limiter::Local(local) => local.spend(caller_name, limits, tokens),
-            Limiter::Redis(shared) => shared.spend(caller_name, limits, tokens),
+            Limiter::Local(local) => local.admit(caller).await.map(|_| true),
+            Limiter::Redis(shared) => shared.check(caller, now_ms(), -1).await,
         }
     }
 }
@@ -184,34 +175,14 @@ impl Local {
             }
         }
         if let Some(quota) = limits.token_quota {
-            let period = u64::try_from(period_id(limits.quota_period, now)).unwrap_or(0) + 1;
-            if c.period.load(Ordering::Acquire) != period {
-                // First request of the period in this process: the ledger knows what was used.
-                let since = period_start(limits.quota_period, now);
-                let used = match self.store.tokens_since(&caller.name, since).await {
-                    Ok(used) => used,
-                    Err(e) => {
-                        tracing::warn!(error = %e, key = %caller.name, "quota start unknown");
-                        0
-                    }
-                };
-                c.quota_used.store(used, Ordering::Release);
-                c.period.store(period, Ordering::Release);
-            }
+            self.load_period(caller, &c, now).await;
             if c.quota_used.load(Ordering::Acquire) >= quota {
                 let wait = seconds_to_next_period(limits.quota_period, now);
                 return Err(limited(Limit::TokenQuota, wait));
             }
         }
         if let Some(rpm) = limits.rpm {
-            // Counted only when admitted: a refused request takes no slot.
-            let admitted = c
-                .requests
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < rpm).then_some(n + 1)
-                })
-                .is_ok();
-            if !admitted {
+            if c.requests.load(Ordering::Acquire) >= rpm {
                 return Err(limited(
                     Limit::RequestsPerMinute,
                     seconds_to_next_minute(now),
@@ -221,14 +192,31 @@ impl Local {
         Ok(())
     }
 
-    fn spend(&self, name: &Arc<str>, limits: &Limits, tokens: u64) {
-        let c = self.counters(name);
-        c.roll_minute(minute_now(now_ms()));
-        if limits.tpm.is_some() {
-            c.tokens.fetch_add(tokens, Ordering::AcqRel);
+    /// On the first request of a quota period in this process, the ledger says what was used.
+    async fn load_period(&self, caller: &Caller, c: &Counters, now: i64) {
+        let limits = &caller.limits;
+        let period = u64::try_from(period_id(limits.quota_period, now)).unwrap_or(0) + 1;
+        if c.period.load(Ordering::Acquire) == period {
+            return;
         }
-        if limits.token_quota.is_some() {
-            c.quota_used.fetch_add(tokens, Ordering::AcqRel);
+        let since = period_start(limits.quota_period, now);
+        let used = match self.store.tokens_since(&caller.name, since).await {
+            Ok(used) => used,
+            Err(e) => {
+                tracing::warn!(error = %e, key = %caller.name, "quota start unknown");
+                0
+            }
+        };
+        if c.period
+            .compare_exchange(
+                c.period.load(Ordering::Acquire),
+                period,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            c.quota_used.store(used, Ordering::Release);
         }
     }
 }
@@ -245,9 +233,9 @@ pub struct Shared {
     spend_script: Arc<redis::Script>,
 }
 
-/// KEYS: tokens this minute, tokens this quota period. ARGV: tokens, add to the minute (0/1),
-/// add to the quota (0/1). A missing quota counter is left alone: it is seeded from the ledger,
-/// which will hold these tokens too.
+/// KEYS: tokens this minute, tokens this quota period. ARGV: tokens (negative: given back),
+/// add to the minute (0/1), add to the quota (0/1). A missing quota counter is left alone: it
+/// is seeded from the ledger, which will hold these tokens too.
 const SPEND_SCRIPT: &str = r#"
 local tokens = tonumber(ARGV[1])
 if ARGV[2] == '1' then
@@ -279,7 +267,8 @@ async fn connect(
 }
 
 /// KEYS: requests this minute, tokens this minute, tokens this quota period.
-/// ARGV: rpm, tpm, quota (0: none), quota seed (-1: none known), quota TTL seconds.
+/// ARGV: rpm, tpm, quota (0: none), quota seed (-1: none known), quota TTL seconds, tokens to
+/// reserve (-1: only check, count nothing).
 /// Returns 0 (admitted), 1 (rpm), 2 (tpm), 3 (quota), or 4 (quota counter missing: seed it).
 const ADMIT_SCRIPT: &str = r#"
 local rpm, tpm, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -294,10 +283,15 @@ if quota > 0 then
   end
   if tonumber(used) >= quota then return 3 end
 end
-if rpm > 0 then
-  if tonumber(redis.call('GET', KEYS[1]) or '0') >= rpm then return 1 end
-  if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 120) end
+if rpm > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= rpm then return 1 end
+local reserve = tonumber(ARGV[6])
+if reserve < 0 then return 0 end
+if rpm > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 120) end
+if reserve > 0 and tpm > 0 then
+  redis.call('INCRBY', KEYS[2], reserve)
+  redis.call('EXPIRE', KEYS[2], 120)
 end
+if reserve > 0 and quota > 0 then redis.call('INCRBY', KEYS[3], reserve) end
 return 0
 "#;
 
@@ -333,7 +327,7 @@ impl Shared {
         connect(self.connection.clone(), self.client.clone(), self.timeout)
     }
 
-    async fn run(&self, keys: &[String; 3], argv: [i64; 5]) -> Result<i64, redis::RedisError> {
+    async fn run(&self, keys: &[String; 3], argv: [i64; 6]) -> Result<i64, redis::RedisError> {
         let mut connection = self.connection().await?;
         let mut invocation = self.script.key(&keys[0]);
         invocation.key(&keys[1]).key(&keys[2]);
@@ -343,8 +337,9 @@ impl Shared {
         invocation.invoke_async(&mut connection).await
     }
 
-    async fn admit(&self, caller: &Caller) -> Result<(), GatewayError> {
-        let now = now_ms();
+    /// Runs the admission script (`reserve` < 0: only check); `Ok(false)` when Redis could not
+    /// be reached and the request goes anyway.
+    async fn check(&self, caller: &Caller, now: i64, reserve: i64) -> Result<bool, GatewayError> {
         let limits = &caller.limits;
         let keys = redis_keys(&caller.name, limits, now);
         let cap = |v: Option<u64>| v.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
@@ -355,6 +350,7 @@ impl Shared {
             cap(limits.token_quota),
             -1,
             ttl,
+            reserve,
         ];
         let attempt = async {
             let mut verdict = self.run(&keys, argv).await?;
@@ -369,8 +365,8 @@ impl Shared {
         };
         let verdict = match tokio::time::timeout(self.timeout * 4, attempt).await {
             Ok(Ok(verdict)) => verdict,
-            Ok(Err(e)) => return self.failed(&e.to_string()),
-            Err(_) => return self.failed("timed out"),
+            Ok(Err(e)) => return self.failed(&e.to_string()).map(|_| false),
+            Err(_) => return self.failed("timed out").map(|_| false),
         };
         match verdict {
             1 => Err(limited(
@@ -382,7 +378,7 @@ impl Shared {
                 Limit::TokenQuota,
                 seconds_to_next_period(limits.quota_period, now),
             )),
-            _ => Ok(()),
+            _ => Ok(true),
         }
     }
 
@@ -395,10 +391,8 @@ impl Shared {
         }
     }
 
-    fn spend(&self, name: &Arc<str>, limits: &Limits, tokens: u64) {
-        let now = now_ms();
-        let keys = redis_keys(name, limits, now);
-        let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+    /// Adds `tokens` (negative: gives them back) to the windows `keys` name, in the background.
+    fn spend_keys(&self, keys: [String; 3], limits: &Limits, tokens: i64) {
         let (connection, metrics, timeout) =
             (self.connection(), self.metrics.clone(), self.timeout);
         let script = self.spend_script.clone();

@@ -44,6 +44,8 @@ pub struct Request<'a> {
     pub caller: &'a Caller,
     pub headers: &'a HeaderMap,
     pub request_id: &'a str,
+    /// The request's meter: admission's reservation is settled through it.
+    pub meter: &'a crate::usage::Meter,
 }
 
 /// What came back.
@@ -79,7 +81,7 @@ impl Upstreamed {
         let upstream = self.lease.upstream.clone();
         let body = read_whole(self.response, &upstream, self.deadline).await;
         if body.is_err() {
-            upstream.slot.circuit.record_failure();
+            self.lease.circuit.record_failure();
         }
         body
     }
@@ -130,15 +132,18 @@ fn retryable(error: &GatewayError) -> bool {
     }
 }
 
-/// Failures that count against an upstream's circuit (a 429 is a busy upstream, not a broken one).
+/// Failures that say the upstream is unhealthy for this model, and so count against its
+/// circuit: unreachable, slow, 502/503/504, a broken reply. A 429 is a busy upstream, and a
+/// 500 is DashScope's answer to one request (`InternalError.Algo`), not word on its health:
+/// neither counts (a 500 is still retried).
 fn counts_against(error: &GatewayError) -> bool {
-    matches!(
-        error,
+    match error {
         GatewayError::UpstreamUnreachable { .. }
-            | GatewayError::UpstreamTimeout { .. }
-            | GatewayError::UpstreamStatus { .. }
-            | GatewayError::UpstreamProtocol { .. }
-    )
+        | GatewayError::UpstreamTimeout { .. }
+        | GatewayError::UpstreamProtocol { .. } => true,
+        GatewayError::UpstreamStatus { status, .. } => matches!(status, 502..=504),
+        _ => false,
+    }
 }
 
 /// A short label for metrics and logs.
@@ -160,6 +165,9 @@ pub struct Call<'a> {
     pub caller: &'a Caller,
     pub headers: &'a HeaderMap,
     pub request_id: &'a str,
+    pub meter: &'a crate::usage::Meter,
+    /// Tokens to reserve against the key's TPM and quota at admission.
+    pub reserve: u64,
 }
 
 /// Sends to an upstream for `call.model`, retrying and failing over before the first byte:
@@ -178,6 +186,16 @@ pub async fn send_with_retries(
             Ok(lease) => lease,
             Err(error) => return Err(last_error.unwrap_or(error)),
         };
+        if attempt == 1 && !call.meter.is_unchecked() {
+            // Admission: nothing the gateway refused before this point counted.
+            let reservation = state.limiter.reserve(call.caller, call.reserve).await?;
+            call.meter.reserved(reservation);
+            let account = state
+                .limiter
+                .reserve_account(call.caller, call.reserve)
+                .await?;
+            call.meter.account_reserved(account);
+        }
         let upstream = lease.upstream.clone();
         let (api, body) = body_for(&upstream);
         let started = Instant::now();
@@ -209,7 +227,7 @@ pub async fn send_with_retries(
                 if let Some(log) = crate::telemetry::access_log::current() {
                     log.upstream_chosen(provider_name(&upstream));
                 }
-                upstream.slot.circuit.record_success();
+                lease.circuit.record_success();
                 return Ok(Upstreamed {
                     response,
                     lease,
@@ -220,7 +238,7 @@ pub async fn send_with_retries(
             Err(error) => error,
         };
         if counts_against(&error) {
-            upstream.slot.circuit.record_failure();
+            lease.circuit.record_failure();
         }
         if !retryable(&error) || attempt == retry.attempts {
             return Err(error);
@@ -352,6 +370,8 @@ pub async fn dispatch(
         caller: request.caller,
         headers: request.headers,
         request_id: request.request_id,
+        meter: request.meter,
+        reserve: 0,
     };
     let variants = if transform::has_media(&request.chat) {
         let span = tracing::trace_span!(
@@ -383,6 +403,19 @@ pub async fn dispatch(
     // Documents named as `fileid://`: each upstream gets its own rewrite of the request.
     let files = crate::files::resolve::prepare(state, &request.chat, request.caller).await?;
     let mut file_bodies: std::collections::HashMap<String, (Api, Bytes)> = Default::default();
+    let image_stats = variants
+        .first()
+        .map(|v| v.prepared.stats)
+        .unwrap_or_default();
+    let call = Call {
+        reserve: reserve_for(
+            state,
+            request.original.len(),
+            &image_stats,
+            request.chat.max_tokens,
+        ),
+        ..call
+    };
     let upstreamed = send_with_retries(state, &call, |upstream| {
         let wire = wire_for(upstream, request.dialect);
         let at = variant_of(&variants, upstream).min(variants.len());
@@ -458,6 +491,21 @@ pub async fn dispatch(
     reply
         .map(|reply| (Outcome::Whole(reply, name), media))
         .map_err(|e| protocol_error(&upstream, &format!("unreadable reply: {e}")))
+}
+
+/// The tokens a request may use, reserved at admission: its prompt estimated from its text
+/// bytes (four to a token) and its images' tokens, and its `max_tokens` or the configured
+/// default.
+pub fn reserve_for(
+    state: &AppState,
+    body_bytes: usize,
+    images: &MediaStats,
+    max_tokens: Option<u32>,
+) -> u64 {
+    let image_text = images.original_bytes.saturating_mul(4) / 3;
+    let text = (body_bytes as u64).saturating_sub(image_text) / 4;
+    let completion = max_tokens.map_or(state.config.limits.reserve_completion_tokens, u64::from);
+    text + images.tokens_after + completion
 }
 
 /// An OpenAI-dialect stream request body that asks for the usage chunk. Without
@@ -647,11 +695,11 @@ impl SseEvents {
                 Ok(None) => self.ended = true,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(upstream = %upstream.config.name, error = %e, "upstream stream broke");
-                    upstream.slot.circuit.record_failure();
+                    self.lease.circuit.record_failure();
                     return Next::Fail(protocol_error(upstream, "the stream broke off"));
                 }
                 Err(_) => {
-                    upstream.slot.circuit.record_failure();
+                    self.lease.circuit.record_failure();
                     return Next::Fail(upstream.timeout());
                 }
             }

@@ -1,6 +1,8 @@
 //! Which upstream serves a model: the ones whose `models` match (exact or `"*"`), whose
-//! circuit admits traffic and who have room under their concurrency cap, picked at random in
-//! proportion to their weights. A retry prefers an upstream not yet tried (failover).
+//! circuit for that model admits traffic and who have room under their concurrency cap, picked
+//! at random in proportion to their weights. A retry prefers an upstream not yet tried
+//! (failover). When every candidate's circuit is open, the one that failed longest ago is
+//! tried anyway ("panic mode"): a breaker shifts traffic, it never makes an outage by itself.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,9 +27,15 @@ pub struct Circuit {
     opened_at: AtomicU64,
     /// When the current half-open probe started, same clock (0: none).
     probe_at: AtomicU64,
+    /// The order of the last failure among all circuits (0: never); panic mode picks the
+    /// oldest. A sequence, not a clock: two failures in one millisecond still have an order.
+    last_failure: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Counts failures process-wide, to order them.
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CircuitState {
     Closed,
     Open,
@@ -53,6 +61,7 @@ impl Circuit {
             failures: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
             probe_at: AtomicU64::new(0),
+            last_failure: AtomicU64::new(0),
         }
     }
 
@@ -110,6 +119,8 @@ impl Circuit {
     }
 
     pub fn record_failure(&self) {
+        let order = FAILURES.fetch_add(1, Ordering::AcqRel) + 1;
+        self.last_failure.store(order, Ordering::Release);
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let probing = self.probe_at.swap(0, Ordering::AcqRel) != 0;
         if probing || failures >= self.threshold {
@@ -125,21 +136,31 @@ impl Circuit {
 pub struct Lease {
     pub index: usize,
     pub upstream: Arc<Upstream>,
+    /// The circuit of (upstream, model) that this request's health reports go to.
+    pub circuit: Arc<Circuit>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Per-upstream admission state.
 pub struct Slot {
-    pub circuit: Circuit,
+    pub circuit: crate::circuits::Circuits,
     permits: Option<Arc<Semaphore>>,
 }
 
 impl Slot {
     pub fn new(max_concurrency: u32, circuit: &CircuitConfig) -> Self {
         Self {
-            circuit: Circuit::new(circuit),
+            circuit: crate::circuits::Circuits::new(circuit),
             permits: (max_concurrency > 0)
                 .then(|| Arc::new(Semaphore::new(max_concurrency as usize))),
+        }
+    }
+
+    /// A concurrency slot: `Some(None)` when uncapped, `None` when full.
+    fn permit(&self) -> Option<Option<OwnedSemaphorePermit>> {
+        match &self.permits {
+            None => Some(None),
+            Some(permits) => permits.clone().try_acquire_owned().ok().map(Some),
         }
     }
 
@@ -187,52 +208,48 @@ impl Router {
         tried: &[usize],
         mut draw: impl FnMut(u64) -> u64,
     ) -> Result<Lease, GatewayError> {
-        let serving: Vec<usize> = (0..self.upstreams.len())
+        let serving: Vec<(usize, Arc<Circuit>)> = (0..self.upstreams.len())
             .filter(|&i| self.upstreams[i].serves(model))
+            .map(|i| (i, self.upstreams[i].slot.circuit.for_model(model)))
             .collect();
         if serving.is_empty() {
             return Err(GatewayError::ModelNotFound(model.to_string()));
         }
-        let usable = |i: &usize| {
-            let slot = &self.upstreams[*i].slot;
-            slot.circuit.may_admit() && slot.has_room()
+        let usable = |k: &usize| {
+            let (i, circuit) = &serving[*k];
+            circuit.may_admit() && self.upstreams[*i].slot.has_room()
         };
-        let mut pool: Vec<usize> = serving
-            .iter()
-            .copied()
-            .filter(|i| !tried.contains(i))
+        let mut pool: Vec<usize> = (0..serving.len())
+            .filter(|&k| !tried.contains(&serving[k].0))
             .filter(usable)
             .collect();
         if pool.is_empty() {
             // Nothing new to fail over to: the ones already tried may go again.
-            pool = serving.iter().copied().filter(usable).collect();
+            pool = (0..serving.len()).filter(usable).collect();
         }
         while !pool.is_empty() {
             let total: u64 = pool
                 .iter()
-                .map(|&i| u64::from(self.upstreams[i].config.weight))
+                .map(|&k| u64::from(self.upstreams[serving[k].0].config.weight))
                 .sum();
             let mut ticket = draw(total);
             let mut at = pool.len() - 1;
-            for (k, &i) in pool.iter().enumerate() {
-                let weight = u64::from(self.upstreams[i].config.weight);
+            for (n, &k) in pool.iter().enumerate() {
+                let weight = u64::from(self.upstreams[serving[k].0].config.weight);
                 if ticket < weight {
-                    at = k;
+                    at = n;
                     break;
                 }
                 ticket -= weight;
             }
-            let index = pool[at];
-            let upstream = &self.upstreams[index];
-            let permit = match &upstream.slot.permits {
-                None => Some(None),
-                Some(permits) => permits.clone().try_acquire_owned().ok().map(Some),
-            };
-            match permit {
-                Some(permit) if upstream.slot.circuit.admit() => {
+            let (index, circuit) = &serving[pool[at]];
+            let upstream = &self.upstreams[*index];
+            match upstream.slot.permit() {
+                Some(permit) if circuit.admit() => {
                     return Ok(Lease {
-                        index,
+                        index: *index,
                         upstream: upstream.clone(),
+                        circuit: circuit.clone(),
                         _permit: permit,
                     });
                 }
@@ -241,14 +258,25 @@ impl Router {
                 }
             }
         }
-        let all_open = serving
-            .iter()
-            .all(|&i| !self.upstreams[i].slot.circuit.may_admit());
-        Err(if all_open {
-            GatewayError::NoHealthyUpstream(model.to_string())
-        } else {
-            GatewayError::UpstreamBusy(model.to_string())
-        })
+        let all_open = serving.iter().all(|(_, c)| !c.may_admit());
+        if all_open {
+            // Panic mode: every candidate's circuit is open, so refusing would be an outage the
+            // breaker made. The one that failed longest ago (with room) goes.
+            let mut by_age: Vec<&(usize, Arc<Circuit>)> = serving.iter().collect();
+            by_age.sort_by_key(|(_, c)| c.last_failure.load(Ordering::Acquire));
+            for (index, circuit) in by_age {
+                let upstream = &self.upstreams[*index];
+                if let Some(permit) = upstream.slot.permit() {
+                    return Ok(Lease {
+                        index: *index,
+                        upstream: upstream.clone(),
+                        circuit: circuit.clone(),
+                        _permit: permit,
+                    });
+                }
+            }
+        }
+        Err(GatewayError::UpstreamBusy(model.to_string()))
     }
 
     /// Whether an upstream not in `tried` could take `model` now (so a retry can fail over
@@ -258,8 +286,8 @@ impl Router {
             let u = &self.upstreams[i];
             !tried.contains(&i)
                 && u.serves(model)
-                && u.slot.circuit.may_admit()
                 && u.slot.has_room()
+                && u.slot.circuit.for_model(model).may_admit()
         })
     }
 
@@ -406,15 +434,52 @@ mod tests {
         ));
         drop(held);
         assert!(router.take("m", &[]).is_ok());
+    }
 
-        let failing = upstream("b", &["*"], 1);
+    fn open(upstream: &Upstream, model: &str) {
         for _ in 0..CircuitConfig::default().failure_threshold {
-            failing.slot.circuit.record_failure();
+            upstream.slot.circuit.for_model(model).record_failure();
         }
-        let router = Router::new(vec![failing]);
-        assert!(matches!(
-            router.take("m", &[]),
-            Err(GatewayError::NoHealthyUpstream(_))
-        ));
+    }
+
+    #[test]
+    fn a_failing_model_opens_only_its_own_circuit() {
+        let shared = upstream("a", &["*"], 1);
+        open(&shared, "broken");
+        assert_eq!(
+            shared.slot.circuit.for_model("broken").state(),
+            CircuitState::Open
+        );
+        assert_eq!(
+            shared.slot.circuit.for_model("healthy").state(),
+            CircuitState::Closed
+        );
+        assert_eq!(shared.slot.circuit.state(), CircuitState::Closed);
+        let router = Router::new(vec![shared]);
+        let lease = router.take("healthy", &[]).map(|l| l.circuit.state()).ok();
+        assert_eq!(lease, Some(CircuitState::Closed));
+    }
+
+    #[test]
+    fn open_circuits_shift_traffic_and_panic_mode_tries_the_oldest_failure() {
+        let a = upstream("a", &["*"], 1);
+        let b = upstream("b", &["*"], 1);
+        open(&b, "m");
+        let router = Router::new(vec![a.clone(), b.clone()]);
+        for draw in [0, 1] {
+            let name = router
+                .take_with("m", &[], |_| draw)
+                .map(|l| l.upstream.config.name.clone());
+            assert_eq!(name.ok().as_deref(), Some("a"), "traffic shifts to a");
+        }
+        open(&a, "m");
+        // Both open: b failed longest ago, so b goes (not a 503).
+        let name = router
+            .take("m", &[])
+            .map(|l| l.upstream.config.name.clone());
+        assert_eq!(name.ok().as_deref(), Some("b"));
+        // A single upstream with its circuit open still takes the model.
+        let alone = Router::new(vec![b]);
+        assert!(alone.take("m", &[]).is_ok());
     }
 }

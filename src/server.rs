@@ -11,7 +11,6 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +75,7 @@ impl AppState {
             store.clone(),
             metrics.clone(),
         )?);
-        let ledger = Ledger::start(store.clone(), &config.usage, metrics.clone());
+        let ledger = Ledger::start(store.clone(), &config.usage, metrics.clone())?;
         let meters = MeterContext {
             ledger,
             limiter: limiter.clone(),
@@ -105,7 +104,7 @@ impl AppState {
             meters,
             model_lists: Default::default(),
             router: route::Router::new(upstreams),
-            body_timeout: Duration::from_secs(300),
+            body_timeout: Duration::from_millis(config.server.body_timeout_ms),
             metrics,
             draining: CancellationToken::new(),
             media_limiter: Arc::new(tokio::sync::Semaphore::new(
@@ -383,9 +382,9 @@ pub async fn serve(
         abort.cancel();
     });
     let app = router(state.clone());
-    let served = axum::serve(listener.tap_io(no_delay), app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let connections = state.metrics.connections.clone();
+    let served =
+        crate::listen::serve(listener, app, &state.config.server, connections, shutdown).await;
     // Every request is done and metered: what the writer holds goes to the store (or the
     // spill file) before the process ends.
     state.meters.ledger.close().await;

@@ -56,6 +56,8 @@ fn latency_histogram() -> Histogram {
 }
 
 pub struct Metrics {
+    /// Client connections: open, and refused at the cap (`listen.rs`).
+    pub connections: crate::listen::ConnectionMetrics,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -169,8 +171,10 @@ impl Metrics {
             ledger.clone(),
         );
         let observed = observed::Observed::register(&mut registry);
+        let connections = crate::listen::ConnectionMetrics::register(&mut registry);
         Self {
             observed,
+            connections,
             limiter_errors,
             ledger,
             models: Default::default(),

@@ -127,17 +127,30 @@ pub async fn prepare(
     let policy = Arc::new(policy);
     let mut prepared = Prepared::default();
     for job in jobs {
+        // The header is read first, outside the decode pool: an image that needs no decode
+        // (the usual camera frame) never queues behind ones that do, and one over the decode
+        // ceiling is refused before it costs anything.
+        let (policy2, url) = (policy.clone(), job.url.clone());
+        let inspected =
+            tokio::task::spawn_blocking(move || media::inspect_data_url(&url, &policy2))
+                .await
+                .map_err(|_| GatewayError::Internal)?
+                .map_err(|e| bad(job.at.clone(), e))?;
         // Bounded: at most `limiter`'s permits images are decoded at once.
-        let permit = limiter
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| GatewayError::Internal)?;
+        let permit = match inspected.needs_decode {
+            true => Some(
+                limiter
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| GatewayError::Internal)?,
+            ),
+            false => None,
+        };
         let policy = policy.clone();
-        let url = job.url.clone();
         let report = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            media::process_data_url(&url, &policy)
+            media::finish(inspected, &policy)
         })
         .await
         .map_err(|_| GatewayError::Internal)?

@@ -19,6 +19,7 @@ async fn env() -> (Sim, Gateway) {
 [files]
 max_file_bytes = 200000
 max_inline_tokens = 2000
+max_extract_bytes = 100000
 
 [[keys]]
 name = "other"
@@ -508,4 +509,24 @@ async fn a_request_naming_too_many_files_is_refused_before_any_lookup() {
     assert_eq!(status, 400, "{reply}");
     assert_eq!(reply["error"]["param"], "messages", "{reply}");
     assert_eq!(sim.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_docx_zip_bomb_is_refused_naming_the_limit() {
+    let (_sim, gw) = env().await;
+    // About 1 KB of zip that inflates to 300 KB of XML, over the test's 100 KB cap.
+    let bomb = docx(&["word ".repeat(60_000).as_str()]);
+    assert!(bomb.len() < 20_000, "{}", bomb.len());
+    let id = uploaded(&gw, "bomb.docx", bomb).await;
+    for _ in 0..2 {
+        let (status, reply) = answer(
+            &gw,
+            CLIENT_KEY,
+            &with_files("local-long", &[&format!("fileid://{id}")], "?"),
+        )
+        .await;
+        assert_eq!(status, 400, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("files.max_extract_bytes"), "{reply}");
+    }
 }

@@ -452,3 +452,72 @@ async fn high_resolution_requests_keep_the_high_resolution_pixel_budget() {
     assert_eq!(seen["vl_high_resolution_images"], true);
     assert!(header(&headers, "x-dashgate-image-tokens-after") > 1_280);
 }
+
+/// Every decode slot taken (bombs in flight): a clean frame within budget still completes,
+/// because it needs no decode and never queues for one; a frame that does need one waits for
+/// a slot and completes once one frees.
+#[tokio::test]
+async fn a_clean_frame_does_not_wait_behind_decodes_in_flight() {
+    let media = dashgate::config::MediaConfig::default();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+    let held = slots
+        .clone()
+        .acquire_many_owned(2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let chat_of = |url: String| -> dashgate::chat::Chat {
+        serde_json::from_value(with_image(&url)).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let clean = chat_of(data_url(
+        "image/jpeg",
+        &encode(&picture(64, 48), image::ImageFormat::Jpeg),
+    ));
+    let big = chat_of(data_url(
+        "image/jpeg",
+        &encode(&picture(1200, 1000), image::ImageFormat::Jpeg),
+    ));
+    let heavy = {
+        let (media, slots) = (media.clone(), slots.clone());
+        tokio::spawn(async move {
+            dashgate::transform::prepare(&big, &media, None, &slots)
+                .await
+                .map(|p| p.stats.tokens_after)
+                .map_err(|e| e.to_string())
+        })
+    };
+    // Completes while no slot is free (the safety net only keeps a regression from hanging).
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        dashgate::transform::prepare(&clean, &media, None, &slots),
+    )
+    .await;
+    assert!(
+        matches!(done, Ok(Ok(_))),
+        "the clean frame waited for a decode slot"
+    );
+    assert!(!heavy.is_finished(), "the big frame waits for a slot");
+    drop(held);
+    let tokens = heavy.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(tokens.as_ref().is_ok_and(|t| *t > 0), "{tokens:?}");
+}
+
+#[tokio::test]
+async fn a_gif_bomb_is_refused_with_400_naming_the_limit() {
+    let (_sim, gw) = gateway("").await;
+    // 35 bytes declaring an 8000×8000 screen.
+    let mut bomb = b"GIF89a".to_vec();
+    bomb.extend_from_slice(&8000u16.to_le_bytes());
+    bomb.extend_from_slice(&8000u16.to_le_bytes());
+    bomb.extend_from_slice(&[
+        0, 0, 0, 0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0, 2, 2, 0x4C, 0x01, 0, 0x3B,
+    ]);
+    let response = gw
+        .chat(&with_image(&data_url("image/gif", &bomb)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("max_decode_pixels"), "{body}");
+}

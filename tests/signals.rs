@@ -39,6 +39,7 @@ url = "sqlite://{dir}/dashgate.db"
 
 [usage]
 spill_path = "{dir}/usage.spill"
+journal_path = "{dir}/usage.journal"
 
 [[keys]]
 name = "glass3"

@@ -300,9 +300,12 @@ async fn admit_in(
         declared,
     );
     let admitted = async {
-        state.limiter.admit(&caller).await?;
+        if !state.limiter.admit(&caller).await? {
+            meter.unchecked();
+        }
         let limit = state.config.server.max_body_bytes;
-        read_body(headers, body, limit, state.body_timeout).await
+        let idle = Duration::from_millis(state.config.server.body_idle_timeout_ms);
+        read_body(headers, body, limit, state.body_timeout, idle).await
     };
     match admitted.await {
         Ok(bytes) => {
@@ -317,12 +320,15 @@ async fn admit_in(
     }
 }
 
-/// Reads a request body up to `limit` bytes; more is 413, a stalled upload is 400.
+/// Reads a request body up to `limit` bytes; more is 413, an upload that takes longer than
+/// `timeout` or goes `idle` without a byte is 400. The buffer grows with the bytes that
+/// arrive: a declared length is a promise, not memory to set aside before anything came.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     timeout: Duration,
+    idle: Duration,
 ) -> Result<Bytes, GatewayError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -333,8 +339,19 @@ pub async fn read_body(
     }
     let read = async {
         let mut stream = body.into_data_stream();
-        let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |l| l as usize));
-        while let Some(chunk) = stream.next().await {
+        const FIRST_BUFFER: usize = 64 * 1024;
+        let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |l| {
+            usize::try_from(l).unwrap_or(FIRST_BUFFER).min(FIRST_BUFFER)
+        }));
+        loop {
+            let next = tokio::time::timeout(idle, stream.next())
+                .await
+                .map_err(|_| {
+                    GatewayError::InvalidJson(
+                        "the request body stalled: no byte arrived in time".into(),
+                    )
+                })?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 GatewayError::InvalidJson(format!("request body could not be read: {e}"))
             })?;

@@ -3,6 +3,7 @@
 //! messages resolved per upstream (`resolve`).
 
 mod api;
+pub mod cage;
 pub mod extract;
 pub mod resolve;
 pub mod scan;

@@ -253,18 +253,17 @@ async fn inline_refs(
 
 /// A file's text, extracted on the blocking pool.
 async fn text_of(state: &AppState, file: &FileRecord) -> Result<String, String> {
+    if let Some(known) = super::cage::known(&file.id) {
+        return known.map(|text| text.to_string());
+    }
     let bytes = state
         .files
         .get(&file.id)
         .await
         .map_err(|_| "its bytes cannot be read".to_string())?;
-    let filename = file.filename.clone();
-    tokio::task::spawn_blocking(move || {
-        let kind = super::extract::kind_of(&filename, &bytes)?;
-        super::extract::text_of(kind, &bytes)
-    })
-    .await
-    .map_err(|_| "its text could not be extracted".to_string())?
+    super::cage::text(&state.config.files, &file.id, &file.filename, bytes)
+        .await
+        .map(|text| text.to_string())
 }
 
 /// The chat with an upstream's rewrites applied.

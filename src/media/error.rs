@@ -49,7 +49,7 @@ pub enum MediaError {
         max_pixels: u64,
     },
     #[error(
-        "image is {width}x{height} = {}, over the {} the gateway will decode",
+        "image is {width}x{height} = {}, over the {} the gateway will decode (max_decode_pixels)",
         mp(*width as u64 * *height as u64),
         mp(*limit)
     )]

@@ -75,7 +75,7 @@ impl Default for ImagePolicy {
             strip_metadata: true,
             reencode: true,
             jpeg_quality: 85,
-            max_decode_pixels: 64_000_000,
+            max_decode_pixels: 25_000_000,
         }
     }
 }
@@ -117,6 +117,22 @@ pub struct ImageReport {
 /// on the blocking pool). Every error is the client's fault except [`MediaError::Encode`]
 /// (see [`MediaError::is_client_error`]).
 pub fn process_data_url(url: &str, policy: &ImagePolicy) -> Result<ImageReport, MediaError> {
+    finish(inspect_data_url(url, policy)?, policy)
+}
+
+/// An image read as far as its header: what it costs to finish is known.
+pub struct Inspected<'a> {
+    bytes: std::borrow::Cow<'a, [u8]>,
+    format: ImageFormat,
+    plan: strip::Plan,
+    report: ImageReport,
+    /// It must be decoded (to be resized): the expensive part, run under the decode pool.
+    pub needs_decode: bool,
+}
+
+/// The cheap part: the data URL decoded and checked, the dimensions read from the header and
+/// held against the decode ceiling, the metadata edits planned. No pixel is decoded.
+pub fn inspect_data_url(url: &str, policy: &ImagePolicy) -> Result<Inspected<'static>, MediaError> {
     let parsed = parse_data_url(url)?;
     let declared = declared_format(parsed.mime);
     let bytes = dataurl::decode_payload(parsed.payload, policy.max_image_bytes)?;
@@ -130,15 +146,12 @@ pub fn process_data_url(url: &str, policy: &ImagePolicy) -> Result<ImageReport, 
             },
         });
     };
-    let mut report = process_image(&bytes, actual, policy)?;
-    if declared.ok() != Some(actual) {
-        report.relabelled_from = Some(parsed.mime.to_ascii_lowercase());
-        if report.replacement.is_none() {
-            // Same bytes, the true label, so the upstream is not told a lie either.
-            report.replacement = Some(dataurl::to_data_url(actual, &bytes));
-        }
+    let relabelled = declared.ok() != Some(actual);
+    let mut inspected = inspect_image(std::borrow::Cow::Owned(bytes), actual, policy)?;
+    if relabelled {
+        inspected.report.relabelled_from = Some(parsed.mime.to_ascii_lowercase());
     }
-    Ok(report)
+    Ok(inspected)
 }
 
 /// The declared mime must be `image/*` and one of ours.
@@ -163,6 +176,17 @@ pub fn process_image(
     format: ImageFormat,
     policy: &ImagePolicy,
 ) -> Result<ImageReport, MediaError> {
+    finish(
+        inspect_image(std::borrow::Cow::Borrowed(bytes), format, policy)?,
+        policy,
+    )
+}
+
+fn inspect_image<'a>(
+    bytes: std::borrow::Cow<'a, [u8]>,
+    format: ImageFormat,
+    policy: &ImagePolicy,
+) -> Result<Inspected<'a>, MediaError> {
     let mut report = ImageReport {
         format,
         original_bytes: bytes.len(),
@@ -184,17 +208,26 @@ pub fn process_image(
         if policy.strip_metadata {
             return Err(MediaError::CannotStrip(format));
         }
-        return Ok(report);
+        return Ok(Inspected {
+            bytes,
+            format,
+            plan: strip::Plan::default(),
+            report,
+            needs_decode: false,
+        });
     };
+    if format == ImageFormat::Gif {
+        gif::check_sizes(&bytes, policy.max_decode_pixels)?;
+    }
     // Walk first: it refuses truncated files that a header read would let through.
-    let plan = strip::plan(bytes, format)?;
+    let plan = strip::plan(&bytes, format)?;
     let header = match format {
-        ImageFormat::Jpeg => jpeg::dimensions(bytes),
+        ImageFormat::Jpeg => jpeg::dimensions(&bytes),
         _ => None,
     };
     let (width, height) = match header {
         Some(size) => size,
-        None => image::ImageReader::with_format(Cursor::new(bytes), codec)
+        None => image::ImageReader::with_format(Cursor::new(&*bytes), codec)
             .into_dimensions()
             .map_err(|e| MediaError::Decode(e.to_string()))?,
     };
@@ -206,22 +239,51 @@ pub fn process_image(
     report.tokens_before = estimate_tokens(width, height, HIGH_RES_MAX_PIXELS);
 
     let pixels = u64::from(width) * u64::from(height);
-    if pixels > policy.max_image_pixels {
-        if !policy.reencode {
-            return Err(MediaError::OverBudget {
-                width,
-                height,
-                max_pixels: policy.max_image_pixels,
-            });
-        }
-        if pixels > policy.max_decode_pixels {
-            return Err(MediaError::TooManyPixels {
-                width,
-                height,
-                limit: policy.max_decode_pixels,
-            });
-        }
-        let out = resize::downscale(bytes, format, policy.max_image_pixels, policy.jpeg_quality)?;
+    if pixels > policy.max_decode_pixels {
+        return Err(MediaError::TooManyPixels {
+            width,
+            height,
+            limit: policy.max_decode_pixels,
+        });
+    }
+    if pixels > policy.max_image_pixels && !policy.reencode {
+        return Err(MediaError::OverBudget {
+            width,
+            height,
+            max_pixels: policy.max_image_pixels,
+        });
+    }
+    Ok(Inspected {
+        bytes,
+        format,
+        plan,
+        report,
+        needs_decode: pixels > policy.max_image_pixels,
+    })
+}
+
+/// The rest: a resize (decode, scale, encode) when the image is over the budget, else the
+/// metadata edits.
+pub fn finish(inspected: Inspected<'_>, policy: &ImagePolicy) -> Result<ImageReport, MediaError> {
+    let Inspected {
+        bytes,
+        format,
+        plan,
+        mut report,
+        needs_decode,
+    } = inspected;
+    let (width, height) = (report.width, report.height);
+    if format.codec().is_none() {
+        return Ok(report);
+    }
+    if needs_decode {
+        let out = resize::downscale(
+            &bytes,
+            format,
+            policy.max_image_pixels,
+            policy.jpeg_quality,
+            policy.max_decode_pixels,
+        )?;
         report.sent_bytes = out.bytes.len();
         report.sent_width = out.width;
         report.sent_height = out.height;
@@ -236,10 +298,14 @@ pub fn process_image(
     report.sent_height = height;
     report.tokens_after = estimate_tokens(width, height, policy.max_image_pixels);
     if policy.strip_metadata && !plan.is_empty() {
-        let out = plan.apply(bytes);
+        let out = plan.apply(&bytes);
         report.sent_bytes = out.len();
         report.stripped = true;
         report.replacement = Some(dataurl::to_data_url(format, &out));
+    }
+    if report.relabelled_from.is_some() && report.replacement.is_none() {
+        // Same bytes, the true label, so the upstream is not told a lie either.
+        report.replacement = Some(dataurl::to_data_url(format, &bytes));
     }
     Ok(report)
 }

@@ -31,14 +31,19 @@ pub(crate) fn downscale(
     format: ImageFormat,
     max_pixels: u64,
     quality: u8,
+    max_decode_pixels: u64,
 ) -> Result<Resized, MediaError> {
     let codec = format
         .codec()
         .ok_or_else(|| MediaError::Decode(format!("no {format} decoder")))?;
     let decode_err = |e: image::ImageError| MediaError::Decode(e.to_string());
-    let mut decoder = ImageReader::with_format(Cursor::new(data), codec)
-        .into_decoder()
-        .map_err(decode_err)?;
+    let mut reader = ImageReader::with_format(Cursor::new(data), codec);
+    // The decoder's own ceiling, in case a container declares one size and decodes another:
+    // the pixels allowed at four bytes each, plus room for the decoder's buffers.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_decode_pixels.saturating_mul(4).saturating_add(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
     // A broken orientation tag is not worth refusing the image over.
     let orientation = decoder
         .orientation()

@@ -76,7 +76,7 @@ impl Observed {
         let ledger_depth = Gauge::default();
         registry.register(
             "usage_queue_depth",
-            "Usage records waiting between the request path and the ledger writer",
+            "Usage records journaled by this process and not yet in the store",
             ledger_depth.clone(),
         );
         let ledger_lag = Histogram::new([
@@ -143,8 +143,17 @@ impl Observed {
         self.attempts.get_or_create(&labels).inc();
     }
 
-    pub fn ledger_depth(&self, depth: usize) {
-        self.ledger_depth.set(depth as i64);
+    /// A record was journaled: one more waits for the store.
+    pub fn ledger_queued(&self) {
+        self.ledger_depth.inc();
+    }
+
+    /// `n` records reached the store. Records replayed from an earlier run's journal were never
+    /// counted in, so the gauge stops at zero rather than going below it.
+    pub fn ledger_shipped(&self, n: usize) {
+        let n = n as i64;
+        let now = self.ledger_depth.get();
+        self.ledger_depth.dec_by(n.min(now.max(0)));
     }
 
     /// A batch was written; `oldest_at` is its oldest record's start, Unix milliseconds.

@@ -51,6 +51,12 @@ struct State {
     usage: Option<Usage>,
     /// The last native frame relayed as it came: its usage is the reply's so far.
     last_native_frame: Option<Bytes>,
+    /// What admission reserved against the key's limits, settled when the record is made.
+    reservation: Option<crate::limit::Reservation>,
+    /// A device's account reservation (docs/fleet.md).
+    account_reservation: Option<crate::limit::Reservation>,
+    /// The shared limiter was unreachable on arrival and let the request through.
+    unchecked: bool,
 }
 
 impl Meter {
@@ -152,6 +158,27 @@ impl Meter {
         self.with(|s| s.usage = Some(usage.clone()));
     }
 
+    /// The limiter let the request through without checking it (fail open).
+    pub fn unchecked(&self) {
+        self.with(|s| s.unchecked = true);
+    }
+
+    pub fn is_unchecked(&self) -> bool {
+        let mut unchecked = false;
+        self.with(|s| unchecked = s.unchecked);
+        unchecked
+    }
+
+    /// The request was admitted with this reservation.
+    pub fn reserved(&self, reservation: Option<crate::limit::Reservation>) {
+        self.with(|s| s.reservation = reservation);
+    }
+
+    /// A device's account was admitted with this reservation.
+    pub fn account_reserved(&self, reservation: Option<crate::limit::Reservation>) {
+        self.with(|s| s.account_reservation = reservation);
+    }
+
     pub fn native_frame(&self, frame: &Bytes) {
         self.with(|s| s.last_native_frame = Some(frame.clone()));
     }
@@ -243,13 +270,15 @@ impl Drop for Inner {
                 + record.completion_tokens as f64 * p.output_per_million)
                 / 1e6
         });
-        self.context
-            .limiter
-            .spend(&self.caller, &self.limits, record.total_tokens);
+        self.context.limiter.settle(
+            &self.caller,
+            &self.limits,
+            state.reservation,
+            record.total_tokens,
+        );
         if let Some((name, limits)) = &self.account_limits {
-            self.context
-                .limiter
-                .spend(name, limits, record.total_tokens);
+            let reservation = state.account_reservation;
+            (self.context.limiter).settle(name, limits, reservation, record.total_tokens);
         }
         let Some(log) = &self.log else {
             self.context.ledger.record(record);

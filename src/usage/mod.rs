@@ -1,22 +1,24 @@
-//! The usage ledger: one record per request, handed from the request path to a background
-//! writer through a bounded queue (never a wait on the request path), written to the store in
-//! batches. While the store is down, records wait in memory up to `usage.memory_records`, then
-//! in the spill file; they are written when it is back. Nothing is dropped without the
+//! The usage ledger: one record per request. The request path appends the record to the
+//! journal (`journal.rs`, one `write(2)`, never a wait on the store) and wakes the background
+//! writer, which ships the journal to the store in batches, in order. While the store is down
+//! records wait in the journal on disk, not in memory; at start the journal is replayed (a
+//! record written twice is kept once, by its id), so neither a crash nor a store outage
+//! followed by a crash loses a record. Nothing is dropped without the
 //! `dashgate_usage_records_total{outcome="lost"}` counter saying so.
 
+mod journal;
 mod meter;
 mod record;
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use journal::Journal;
 pub use meter::{Meter, MeterContext};
 pub use record::UsageRecord;
 
@@ -24,62 +26,100 @@ use crate::config::UsageConfig;
 use crate::store::Store;
 use crate::telemetry::{LedgerOutcome, Metrics};
 
+/// The writer reads the journal this many bytes at a time at most.
+const READ_BYTES: usize = 4 << 20;
+/// Once this much of the active journal is in the store, it is sealed and a fresh one begun.
+const SEAL_BYTES: u64 = 16 << 20;
+
 /// The request path's handle on the writer.
 pub struct Ledger {
-    queue: mpsc::Sender<UsageRecord>,
+    journal: Arc<Journal>,
+    wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     closing: CancellationToken,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Ledger {
-    /// Starts the writer; records spilled by an earlier run are written first.
-    pub fn start(store: Store, config: &UsageConfig, metrics: Arc<Metrics>) -> Arc<Ledger> {
-        let (queue, receiver) = mpsc::channel(config.queue_records);
+    /// Opens the journal and starts the writer, which first ships what an earlier run left
+    /// (a sealed journal, an old spill file, the journal itself).
+    pub fn start(
+        store: Store,
+        config: &UsageConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Ledger>, String> {
+        let journal = Journal::open(&config.journal_path, config.journal_max_bytes)
+            .map_err(|e| format!("usage.journal_path {}: {e}", config.journal_path.display()))?;
+        let journal = Arc::new(journal);
+        let wake = Arc::new(Notify::new());
         let closing = CancellationToken::new();
         let writer = Writer {
             store,
-            receiver,
-            pending: VecDeque::new(),
+            journal: journal.clone(),
+            wake: wake.clone(),
             batch: config.batch_records,
             linger: Duration::from_millis(config.flush_ms),
-            memory: config.memory_records,
             spill: config.spill_path.clone(),
-            spill_waiting: spill_exists(&config.spill_path),
+            read_at: 0,
             metrics: metrics.clone(),
             failures: 0,
         };
         let handle = tokio::spawn(writer.run(closing.clone()));
-        Arc::new(Ledger {
-            queue,
+        if config.journal_fsync_ms > 0 {
+            let (journal, every) = (
+                journal.clone(),
+                Duration::from_millis(config.journal_fsync_ms),
+            );
+            let stop = closing.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = ticker.tick() => {}
+                    }
+                    let journal = journal.clone();
+                    let synced = tokio::task::spawn_blocking(move || journal.sync()).await;
+                    if let Ok(Err(e)) = synced {
+                        tracing::error!(error = %e, "usage journal fsync failed");
+                    }
+                }
+            });
+        }
+        Ok(Arc::new(Ledger {
+            journal,
+            wake,
             metrics,
             closing,
             writer: tokio::sync::Mutex::new(Some(handle)),
-        })
+        }))
     }
 
-    /// Queues a record; never waits. A full queue (the writer far behind) loses the record,
-    /// counted and logged.
+    /// Journals a record and wakes the writer; never waits on the store. A record that cannot
+    /// be journaled (disk full, `journal_max_bytes` reached) is lost, counted and logged.
     pub fn record(&self, record: UsageRecord) {
-        let sent = self.queue.try_send(record);
-        let depth = self.queue.max_capacity() - self.queue.capacity();
-        self.metrics.observed.ledger_depth(depth);
-        if let Err(e) = sent {
-            self.metrics.ledger(LedgerOutcome::Lost, 1);
-            let request_id = match &e {
-                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => {
-                    r.request_id.clone()
-                }
-            };
-            tracing::error!(
-                request_id,
-                "usage record lost: the ledger queue is full or closed"
-            );
+        let mut line = Vec::with_capacity(640);
+        let appended = match serde_json::to_writer(&mut line, &record) {
+            Ok(()) => {
+                line.push(b'\n');
+                self.journal.append(&line).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match appended {
+            Ok(()) => {
+                self.metrics.observed.ledger_queued();
+                self.wake.notify_one();
+            }
+            Err(error) => {
+                self.metrics.ledger(LedgerOutcome::Lost, 1);
+                tracing::error!(request_id = record.request_id, error, "usage record lost");
+            }
         }
     }
 
-    /// Writes what is queued and stops the writer: to the store if it can be reached, else to
-    /// the spill file. For shutdown, after the last request is done.
+    /// Ships what is journaled and stops the writer; what the store does not take in time
+    /// stays in the journal for the next start. For shutdown, after the last request is done.
     pub async fn close(&self) {
         self.closing.cancel();
         if let Some(handle) = self.writer.lock().await.take() {
@@ -87,94 +127,174 @@ impl Ledger {
                 tracing::error!(error = %e, "usage writer failed");
             }
         }
+        let journal = self.journal.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || journal.sync()).await {
+            tracing::error!(error = %e, "usage journal fsync failed");
+        }
     }
-}
-
-fn spill_exists(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
 }
 
 struct Writer {
     store: Store,
-    receiver: mpsc::Receiver<UsageRecord>,
-    pending: VecDeque<UsageRecord>,
+    journal: Arc<Journal>,
+    wake: Arc<Notify>,
     batch: usize,
     linger: Duration,
-    memory: usize,
+    /// An old spill file (from before the journal): shipped at start, then deleted.
     spill: PathBuf,
-    /// The spill file holds records not yet in the store.
-    spill_waiting: bool,
+    /// How far into the active journal the store has everything.
+    read_at: u64,
     metrics: Arc<Metrics>,
     /// Failed writes in a row, for the backoff.
     failures: u32,
 }
 
-/// The last tries at shutdown get this long before what is left goes to the spill file.
+/// The last tries at shutdown get this long; what is left stays in the journal.
 const FINAL_WRITE: Duration = Duration::from_secs(5);
 
 impl Writer {
     async fn run(mut self, closing: CancellationToken) {
         let mut next_try = Instant::now();
-        let mut incoming = Vec::with_capacity(self.batch);
         loop {
-            let waiting = !self.pending.is_empty() || self.spill_waiting;
-            tokio::select! {
-                biased;
-                _ = closing.cancelled() => break,
-                n = self.receiver.recv_many(&mut incoming, self.batch) => {
-                    if n == 0 {
-                        break;
-                    }
-                    self.pending.extend(incoming.drain(..));
-                    // Let a batch gather (or fill) before writing it.
-                    let until = Instant::now() + self.linger;
-                    while self.pending.len() < self.batch && !self.linger.is_zero() {
-                        let room = self.batch - self.pending.len();
-                        tokio::select! {
-                            biased;
-                            _ = closing.cancelled() => break,
-                            _ = tokio::time::sleep_until(until) => break,
-                            n = self.receiver.recv_many(&mut incoming, room) => {
-                                if n == 0 {
-                                    break;
-                                }
-                                self.pending.extend(incoming.drain(..));
-                            }
-                        }
+            if self.ship_all().await {
+                self.failures = 0;
+                tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                }
+                // Let a batch gather before writing it.
+                if !self.linger.is_zero() {
+                    tokio::select! {
+                        biased;
+                        _ = closing.cancelled() => break,
+                        _ = tokio::time::sleep(self.linger) => {}
                     }
                 }
-                _ = tokio::time::sleep_until(next_try), if waiting => {}
-            }
-            if Instant::now() < next_try {
-                self.bound_memory().await;
-                continue;
-            }
-            if self.write_all().await {
-                self.failures = 0;
             } else {
                 self.failures += 1;
                 let backoff = 100u64 << self.failures.min(6);
-                next_try = Instant::now() + Duration::from_millis(backoff.min(5_000));
-                self.bound_memory().await;
+                next_try = next_try.max(Instant::now()) + Duration::from_millis(backoff.min(5_000));
+                tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => break,
+                    _ = tokio::time::sleep_until(next_try) => {}
+                }
+                next_try = Instant::now();
             }
         }
-        self.finish().await;
+        let _ = tokio::time::timeout(FINAL_WRITE, self.ship_all()).await;
     }
 
-    /// Writes the spilled records, then the pending ones; false when the store failed.
-    async fn write_all(&mut self) -> bool {
-        if self.spill_waiting && !self.replay_spill().await {
+    /// Ships the sealed journal, an old spill file, then the active journal; false when the
+    /// store failed (what was not shipped waits on disk).
+    async fn ship_all(&mut self) -> bool {
+        let sealed = self.journal.sealed_path().to_path_buf();
+        if !self.ship_file(&sealed, 0, true).await {
             return false;
         }
-        while !self.pending.is_empty() {
-            let n = self.pending.len().min(self.batch);
-            let batch: Vec<UsageRecord> = self.pending.iter().take(n).cloned().collect();
-            if !self.write(&batch).await {
-                return false;
+        let spill = self.spill.clone();
+        if !self.ship_file(&spill, 0, true).await {
+            return false;
+        }
+        loop {
+            let end = self.journal.written();
+            if self.read_at >= end {
+                break;
             }
-            self.pending.drain(..n);
+            let path = self.journal.path().to_path_buf();
+            match self.ship_range(&path, self.read_at).await {
+                Some(next) if next > self.read_at => self.read_at = next,
+                Some(_) => break,
+                None => return false,
+            }
+        }
+        if self.read_at >= SEAL_BYTES {
+            if let Err(e) = self.journal.seal() {
+                tracing::error!(error = %e, "usage journal cannot be sealed");
+                return true;
+            }
+            // Everything sealed up to `read_at` is in the store; the rest is shipped next.
+            let sealed_from = self.read_at;
+            self.read_at = 0;
+            return self.ship_file(&sealed, sealed_from, true).await;
         }
         true
+    }
+
+    /// Ships a whole file from `from` and deletes it; true when it is gone (or was never there).
+    async fn ship_file(&mut self, path: &Path, mut from: u64, delete: bool) -> bool {
+        if !path.exists() {
+            return true;
+        }
+        loop {
+            let len = std::fs::metadata(path).map_or(0, |m| m.len());
+            if from >= len {
+                break;
+            }
+            match self.ship_range(path, from).await {
+                Some(next) if next > from => from = next,
+                Some(_) => break,
+                None => return false,
+            }
+        }
+        if delete {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::error!(error = %e, path = %path.display(), "shipped usage file not removed; its records are skipped when replayed");
+            } else {
+                tracing::info!(path = %path.display(), "usage records from an earlier journal written");
+            }
+        }
+        true
+    }
+
+    /// Ships the whole lines from `from` on, batch by batch; the offset reached, or `None`
+    /// when the store failed before any progress.
+    async fn ship_range(&mut self, path: &Path, from: u64) -> Option<u64> {
+        let read = {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || journal::read_lines(&path, from, READ_BYTES)).await
+        };
+        let text = match read {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, path = %path.display(), "usage journal unreadable");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        if text.is_empty() {
+            return Some(from);
+        }
+        let mut at = from;
+        let mut batch: Vec<UsageRecord> = Vec::with_capacity(self.batch);
+        let mut batch_end = at;
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            batch_end += line.len() as u64;
+            let body = line.strip_suffix(b"\n").unwrap_or(line);
+            if body.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<UsageRecord>(body) {
+                Ok(r) => batch.push(r),
+                Err(e) => {
+                    // A line torn by a crash mid-write.
+                    self.metrics.ledger(LedgerOutcome::Lost, 1);
+                    tracing::error!(error = %e, "usage record lost: unreadable journal line");
+                }
+            }
+            if batch.len() == self.batch {
+                if !self.write(&batch).await {
+                    return (at > from).then_some(at);
+                }
+                batch.clear();
+                at = batch_end;
+            }
+        }
+        if !batch.is_empty() && !self.write(&batch).await {
+            return (at > from).then_some(at);
+        }
+        Some(batch_end)
     }
 
     async fn write(&self, batch: &[UsageRecord]) -> bool {
@@ -185,111 +305,16 @@ impl Writer {
                 if let Some(oldest) = batch.iter().map(|r| r.at).min() {
                     self.metrics.observed.ledger_written(oldest);
                 }
-                self.metrics.observed.ledger_depth(self.receiver.len());
+                self.metrics.observed.ledger_shipped(batch.len());
                 true
             }
             Err(e) => {
                 self.metrics.ledger(LedgerOutcome::StoreError, 1);
                 if self.failures == 0 {
-                    tracing::warn!(error = %e, pending = self.pending.len(), "usage records wait: store write failed");
+                    tracing::warn!(error = %e, "usage records wait in the journal: store write failed");
                 }
                 false
             }
-        }
-    }
-
-    /// Beyond `memory` records, the oldest go to the spill file.
-    async fn bound_memory(&mut self) {
-        if self.pending.len() <= self.memory {
-            return;
-        }
-        let excess = self.pending.len() - self.memory;
-        let spill: Vec<UsageRecord> = self.pending.drain(..excess).collect();
-        self.append_spill(&spill).await;
-    }
-
-    async fn append_spill(&mut self, records: &[UsageRecord]) {
-        let mut text = Vec::with_capacity(records.len() * 512);
-        for r in records {
-            if serde_json::to_writer(&mut text, r).is_ok() {
-                text.push(b'\n');
-            }
-        }
-        let written = async {
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.spill)
-                .await?;
-            file.write_all(&text).await?;
-            file.sync_data().await
-        };
-        match written.await {
-            Ok(()) => {
-                self.spill_waiting = true;
-                self.metrics
-                    .ledger(LedgerOutcome::Spilled, records.len() as u64);
-            }
-            Err(e) => {
-                self.metrics
-                    .ledger(LedgerOutcome::Lost, records.len() as u64);
-                tracing::error!(error = %e, path = %self.spill.display(), lost = records.len(),
-                    "usage records lost: the spill file cannot be written");
-            }
-        }
-    }
-
-    /// Writes the spill file's records to the store and empties it. A record already written
-    /// (a replay cut short) is skipped by its id.
-    async fn replay_spill(&mut self) -> bool {
-        let text = match tokio::fs::read(&self.spill).await {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.spill_waiting = false;
-                return true;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, path = %self.spill.display(), "spill file unreadable");
-                return false;
-            }
-        };
-        let mut records = Vec::new();
-        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            match serde_json::from_slice::<UsageRecord>(line) {
-                Ok(r) => records.push(r),
-                Err(e) => {
-                    // A line cut short by a crash mid-write.
-                    self.metrics.ledger(LedgerOutcome::Lost, 1);
-                    tracing::error!(error = %e, "usage record lost: unreadable spill line");
-                }
-            }
-        }
-        for chunk in records.chunks(self.batch) {
-            if !self.write(chunk).await {
-                return false;
-            }
-        }
-        if let Err(e) = tokio::fs::write(&self.spill, b"").await {
-            tracing::error!(error = %e, "spill file written but not emptied; its records are skipped when replayed");
-        }
-        tracing::info!(records = records.len(), "spilled usage records written");
-        self.spill_waiting = false;
-        true
-    }
-
-    async fn finish(mut self) {
-        self.receiver.close();
-        while let Some(r) = self.receiver.recv().await {
-            self.pending.push_back(r);
-        }
-        let written = tokio::time::timeout(FINAL_WRITE, self.write_all()).await;
-        if !matches!(written, Ok(true)) && !self.pending.is_empty() {
-            let rest: Vec<UsageRecord> = self.pending.drain(..).collect();
-            tracing::warn!(
-                records = rest.len(),
-                "store unreachable at shutdown: records spilled"
-            );
-            self.append_spill(&rest).await;
         }
     }
 }

@@ -104,6 +104,9 @@ impl Gateway {
         if config.usage.spill_path == defaults.usage.spill_path {
             config.usage.spill_path = dir.path().join("usage.spill");
         }
+        if config.usage.journal_path == defaults.usage.journal_path {
+            config.usage.journal_path = dir.path().join("usage.journal");
+        }
         if config.files.dir == defaults.files.dir {
             config.files.dir = dir.path().join("files");
         }

@@ -150,6 +150,7 @@ async fn metered(
                 caller: &caller,
                 headers: &headers,
                 request_id: &request_id2,
+                meter: &meter2,
             };
             match relay::dispatch(&state2, request)
                 .await
@@ -182,6 +183,7 @@ async fn metered(
         caller: &caller,
         headers,
         request_id,
+        meter,
     };
     let (outcome, media) = relay::dispatch(state, request)
         .await

@@ -106,6 +106,7 @@ async fn metered_chat(
                 caller: &caller,
                 headers: &headers,
                 request_id: &request_id2,
+                meter: &meter2,
             };
             match relay::dispatch(&state2, request).await {
                 Ok((outcome, media)) => {
@@ -135,6 +136,7 @@ async fn metered_chat(
         caller: &caller,
         headers,
         request_id,
+        meter,
     };
     let (outcome, media) = relay::dispatch(state, request).await?;
     meter.media(media);
@@ -400,6 +402,8 @@ async fn metered_completion(
         caller,
         headers,
         request_id,
+        meter,
+        reserve: relay::reserve_for(state, bytes.len(), &Default::default(), request.max_tokens),
     };
     let upstreamed =
         relay::send_with_retries(state, &call, |_| (Api::Completions, bytes.clone())).await?;
