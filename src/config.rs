@@ -778,6 +778,14 @@ fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Config {
 /// Checks what types alone cannot; the first problem found is reported.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_telemetry(&config.telemetry)?;
+    for (i, key) in config.devices.signing_keys.iter().enumerate() {
+        if crate::device::token::SigningKey::parse(key.expose()).is_none() {
+            return Err(ConfigError::new(
+                format!("devices.signing_keys[{i}]"),
+                "expected `id:secret` (id of letters, digits, - or _; secret of 16 characters or more)",
+            ));
+        }
+    }
     if config.server.max_body_bytes == usize::MAX {
         return Err(ConfigError::new(
             "DASHGATE_LISTEN",

@@ -363,3 +363,32 @@ async fn limits_per_device_and_per_account_on_redis() {
     ))
     .await;
 }
+
+/// A store key made through the admin API with an account mints for that account.
+#[tokio::test]
+async fn a_store_key_with_an_account_mints_for_it() {
+    let sim = Sim::start().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let url = fresh_store(Backend::Sqlite, dir.path()).await;
+    let gw = Gateway::start(&toml(&sim, &url, "acme", "", "")).await;
+    let response = gw
+        .http
+        .post(gw.url("/admin/api/keys"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "initech-backend", "account": "initech"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 201);
+    let made = json_of(response).await;
+    assert_eq!(made["account"], "initech", "{made}");
+    let key = made["key"].as_str().unwrap_or_default().to_string();
+    let (status, answer) = mint(&gw, &key, json!({"device_id": "d1", "ttl_seconds": 60})).await;
+    assert_eq!(
+        (status, &answer["account"]),
+        (200, &json!("initech")),
+        "{answer}"
+    );
+    let token = answer["token"].as_str().unwrap_or_default().to_string();
+    assert_eq!(chat(&gw, &token, "qwen-plus").await.0, 200);
+}

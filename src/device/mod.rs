@@ -177,3 +177,16 @@ pub fn keep_refreshing(devices: &Arc<Devices>, store: &Store, every_ms: u64) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, validate};
+
+    #[test]
+    fn a_malformed_signing_key_is_a_config_error_naming_it() {
+        let text = "[devices]\nsigning_keys = [\"k1:0123456789abcdef\", \"k2:short\"]\n";
+        let config = parse(text, "t.toml", &|_| None).map_err(|e| e.to_string());
+        let err = config.map(|c| validate(&c).map_err(|e| e.key));
+        assert_eq!(err, Ok(Err("devices.signing_keys[1]".to_string())));
+    }
+}
