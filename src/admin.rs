@@ -3,7 +3,9 @@
 //!
 //! - `GET /admin/api/keys`, `POST /admin/api/keys`, `GET|PATCH|DELETE /admin/api/keys/{id}`
 //!   (`DELETE` revokes; the record stays for the ledger)
-//! - `GET /admin/api/usage?key=&model=&upstream=&from=&to=&group_by=key|model|upstream|day`
+//! - `GET /admin/api/usage?key=&model=&upstream=&from=&to=&group_by=key|model|upstream|day|account|device`
+//!   (`account`, `device`: device fleets, docs/fleet.md; `-` groups requests without one)
+//! - `POST /admin/api/devices/revoke {"account", "device_id"?}`: docs/fleet.md
 //! - `GET /admin/api/usage/records?...&limit=N`
 //! - `GET /admin/api/upstreams`: each upstream with its circuit state
 //! - the console's own additions: `crate::console::api`; the web console itself: `/admin`
@@ -39,6 +41,10 @@ pub fn routes(state: &Arc<AppState>) -> Option<Router<Arc<AppState>>> {
         .route("/admin/api/usage", get(usage))
         .route("/admin/api/usage/records", get(usage_records))
         .route("/admin/api/upstreams", get(upstreams))
+        .route(
+            "/admin/api/devices/revoke",
+            axum::routing::post(crate::device::api::revoke),
+        )
         .merge(crate::console::api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), admin_only));
     Some(router.merge(crate::console::pages::routes()))
@@ -243,8 +249,11 @@ async fn usage(
     let mut body = json!({"totals": totals});
     if let Some(by) = &query.group_by {
         let column = crate::store::group_column(by).ok_or_else(|| {
-            GatewayError::param("group_by", "must be key, model, upstream or day")
-                .into_openai_response(&id)
+            GatewayError::param(
+                "group_by",
+                "must be key, model, upstream, day, account or device",
+            )
+            .into_openai_response(&id)
         })?;
         let groups = state
             .store

@@ -41,6 +41,13 @@ pub struct Caller {
     pub limits: Limits,
     /// In passthrough mode, the caller's own bearer token, to forward upstream.
     pub passthrough_token: Option<String>,
+    /// The account the key or device token belongs to (docs/fleet.md).
+    pub account: Option<Arc<str>>,
+    /// The device id of a device token.
+    pub device: Option<Arc<str>>,
+    /// A device's account-wide limits and the name they are counted under, shared by all the
+    /// account's devices.
+    pub account_limits: Option<(Arc<str>, Limits)>,
 }
 
 impl Caller {
@@ -71,6 +78,8 @@ pub struct Authenticator {
     store: Option<Store>,
     /// Store lookups by hash, found or not (`None`), for `key_cache_ms`.
     cache: moka::sync::Cache<[u8; 32], Option<Arc<KeyRecord>>>,
+    /// Device tokens' verifier; `None` until the gateway sets one up.
+    devices: Option<Arc<crate::device::Devices>>,
 }
 
 impl Caller {
@@ -86,6 +95,9 @@ impl Caller {
                 quota_period: key.quota_period,
             },
             passthrough_token: None,
+            account: key.account.as_deref().map(Arc::from),
+            device: None,
+            account_limits: None,
         }
     }
 }
@@ -128,6 +140,9 @@ impl Authenticator {
                         quota_period: k.quota_period,
                     },
                     passthrough_token: None,
+                    account: k.account.as_deref().map(Arc::from),
+                    device: None,
+                    account_limits: None,
                 };
                 (hash, KeyEntry { hash, caller })
             })
@@ -141,7 +156,14 @@ impl Authenticator {
             keys,
             store,
             cache,
+            devices: None,
         }
+    }
+
+    /// Accepts device tokens signed with `devices`' keys.
+    pub fn with_devices(mut self, devices: Arc<crate::device::Devices>) -> Self {
+        self.devices = Some(devices);
+        self
     }
 
     /// Forgets every cached store lookup: after a change made on this gateway, it holds at once.
@@ -163,7 +185,16 @@ impl Authenticator {
                 models: None,
                 limits: Limits::default(),
                 passthrough_token: Some(token.to_string()),
+                account: None,
+                device: None,
+                account_limits: None,
             });
+        }
+        if token.starts_with(crate::device::token::PREFIX) {
+            return match &self.devices {
+                Some(devices) => devices.authenticate(token, now_ms()),
+                None => Err(GatewayError::InvalidApiKey),
+            };
         }
         // Maps are keyed by the hash, so lookup time says nothing about the key's bytes; the
         // final comparison is constant-time all the same.
@@ -241,6 +272,7 @@ mod tests {
             tpm: None,
             token_quota: None,
             quota_period: QuotaPeriod::Total,
+            account: None,
         };
         Authenticator::new(AuthMode::Keys, &[key], None, Duration::from_secs(5))
     }

@@ -68,6 +68,30 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The exact response cache (`docs/cache.md`).
     pub cache: crate::cache::CacheConfig,
+    pub devices: DevicesConfig,
+}
+
+/// Device tokens (docs/fleet.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// `id:secret` each; the first signs new tokens, all verify. Empty: one is made and kept
+    /// in the store.
+    pub signing_keys: Vec<Secret>,
+    /// The longest `ttl_seconds` a token may be minted with.
+    pub max_ttl_seconds: u64,
+    /// How often revocations are read from the store: how late another gateway honours one.
+    pub revocation_refresh_ms: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            signing_keys: Vec::new(),
+            max_ttl_seconds: 86_400,
+            revocation_refresh_ms: 5_000,
+        }
+    }
 }
 
 /// Trace export and the access log (docs/observability.md).
@@ -464,6 +488,10 @@ pub struct StaticKey {
     pub token_quota: Option<u64>,
     #[serde(default)]
     pub quota_period: crate::store::QuotaPeriod,
+    /// The account (a customer of a device maker) this key belongs to; it may mint device
+    /// tokens for that account.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -752,6 +780,14 @@ fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Config {
 /// Checks what types alone cannot; the first problem found is reported.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_telemetry(&config.telemetry)?;
+    for (i, key) in config.devices.signing_keys.iter().enumerate() {
+        if crate::device::token::SigningKey::parse(key.expose()).is_none() {
+            return Err(ConfigError::new(
+                format!("devices.signing_keys[{i}]"),
+                "expected `id:secret` (id of letters, digits, - or _; secret of 16 characters or more)",
+            ));
+        }
+    }
     if config.server.max_body_bytes == usize::MAX {
         return Err(ConfigError::new(
             "DASHGATE_LISTEN",

@@ -33,6 +33,9 @@ pub enum Action {
         /// Expiry, RFC 3339 (2027-01-31T00:00:00Z).
         #[arg(long)]
         expires: Option<String>,
+        /// The account the key belongs to: it may mint device tokens for it (docs/fleet.md).
+        #[arg(long)]
+        account: Option<String>,
     },
     /// List the keys (never the keys themselves).
     List,
@@ -98,6 +101,7 @@ pub async fn run(config: Config, action: Action) -> ExitCode {
             token_quota,
             quota_period,
             expires,
+            account,
         } => {
             let new = NewKey {
                 name,
@@ -107,6 +111,7 @@ pub async fn run(config: Config, action: Action) -> ExitCode {
                 token_quota,
                 quota_period: QuotaPeriod::parse(&quota_period).unwrap_or_default(),
                 expires_at: expires.as_deref().and_then(store::parse_rfc3339),
+                account,
             };
             create(&store, &new).await
         }

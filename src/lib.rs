@@ -8,6 +8,7 @@ pub mod chat;
 pub mod circuits;
 pub mod config;
 pub mod console;
+pub mod device;
 pub mod dialect;
 pub mod error;
 pub mod event;

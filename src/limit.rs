@@ -20,6 +20,7 @@ use crate::error::{GatewayError, Limit};
 use crate::store::{QuotaPeriod, Store, now_ms, period_start};
 use crate::telemetry::Metrics;
 
+mod account;
 mod reserve;
 pub use reserve::Reservation;
 
@@ -54,6 +55,15 @@ impl Limiter {
     /// `Ok(false)`: the shared limiter could not be reached and lets the request through
     /// unchecked (admission then does not try it again).
     pub async fn admit(&self, caller: &Caller) -> Result<bool, GatewayError> {
+        let checked = self.admit_one(caller).await?;
+        // A device's account after the device itself (docs/fleet.md).
+        match account::of(caller) {
+            Some(account) => Ok(self.admit_one(&account).await? && checked),
+            None => Ok(checked),
+        }
+    }
+
+    async fn admit_one(&self, caller: &Caller) -> Result<bool, GatewayError> {
         if !caller.limits.any() {
             return Ok(true);
         }

@@ -190,6 +190,11 @@ pub async fn send_with_retries(
             // Admission: nothing the gateway refused before this point counted.
             let reservation = state.limiter.reserve(call.caller, call.reserve).await?;
             call.meter.reserved(reservation);
+            let account = state
+                .limiter
+                .reserve_account(call.caller, call.reserve)
+                .await?;
+            call.meter.account_reserved(account);
         }
         let upstream = lease.upstream.clone();
         let (api, body) = body_for(&upstream);

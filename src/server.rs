@@ -53,6 +53,8 @@ pub struct AppState {
     pub access_log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
     /// The exact response cache.
     pub cache: Arc<crate::cache::Cache>,
+    /// Device tokens: signing keys and revocations (docs/fleet.md).
+    pub devices: Arc<crate::device::Devices>,
 }
 
 impl AppState {
@@ -87,6 +89,8 @@ impl AppState {
             .await
             .map_err(|e| format!("store.url: {e}"))?;
         let cache = crate::cache::Cache::new(&config.cache, metrics.cache.clone())?;
+        let devices = Arc::new(crate::device::Devices::open(&config.devices, &store).await?);
+        crate::device::keep_refreshing(&devices, &store, config.devices.revocation_refresh_ms);
         Ok(Self {
             cache,
             console,
@@ -95,7 +99,9 @@ impl AppState {
                 &config.keys,
                 Some(store.clone()),
                 key_cache,
-            ),
+            )
+            .with_devices(devices.clone()),
+            devices,
             store,
             files: crate::files::Files::new(&config.files)?,
             limiter,
@@ -254,6 +260,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(openai::model))
         .route("/api/v1/models", get(openai::native_models))
         .route("/compatible-mode/v1/models/{id}", get(openai::model))
+        .route("/v1/device-tokens", post(crate::device::api::mint))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

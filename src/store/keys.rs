@@ -53,6 +53,8 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The account (docs/fleet.md) the key belongs to; it may mint device tokens for it.
+    pub account: Option<String>,
 }
 
 impl KeyRecord {
@@ -79,6 +81,8 @@ pub struct NewKey {
     pub quota_period: QuotaPeriod,
     #[serde(default)]
     pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 /// Changes to a key; an absent field stays as it is, `null` clears it.
@@ -115,7 +119,7 @@ mod change {
 }
 
 const COLUMNS: &str = "id, name, key_prefix, models, rpm, tpm, token_quota, quota_period, \
-    expires_at, disabled, revoked_at, created_at, updated_at";
+    expires_at, disabled, revoked_at, created_at, updated_at, account";
 
 fn to_i64(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
@@ -143,6 +147,7 @@ fn key_of(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         revoked_at: row.try_get("revoked_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        account: row.try_get("account")?,
     })
 }
 
@@ -158,8 +163,8 @@ impl Store {
         let id = format!("key_{}", uuid::Uuid::new_v4().simple());
         let result = sqlx::query(
             "INSERT INTO api_keys (id, name, key_hash, key_prefix, models, rpm, tpm, token_quota, \
-             quota_period, expires_at, disabled, revoked_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, NULL, $11, $11)",
+             quota_period, expires_at, disabled, revoked_at, created_at, updated_at, account) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, NULL, $11, $11, $12)",
         )
         .bind(&id)
         .bind(&new.name)
@@ -172,6 +177,7 @@ impl Store {
         .bind(new.quota_period.as_str())
         .bind(new.expires_at)
         .bind(now)
+        .bind(new.account.as_deref())
         .execute(&self.pool)
         .await;
         match result {

@@ -3,6 +3,7 @@
 //! one set of queries serve both: the SQL sticks to types and syntax both understand.
 
 mod console;
+mod devices;
 mod files;
 mod keys;
 mod usage;

@@ -46,8 +46,9 @@ const COLUMNS: &str = "id, at, day, request_id, key_id, key_name, model, upstrea
     dialect, stream, status, error_code, prompt_tokens, completion_tokens, total_tokens, \
     cached_tokens, reasoning_tokens, image_tokens, audio_tokens, estimated, ttft_ms, duration_ms, \
     bytes_in, bytes_out, images, image_original_bytes, image_sent_bytes, image_tokens_before, \
-    image_tokens_after, cost, cache_hit, cache_prompt_tokens, cache_completion_tokens";
-const PER_ROW: usize = 34;
+    image_tokens_after, cost, cache_hit, cache_prompt_tokens, cache_completion_tokens, account, \
+    device";
+const PER_ROW: usize = 36;
 /// Rows per INSERT statement: one statement per batch is one trip to the database (for SQLite,
 /// one hand-off to its worker thread), well within both databases' parameter limits.
 const ROWS_PER_STATEMENT: usize = 100;
@@ -164,6 +165,8 @@ pub fn group_column(by: &str) -> Option<&'static str> {
         "model" => "model",
         "upstream" => "upstream",
         "day" => "day",
+        "account" => "account",
+        "device" => "device",
         _ => return None,
     })
 }
@@ -210,7 +213,9 @@ impl Store {
                     .bind(r.cost)
                     .bind(i64::from(r.cache_hit))
                     .bind(r.cache_prompt_tokens.map(n))
-                    .bind(r.cache_completion_tokens.map(n));
+                    .bind(r.cache_completion_tokens.map(n))
+                    .bind(r.account.as_deref())
+                    .bind(r.device.as_deref());
             }
             query.execute(&mut *tx).await?;
         }
@@ -235,7 +240,7 @@ impl Store {
     ) -> Result<Vec<UsageGroup>, StoreError> {
         let (clause, values) = where_of(filter);
         let sql = format!(
-            "SELECT {column} AS grp, {SUMS} FROM usage_records{clause} \
+            "SELECT COALESCE({column}, '-') AS grp, {SUMS} FROM usage_records{clause} \
              GROUP BY {column} ORDER BY {column}"
         );
         let rows = bind_all(sqlx::query(&sql), values)
@@ -320,5 +325,7 @@ fn record_of(row: &AnyRow) -> Result<UsageRecord, StoreError> {
         cache_hit: row.try_get::<i64, _>("cache_hit")? != 0,
         cache_prompt_tokens: opt("cache_prompt_tokens")?,
         cache_completion_tokens: opt("cache_completion_tokens")?,
+        account: row.try_get("account")?,
+        device: row.try_get("device")?,
     })
 }

@@ -33,6 +33,8 @@ struct Inner {
     context: MeterContext,
     caller: Arc<str>,
     limits: Limits,
+    /// A device's account-wide limits, spent beside its own.
+    account_limits: Option<(Arc<str>, Limits)>,
     started: Instant,
     state: Mutex<State>,
     // Counted per stream event: atomics, not the lock.
@@ -51,6 +53,8 @@ struct State {
     last_native_frame: Option<Bytes>,
     /// What admission reserved against the key's limits, settled when the record is made.
     reservation: Option<crate::limit::Reservation>,
+    /// A device's account reservation (docs/fleet.md).
+    account_reservation: Option<crate::limit::Reservation>,
     /// The shared limiter was unreachable on arrival and let the request through.
     unchecked: bool,
     /// Answered from the response cache.
@@ -74,6 +78,8 @@ impl Meter {
             request_id: request_id.to_string(),
             key_id: caller.id.as_deref().map(str::to_string),
             key_name: caller.name.to_string(),
+            account: caller.account.as_deref().map(str::to_string),
+            device: caller.device.as_deref().map(str::to_string),
             upstream: "-".into(),
             route: route.into(),
             dialect: dialect.into(),
@@ -85,6 +91,7 @@ impl Meter {
             context: context.clone(),
             caller: caller.name.clone(),
             limits: caller.limits,
+            account_limits: caller.account_limits.clone(),
             started: Instant::now(),
             state: Mutex::new(State {
                 record,
@@ -167,6 +174,11 @@ impl Meter {
     /// The request was admitted with this reservation.
     pub fn reserved(&self, reservation: Option<crate::limit::Reservation>) {
         self.with(|s| s.reservation = reservation);
+    }
+
+    /// A device's account was admitted with this reservation.
+    pub fn account_reserved(&self, reservation: Option<crate::limit::Reservation>) {
+        self.with(|s| s.account_reservation = reservation);
     }
 
     pub fn native_frame(&self, frame: &Bytes) {
@@ -279,6 +291,10 @@ impl Drop for Inner {
             state.reservation,
             record.total_tokens,
         );
+        if let Some((name, limits)) = &self.account_limits {
+            let reservation = state.account_reservation;
+            (self.context.limiter).settle(name, limits, reservation, record.total_tokens);
+        }
         let Some(log) = &self.log else {
             self.context.ledger.record(record);
             return;

@@ -53,4 +53,9 @@ pub struct UsageRecord {
     pub cache_prompt_tokens: Option<u64>,
     #[serde(default)]
     pub cache_completion_tokens: Option<u64>,
+    /// The caller's account and, for a device token, its device id (docs/fleet.md).
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
 }
