@@ -222,6 +222,8 @@ pub struct FilesConfig {
     pub extract_timeout_ms: u64,
     /// Extractions running at once, across all requests (more wait for a slot).
     pub max_extractions: usize,
+    /// Pages a PDF may have; counted before any text is extracted, more is a 400.
+    pub max_pdf_pages: usize,
 }
 
 impl Default for FilesConfig {
@@ -235,6 +237,7 @@ impl Default for FilesConfig {
             max_text_chars: 2_000_000,
             extract_timeout_ms: 10_000,
             max_extractions: 2,
+            max_pdf_pages: 500,
         }
     }
 }
@@ -275,6 +278,9 @@ pub struct MediaConfig {
     pub fetch_max_redirects: usize,
     /// Hosts or IP addresses fetched even though they are private, loopback or link-local.
     pub fetch_allow: Vec<String>,
+    /// The largest image (width x height, from its header) the gateway agrees to decode,
+    /// against decompression bombs.
+    pub max_decode_pixels: u64,
 }
 
 impl Default for MediaConfig {
@@ -292,6 +298,7 @@ impl Default for MediaConfig {
             fetch_timeout_ms: 10_000,
             fetch_max_redirects: 3,
             fetch_allow: Vec::new(),
+            max_decode_pixels: 25_000_000,
         }
     }
 }
@@ -879,6 +886,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             "max_file_bytes and max_inline_tokens must be greater than 0",
         ));
     }
+    if config.files.max_pdf_pages == 0 {
+        return Err(ConfigError::new(
+            "files.max_pdf_pages",
+            "must be greater than 0",
+        ));
+    }
     if let Some(url) = &config.limits.redis_url {
         if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {
             return Err(ConfigError::new(
@@ -990,6 +1003,12 @@ fn validate_media(media: &MediaConfig, at: &str) -> Result<(), ConfigError> {
     }
     if media.max_image_bytes == 0 || media.max_audio_bytes == 0 || media.fetch_max_bytes == 0 {
         return Err(ConfigError::new(at, "size limits must be greater than 0"));
+    }
+    if media.max_decode_pixels == 0 {
+        return Err(ConfigError::new(
+            key("max_decode_pixels"),
+            "must be greater than 0",
+        ));
     }
     if media
         .url_schemes
@@ -1109,6 +1128,22 @@ api_key = "${UP_KEY}"
         let config = parse(&text, "t.toml", &env_of(&[("UP_KEY", "k")])).map_err(|e| e.to_string());
         let err = config.ok().and_then(|c| validate(&c).err()).map(|e| e.key);
         assert_eq!(err.as_deref(), Some("upstreams[0].base_url"));
+    }
+
+    #[test]
+    fn zero_decode_and_pdf_page_caps_are_refused() {
+        for (section, key) in [
+            (
+                "[media]\nmax_decode_pixels = 0",
+                "upstreams[0].media.max_decode_pixels",
+            ),
+            ("[files]\nmax_pdf_pages = 0", "files.max_pdf_pages"),
+        ] {
+            let text = format!("{section}\n{MINIMAL}");
+            let config = parse(&text, "t.toml", &env_of(&[("UP_KEY", "k")]));
+            let err = config.ok().and_then(|c| validate(&c).err()).map(|e| e.key);
+            assert_eq!(err.as_deref(), Some(key));
+        }
     }
 
     #[test]

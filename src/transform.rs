@@ -85,7 +85,7 @@ fn policy_of(media: &MediaConfig) -> ImagePolicy {
         strip_metadata: media.strip_metadata,
         reencode: media.reencode,
         jpeg_quality: media.jpeg_quality,
-        ..ImagePolicy::default()
+        max_decode_pixels: media.max_decode_pixels,
     }
 }
 

@@ -20,6 +20,7 @@ async fn env() -> (Sim, Gateway) {
 max_file_bytes = 200000
 max_inline_tokens = 2000
 max_extract_bytes = 100000
+max_pdf_pages = 3
 
 [[keys]]
 name = "other"
@@ -67,6 +68,11 @@ fn docx(paragraphs: &[&str]) -> Vec<u8> {
 }
 
 fn pdf(text: &str) -> Vec<u8> {
+    pdf_of(&[text])
+}
+
+/// A PDF with one page per text.
+fn pdf_of(texts: &[&str]) -> Vec<u8> {
     use lopdf::content::{Content, Operation};
     use lopdf::{Document, Object, Stream, dictionary};
     let mut doc = Document::with_version("1.5");
@@ -77,24 +83,29 @@ fn pdf(text: &str) -> Vec<u8> {
     let resources_id = doc.add_object(dictionary! {
         "Font" => dictionary! { "F1" => font_id },
     });
-    let content = Content {
-        operations: vec![
-            Operation::new("BT", vec![]),
-            Operation::new("Tf", vec!["F1".into(), 24.into()]),
-            Operation::new("Td", vec![100.into(), 600.into()]),
-            Operation::new("Tj", vec![Object::string_literal(text)]),
-            Operation::new("ET", vec![]),
-        ],
-    };
-    let encoded = content.encode().unwrap_or_else(|e| panic!("{e}"));
-    let content_id = doc.add_object(Stream::new(dictionary! {}, encoded));
-    let page_id = doc.add_object(dictionary! {
-        "Type" => "Page", "Parent" => pages_id, "Contents" => content_id,
-    });
+    let mut kids: Vec<Object> = Vec::new();
+    for text in texts {
+        let content = Content {
+            operations: vec![
+                Operation::new("BT", vec![]),
+                Operation::new("Tf", vec!["F1".into(), 24.into()]),
+                Operation::new("Td", vec![100.into(), 600.into()]),
+                Operation::new("Tj", vec![Object::string_literal(*text)]),
+                Operation::new("ET", vec![]),
+            ],
+        };
+        let encoded = content.encode().unwrap_or_else(|e| panic!("{e}"));
+        let content_id = doc.add_object(Stream::new(dictionary! {}, encoded));
+        let page_id = doc.add_object(dictionary! {
+            "Type" => "Page", "Parent" => pages_id, "Contents" => content_id,
+        });
+        kids.push(page_id.into());
+    }
+    let count = i64::try_from(kids.len()).unwrap_or(i64::MAX);
     doc.objects.insert(
         pages_id,
         Object::Dictionary(dictionary! {
-            "Type" => "Pages", "Kids" => vec![page_id.into()], "Count" => 1,
+            "Type" => "Pages", "Kids" => kids, "Count" => count,
             "Resources" => resources_id, "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
         }),
     );
@@ -529,4 +540,33 @@ async fn a_docx_zip_bomb_is_refused_naming_the_limit() {
         let message = reply["error"]["message"].as_str().unwrap_or("");
         assert!(message.contains("files.max_extract_bytes"), "{reply}");
     }
+}
+
+#[tokio::test]
+async fn a_pdf_over_the_page_cap_is_refused_naming_the_limit() {
+    let (_sim, gw) = env().await;
+    // The test's cap is 3 pages.
+    let long = uploaded(&gw, "long.pdf", pdf_of(&["one", "two", "three", "four"])).await;
+    let (status, reply) = answer(
+        &gw,
+        CLIENT_KEY,
+        &with_files("local-long", &[&format!("fileid://{long}")], "?"),
+    )
+    .await;
+    assert_eq!(status, 400, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("files.max_pdf_pages"), "{reply}");
+
+    // At the cap: every page's text reaches the upstream.
+    let short = uploaded(&gw, "short.pdf", pdf_of(&["Alpha", "Bravo", "Charlie"])).await;
+    let mut body = with_files("local-long", &[&format!("fileid://{short}")], "?");
+    body["sim"] = json!({"echo_request": true});
+    let (status, reply) = answer(&gw, CLIENT_KEY, &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let seen: Value = serde_json::from_str(&content(&reply)).unwrap_or_default();
+    let text = seen["messages"][1]["content"].as_str().unwrap_or("");
+    assert!(
+        text.contains("Alpha") && text.contains("Bravo") && text.contains("Charlie"),
+        "{seen}"
+    );
 }

@@ -521,3 +521,25 @@ async fn a_gif_bomb_is_refused_with_400_naming_the_limit() {
     let message = body["error"]["message"].as_str().unwrap_or("");
     assert!(message.contains("max_decode_pixels"), "{body}");
 }
+
+#[tokio::test]
+async fn the_decode_pixel_ceiling_is_configurable() {
+    let (_sim, gw) = gateway("[media]\nmax_decode_pixels = 10000\n").await;
+    // 120x120 = 14400 pixels, over the configured 10000 (far under the 25 MP default).
+    let big = encode(&picture(120, 120), image::ImageFormat::Png);
+    let response = gw
+        .chat(&with_image(&data_url("image/png", &big)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("max_decode_pixels"), "{body}");
+    assert!(message.contains("120x120"), "{body}");
+    // 64x64 = 4096 pixels fits and goes through.
+    let small = encode(&picture(64, 64), image::ImageFormat::Png);
+    let (seen, _) = through(&gw, &with_image(&data_url("image/png", &small))).await;
+    let (url, _) = sent_image(&seen);
+    assert!(url.starts_with("data:image/"), "{seen}");
+}

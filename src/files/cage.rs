@@ -1,6 +1,6 @@
 //! Text extraction in a cage: once per file (the text, or the refusal, is kept by file id),
 //! at most `files.max_extractions` at a time, each within `files.extract_timeout_ms`, a DOCX
-//! within `files.max_extract_bytes` decompressed, any text within `files.max_text_chars`, and
+//! within `files.max_extract_bytes` decompressed, a PDF within `files.max_pdf_pages`, any text within `files.max_text_chars`, and
 //! a panicking parser (pdf-extract can) turned into a refusal.
 
 use std::io::Read;
@@ -83,7 +83,10 @@ fn extract(limits: &FilesConfig, filename: &str, bytes: &[u8]) -> Result<String,
     if kind == Kind::Docx {
         check_docx(bytes, limits.max_extract_bytes)?;
     }
-    let text = super::extract::text_of(kind, bytes)?;
+    let text = match kind {
+        Kind::Pdf => super::extract::pdf_text(bytes, limits.max_pdf_pages)?,
+        _ => super::extract::text_of(kind, bytes)?,
+    };
     if text.chars().count() > limits.max_text_chars {
         return Err(format!(
             "its text is over files.max_text_chars ({} characters)",

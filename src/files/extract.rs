@@ -69,6 +69,27 @@ pub fn text_of(kind: Kind, bytes: &[u8]) -> Result<String, String> {
     }
 }
 
+/// The text of a PDF of at most `max_pages` pages. The document is parsed once: its page tree
+/// is counted before any content stream is read, so a huge PDF is refused cheaply.
+pub fn pdf_text(bytes: &[u8], max_pages: usize) -> Result<String, String> {
+    let mut doc = lopdf::Document::load_mem(bytes).map_err(|e| format!("not a pdf: {e}"))?;
+    let pages = doc.get_pages().len();
+    if pages > max_pages {
+        return Err(format!(
+            "it has {pages} pages, over files.max_pdf_pages ({max_pages})"
+        ));
+    }
+    // As pdf-extract does itself: an owner-password-only PDF opens with the empty password.
+    if doc.is_encrypted() {
+        doc.decrypt("")
+            .map_err(|e| format!("the pdf is encrypted: {e}"))?;
+    }
+    let mut text = String::new();
+    let mut out = pdf_extract::PlainTextOutput::new(&mut text);
+    pdf_extract::output_doc(&doc, &mut out).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
 /// The paragraphs of `word/document.xml`, one per line.
 fn docx_text(bytes: &[u8]) -> Result<String, String> {
     use quick_xml::events::Event;

@@ -63,7 +63,7 @@ pub struct ImagePolicy {
     pub jpeg_quality: u8,
     /// The largest image the gateway agrees to decode, against decompression bombs (a small
     /// PNG can claim 50000x50000). Decoding costs ~3 bytes per pixel, twice while the
-    /// orientation is applied. Default 64 MP (8000x8000; 48-50 MP phone photos fit).
+    /// orientation is applied. Default 25 MP (`[media] max_decode_pixels`).
     pub max_decode_pixels: u64,
 }
 
