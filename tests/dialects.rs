@@ -8,30 +8,6 @@ use common::*;
 use serde_json::{Value, json};
 
 /// Models routed to upstreams speaking each dialect (all the same simulator).
-const UPSTREAMS: &str = r#"
-[[upstreams]]
-name = "compat"
-provider = "dashscope"
-dialect = "compatible"
-base_url = "{SIM}"
-api_key = "sk-upstream-test"
-models = ["via-compat"]
-
-[[upstreams]]
-name = "native"
-provider = "dashscope"
-dialect = "native"
-base_url = "{SIM}"
-api_key = "sk-upstream-test"
-models = ["via-native"]
-
-[[upstreams]]
-name = "openai"
-provider = "openai"
-base_url = "{SIM}/v1"
-api_key = "sk-upstream-test"
-models = ["via-openai"]
-"#;
 
 /// (model, what the upstream speaks); `qwen-plus` goes to an `auto` upstream: the client's own.
 const ROUTES: [(&str, &str); 4] = [

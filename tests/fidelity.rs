@@ -10,32 +10,7 @@ use serde_json::{Value, json};
 
 const TEXT_API: &str = "/api/v1/services/aigc/text-generation/generation";
 
-/// Models routed to upstreams speaking each dialect (all the same simulator).
-const UPSTREAMS: &str = r#"
-[[upstreams]]
-name = "compat"
-provider = "dashscope"
-dialect = "compatible"
-base_url = "{SIM}"
-api_key = "sk-upstream-test"
-models = ["via-compat"]
-
-[[upstreams]]
-name = "native"
-provider = "dashscope"
-dialect = "native"
-base_url = "{SIM}"
-api_key = "sk-upstream-test"
-models = ["via-native"]
-
-[[upstreams]]
-name = "openai"
-provider = "openai"
-base_url = "{SIM}/v1"
-api_key = "sk-upstream-test"
-models = ["via-openai"]
-"#;
-
+/// A gateway over the three-upstream matrix (`common::UPSTREAMS`), all on one simulator.
 async fn matrix() -> (Sim, Gateway) {
     let sim = Sim::start().await;
     let gw = Gateway::start(&config_for(&sim, "", UPSTREAMS)).await;

@@ -8,31 +8,6 @@ use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 
-const UPSTREAMS: &str = r#"
-[[upstreams]]
-name = "compat"
-provider = "dashscope"
-dialect = "compatible"
-base_url = "{SIM}"
-api_key = "sk-upstream-test"
-models = ["via-compat"]
-
-[[upstreams]]
-name = "native"
-provider = "dashscope"
-dialect = "native"
-base_url = "{SIM}"
-api_key = "sk-upstream-test"
-models = ["via-native"]
-
-[[upstreams]]
-name = "openai"
-provider = "openai"
-base_url = "{SIM}/v1"
-api_key = "sk-upstream-test"
-models = ["via-openai"]
-"#;
-
 const MODELS: [&str; 4] = ["qwen-plus", "via-compat", "via-native", "via-openai"];
 const TEXT_API: &str = "/api/v1/services/aigc/text-generation/generation";
 

@@ -284,3 +284,31 @@ pub async fn announced(args: &[&str], cwd: &std::path::Path) -> (tokio::process:
     assert!(url.starts_with("http://127.0.0.1:"), "{args:?}: {line:?}");
     (child, url)
 }
+
+/// Three upstreams on one simulator, one per wire: `via-compat` (DashScope spoken in compatible
+/// mode), `via-native` (DashScope's native API) and `via-openai` (an OpenAI-compatible server),
+/// for the dialect matrix; `{SIM}` is the simulator's URL (see `config_for`).
+pub const UPSTREAMS: &str = r#"
+[[upstreams]]
+name = "compat"
+provider = "dashscope"
+dialect = "compatible"
+base_url = "{SIM}"
+api_key = "sk-upstream-test"
+models = ["via-compat"]
+
+[[upstreams]]
+name = "native"
+provider = "dashscope"
+dialect = "native"
+base_url = "{SIM}"
+api_key = "sk-upstream-test"
+models = ["via-native"]
+
+[[upstreams]]
+name = "openai"
+provider = "openai"
+base_url = "{SIM}/v1"
+api_key = "sk-upstream-test"
+models = ["via-openai"]
+"#;
