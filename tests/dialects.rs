@@ -7,8 +7,6 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-/// Models routed to upstreams speaking each dialect (all the same simulator).
-
 /// (model, what the upstream speaks); `qwen-plus` goes to an `auto` upstream: the client's own.
 const ROUTES: [(&str, &str); 4] = [
     ("qwen-plus", "same"),
