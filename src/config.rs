@@ -214,8 +214,13 @@ pub struct FilesConfig {
     /// Documents put into the system message for an upstream without a files API may come to
     /// at most this many tokens (estimated); more is a 400.
     pub max_inline_tokens: u64,
-    /// Text extraction's cage: bytes a DOCX may decompress to.
+    /// Text extraction's cage: bytes a DOCX's text part, or all of a PDF's streams, may
+    /// decompress to.
     pub max_extract_bytes: u64,
+    /// Address space an extraction worker may add to its own at start, in MiB.
+    pub extract_memory_mb: u64,
+    /// The program run as the extraction worker (`PROG extract-worker`); unset: this executable.
+    pub extract_worker: Option<std::path::PathBuf>,
     /// Characters of text one document may give.
     pub max_text_chars: usize,
     /// How long one extraction may take before the request is refused.
@@ -234,6 +239,8 @@ impl Default for FilesConfig {
             max_file_bytes: 64 * 1024 * 1024,
             max_inline_tokens: 120_000,
             max_extract_bytes: 32 * 1024 * 1024,
+            extract_memory_mb: 256,
+            extract_worker: None,
             max_text_chars: 2_000_000,
             extract_timeout_ms: 10_000,
             max_extractions: 2,
@@ -884,6 +891,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "files",
             "max_file_bytes and max_inline_tokens must be greater than 0",
+        ));
+    }
+    if config.files.extract_memory_mb == 0 || config.files.extract_timeout_ms == 0 {
+        return Err(ConfigError::new(
+            "files",
+            "extract_memory_mb and extract_timeout_ms must be greater than 0",
         ));
     }
     if config.files.max_pdf_pages == 0 {

@@ -39,6 +39,10 @@ pub enum GatewayError {
     InvalidJson(String),
     #[error("The request body is larger than the limit of {limit} bytes.")]
     PayloadTooLarge { limit: usize },
+    /// A document the request names is over a size cap of text extraction (decompressed
+    /// bytes, worker memory); the message names the cap.
+    #[error("{message}")]
+    DocumentTooLarge { param: String, message: String },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("This API key may not use the model `{0}`.")]
@@ -92,7 +96,9 @@ impl GatewayError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::StoreUnavailable | Self::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidParameter { .. } | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge { .. } | Self::DocumentTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::ModelNotFound(_)
             | Self::RouteNotFound(_)
             | Self::KeyNotFound(_)
@@ -145,7 +151,7 @@ impl GatewayError {
             Self::LimitsUnavailable => "limits_unavailable",
             Self::InvalidParameter { .. } => "invalid_parameter_error",
             Self::InvalidJson(_) => "invalid_json",
-            Self::PayloadTooLarge { .. } => "request_too_large",
+            Self::PayloadTooLarge { .. } | Self::DocumentTooLarge { .. } => "request_too_large",
             Self::ModelNotFound(_) => "model_not_found",
             Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::RouteNotFound(_) => "not_found",
@@ -166,6 +172,7 @@ impl GatewayError {
     pub fn param_name(&self) -> Option<&str> {
         match self {
             Self::InvalidParameter { param, .. } => param.as_deref(),
+            Self::DocumentTooLarge { param, .. } => Some(param),
             Self::ModelNotFound(_) | Self::ModelNotAllowed(_) => Some("model"),
             Self::UpstreamRejected(r) => r.param.as_deref(),
             _ => None,
@@ -248,7 +255,7 @@ impl GatewayError {
             Self::LimitsUnavailable => "LimitsUnavailable",
             Self::InvalidParameter { .. } => "InvalidParameter",
             Self::InvalidJson(_) => "BadRequest.IllegalInput",
-            Self::PayloadTooLarge { .. } => "BadRequest.TooLarge",
+            Self::PayloadTooLarge { .. } | Self::DocumentTooLarge { .. } => "BadRequest.TooLarge",
             Self::ModelNotFound(_) => "ModelNotFound",
             Self::ModelNotAllowed(_) => "Model.AccessDenied",
             Self::RouteNotFound(_) => "NotFound",

@@ -50,6 +50,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Extract one document's text (stdin) to stdout under limits; run by the gateway.
+    #[command(hide = true)]
+    ExtractWorker(dashgate::files::worker::WorkerArgs),
     /// Manage client keys in the store.
     Keys {
         /// Config file (its [store] is used); same default as `serve`.
@@ -62,6 +65,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::ExtractWorker(args) = cli.command {
+        return dashgate::files::worker::main(args);
+    }
     if let Command::Serve {
         config,
         listen,
@@ -84,7 +90,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Serve { .. } => ExitCode::FAILURE, // taken above
+        Command::Serve { .. } | Command::ExtractWorker(_) => ExitCode::FAILURE, // taken above
         Command::Keys { config, action } => {
             let config = match load(config) {
                 Ok(config) => config,

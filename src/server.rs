@@ -103,7 +103,7 @@ impl AppState {
             .with_devices(devices.clone()),
             devices,
             store,
-            files: crate::files::Files::new(&config.files)?,
+            files: crate::files::Files::new(&config.files, metrics.extract.clone())?,
             limiter,
             meters,
             model_lists: Default::default(),

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub observed: observed::Observed,
     /// The response cache's counters (`crate::cache`).
     pub cache: crate::cache::CacheMetrics,
+    /// Text extraction's counters (`crate::files::cage`).
+    pub extract: crate::files::metrics::ExtractMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,10 +178,13 @@ impl Metrics {
         let connections = crate::listen::ConnectionMetrics::register(&mut registry);
         let cache = crate::cache::CacheMetrics::default();
         cache.register(&mut registry);
+        let extract = crate::files::metrics::ExtractMetrics::default();
+        extract.register(&mut registry);
         Self {
             observed,
             connections,
             cache,
+            extract,
             limiter_errors,
             ledger,
             models: Default::default(),

@@ -536,7 +536,7 @@ async fn a_docx_zip_bomb_is_refused_naming_the_limit() {
             &with_files("local-long", &[&format!("fileid://{id}")], "?"),
         )
         .await;
-        assert_eq!(status, 400, "{reply}");
+        assert_eq!(status, 413, "{reply}");
         let message = reply["error"]["message"].as_str().unwrap_or("");
         assert!(message.contains("files.max_extract_bytes"), "{reply}");
     }

@@ -121,6 +121,9 @@ async fn upload_inner(
     }
     let (filename, bytes) = file.ok_or_else(|| GatewayError::param("file", "is required"))?;
     check_upload(&filename, &bytes, &purpose, limit)?;
+    // Text is extracted for upstreams without a files API; opaque kinds only DashScope reads.
+    let has_text = purpose == "file-extract"
+        && !matches!(extract::kind_of(&filename, &bytes), Ok(extract::Kind::Opaque));
     let record = FileRecord {
         id: super::new_id(&purpose),
         owner: super::owner_of(&caller),
@@ -136,6 +139,11 @@ async fn upload_inner(
         .await
         .map_err(storage_failed)?;
     state.store.add_file(&record).await.map_err(store_failed)?;
+    if has_text {
+        // Extracted once, now; a refusal is kept too and told when the file is used, since a
+        // `dashscope` upstream reads the file itself.
+        let _ = super::cage::text(state, &record).await;
+    }
     let body = serde_json::to_vec(&file_json(&record)).unwrap_or_default();
     Ok(json_response(StatusCode::OK, body))
 }

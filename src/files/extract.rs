@@ -90,6 +90,52 @@ pub fn pdf_text(bytes: &[u8], max_pages: usize) -> Result<String, String> {
     Ok(text)
 }
 
+/// Whether the flate streams of a PDF inflate to more than `max` bytes in all. The raw bytes
+/// are scanned, not the parsed document: parsing already inflates object streams. Each
+/// `stream` keyword starts a zlib decoder (and, as lopdf retries a broken header, a raw
+/// deflate one) that stops at the end of its data or at the first byte past the budget.
+pub fn pdf_inflates_over(bytes: &[u8], max: u64) -> bool {
+    let mut left = max;
+    for at in memchr::memmem::find_iter(bytes, b"stream") {
+        if at >= 3 && &bytes[at - 3..at] == b"end" {
+            continue;
+        }
+        let rest = &bytes[at + 6..];
+        let data = match rest {
+            [b'\r', b'\n', data @ ..] | [b'\n', data @ ..] | [b'\r', data @ ..] => data,
+            _ => continue,
+        };
+        let mut inflated = inflated_len(flate2::read::ZlibDecoder::new(data), left);
+        if inflated == 0 && data.len() > 2 {
+            inflated = inflated_len(flate2::read::DeflateDecoder::new(&data[2..]), left);
+        }
+        if inflated > left {
+            return true;
+        }
+        left -= inflated;
+    }
+    false
+}
+
+/// Bytes `decoder` gives up to `budget + 1` (what it gave before an error counts).
+fn inflated_len(decoder: impl Read, budget: u64) -> u64 {
+    let mut counted = Counted(0);
+    let _ = std::io::copy(&mut decoder.take(budget.saturating_add(1)), &mut counted);
+    counted.0
+}
+
+struct Counted(u64);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The paragraphs of `word/document.xml`, one per line.
 fn docx_text(bytes: &[u8]) -> Result<String, String> {
     use quick_xml::events::Event;

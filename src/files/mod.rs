@@ -5,8 +5,10 @@
 mod api;
 pub mod cage;
 pub mod extract;
+pub mod metrics;
 pub mod resolve;
 pub mod scan;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -22,10 +24,12 @@ use crate::config::FilesConfig;
 pub struct Files {
     objects: Arc<dyn ObjectStore>,
     pub config: FilesConfig,
+    /// Text extraction's worker processes.
+    pub cage: Arc<cage::Cage>,
 }
 
 impl Files {
-    pub fn new(config: &FilesConfig) -> Result<Files, String> {
+    pub fn new(config: &FilesConfig, metrics: metrics::ExtractMetrics) -> Result<Files, String> {
         let objects: Arc<dyn ObjectStore> = match &config.url {
             Some(url) => {
                 let bucket = object_store::aws::AmazonS3Builder::from_env()
@@ -55,6 +59,7 @@ impl Files {
         Ok(Files {
             objects,
             config: config.clone(),
+            cage: Arc::new(cage::Cage::new(config, metrics)?),
         })
     }
 

@@ -224,9 +224,9 @@ async fn inline_refs(
         for id in &r.ids {
             if !texts.contains_key(id) {
                 let file = &files[id.as_str()];
-                let text = text_of(state, file).await.map_err(|reason| {
-                    GatewayError::param(at(), format!("file `{id}`: {reason}"))
-                })?;
+                let text = super::cage::text(state, file)
+                    .await
+                    .map_err(|failure| refused(at(), id, failure))?;
                 texts.insert(id.clone(), text);
             }
             let text = &texts[id];
@@ -251,19 +251,18 @@ async fn inline_refs(
     Ok(rewrites)
 }
 
-/// A file's text, extracted on the blocking pool.
-async fn text_of(state: &AppState, file: &FileRecord) -> Result<String, String> {
-    if let Some(known) = super::cage::known(&file.id) {
-        return known.map(|text| text.to_string());
+/// The client's error for a file whose text extraction refused it, naming the limit.
+fn refused(at: String, id: &str, failure: super::cage::Failure) -> GatewayError {
+    match failure {
+        super::cage::Failure::Refused(r) if r.status == 413 => GatewayError::DocumentTooLarge {
+            param: at,
+            message: format!("file `{id}`: {}", r.message),
+        },
+        super::cage::Failure::Refused(r) => {
+            GatewayError::param(at, format!("file `{id}`: {}", r.message))
+        }
+        super::cage::Failure::Broken(_) => GatewayError::Internal,
     }
-    let bytes = state
-        .files
-        .get(&file.id)
-        .await
-        .map_err(|_| "its bytes cannot be read".to_string())?;
-    super::cage::text(&state.config.files, &file.id, &file.filename, bytes)
-        .await
-        .map(|text| text.to_string())
 }
 
 /// The chat with an upstream's rewrites applied.

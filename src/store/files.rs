@@ -18,6 +18,14 @@ pub struct FileRecord {
     pub created_at: i64,
 }
 
+/// What text extraction gave for a file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredText {
+    Text(String),
+    /// The refusal, as the files module wrote it (JSON).
+    Refused(String),
+}
+
 pub(super) fn file_of(row: &AnyRow) -> Result<FileRecord, StoreError> {
     Ok(FileRecord {
         id: row.try_get("id")?,
@@ -85,7 +93,47 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        // The text goes with the file (a refusal too: nothing is left to refuse).
+        sqlx::query("DELETE FROM file_texts WHERE file_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// The text (or refusal) kept for a file, if it was extracted.
+    pub async fn file_text(&self, file_id: &str) -> Result<Option<StoredText>, StoreError> {
+        let row = sqlx::query("SELECT text, refusal FROM file_texts WHERE file_id = $1")
+            .bind(file_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let text: Option<String> = row.try_get("text")?;
+        let refusal: Option<String> = row.try_get("refusal")?;
+        Ok(match (text, refusal) {
+            (Some(text), _) => Some(StoredText::Text(text)),
+            (None, Some(refusal)) => Some(StoredText::Refused(refusal)),
+            (None, None) => None,
+        })
+    }
+
+    /// Keeps a file's text or refusal; the first one kept wins.
+    pub async fn set_file_text(&self, file_id: &str, kept: &StoredText) -> Result<(), StoreError> {
+        let (text, refusal) = match kept {
+            StoredText::Text(text) => (Some(text.as_str()), None),
+            StoredText::Refused(refusal) => (None, Some(refusal.as_str())),
+        };
+        sqlx::query(
+            "INSERT INTO file_texts (file_id, text, refusal, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (file_id) DO NOTHING",
+        )
+        .bind(file_id)
+        .bind(text)
+        .bind(refusal)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn upstream_file(

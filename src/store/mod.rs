@@ -15,7 +15,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use console::{Bucket, SeriesPoint, UsageRow};
-pub use files::FileRecord;
+pub use files::{FileRecord, StoredText};
 pub use keys::{KeyChanges, KeyRecord, NewKey, QuotaPeriod};
 pub use usage::{UsageFilter, UsageGroup, UsageTotals, group_column};
 

@@ -110,6 +110,10 @@ impl Gateway {
         if config.files.dir == defaults.files.dir {
             config.files.dir = dir.path().join("files");
         }
+        // In process, this executable is the test: the worker is the dashgate binary.
+        if config.files.extract_worker.is_none() {
+            config.files.extract_worker = Some(env!("CARGO_BIN_EXE_dashgate").into());
+        }
         config::validate(&config).unwrap_or_else(|e| panic!("config: {e}"));
         let shutdown = CancellationToken::new();
         let addr = server::spawn(config, shutdown.clone())
