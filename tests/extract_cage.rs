@@ -27,7 +27,11 @@ fn pdf_with(streams: &[&[u8]], deflated: bool) -> Vec<u8> {
         .into_bytes(),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Courier >>".to_vec(),
     ];
-    let filter = if deflated { " /Filter /FlateDecode" } else { "" };
+    let filter = if deflated {
+        " /Filter /FlateDecode"
+    } else {
+        ""
+    };
     for stream in streams {
         let mut object = format!("<< /Length {}{filter} >>\nstream\n", stream.len()).into_bytes();
         object.extend_from_slice(stream);
@@ -43,7 +47,9 @@ fn pdf_with(streams: &[&[u8]], deflated: bool) -> Vec<u8> {
         out.extend_from_slice(b"\nendobj\n");
     }
     let xref = out.len();
-    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
     for offset in offsets {
         out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
     }
@@ -68,9 +74,7 @@ fn pdf_bomb() -> Vec<u8> {
     let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
     let spaces = vec![b' '; 1 << 20];
     for _ in 0..16 {
-        encoder
-            .write_all(&spaces)
-            .unwrap_or_else(|e| panic!("{e}"));
+        encoder.write_all(&spaces).unwrap_or_else(|e| panic!("{e}"));
     }
     let one = encoder.finish().unwrap_or_else(|e| panic!("{e}"));
     let streams: Vec<&[u8]> = (0..64).map(|_| one.as_slice()).collect();
@@ -213,6 +217,26 @@ async fn a_pdf_of_flate_bombs_is_refused_naming_the_limit_and_the_gateway_serves
 }
 
 #[tokio::test]
+async fn a_bomb_the_scan_lets_through_dies_at_the_workers_memory_limit() {
+    let sim = Sim::start().await;
+    // The decompressed cap out of the way: only the worker's address space is left.
+    let files =
+        "max_extract_bytes = 4000000000\nextract_memory_mb = 16\nextract_timeout_ms = 120000";
+    let gw = Gateway::start(&files_config(&sim, files, "")).await;
+    let id = upload(&gw, "bomb.pdf", pdf_bomb()).await;
+    let (status, reply) = ask_about(&gw, &id).await;
+    assert_eq!(status, 413, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("files.extract_memory_mb"), "{reply}");
+    let refused = "dashgate_file_extract_refusals_total{reason=\"memory\"} ";
+    assert_eq!(metric(&gw, refused).await, 1.0);
+    assert_eq!(metric(&gw, "dashgate_file_extract_workers ").await, 0.0);
+    let fine = upload(&gw, "fine.pdf", text_pdf("Still served")).await;
+    let (status, reply) = ask_about(&gw, &fine).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+#[tokio::test]
 async fn an_extraction_past_the_wall_time_leaves_no_worker_running() {
     let sim = Sim::start().await;
     // A worker cannot even start its binary in a millisecond.
@@ -287,7 +311,14 @@ async fn a_text_is_extracted_once_and_kept_across_a_restart(backend: Backend) {
     for _ in 0..2 {
         let (status, reply) = ask_about(&gw, &older).await;
         assert_eq!(status, 200, "{reply}");
-        assert!(reply.to_string().contains("Extracted at first use"), "{reply}");
+        assert!(
+            reply.to_string().contains("Extracted at first use"),
+            "{reply}"
+        );
     }
-    assert_eq!(metric(&gw, texts).await, 1.0, "extracted at first use, once");
+    assert_eq!(
+        metric(&gw, texts).await,
+        1.0,
+        "extracted at first use, once"
+    );
 }

@@ -123,7 +123,10 @@ async fn upload_inner(
     check_upload(&filename, &bytes, &purpose, limit)?;
     // Text is extracted for upstreams without a files API; opaque kinds only DashScope reads.
     let has_text = purpose == "file-extract"
-        && !matches!(extract::kind_of(&filename, &bytes), Ok(extract::Kind::Opaque));
+        && !matches!(
+            extract::kind_of(&filename, &bytes),
+            Ok(extract::Kind::Opaque)
+        );
     let record = FileRecord {
         id: super::new_id(&purpose),
         owner: super::owner_of(&caller),

@@ -76,6 +76,9 @@ impl Cage {
         let mut child = tokio::process::Command::new(&self.program)
             .args(WorkerArgs::for_config(config, filename))
             .env_clear()
+            // mimalloc would reserve a 1 GiB arena at start, inside the address space the
+            // limit is measured from: the worker allocates from the OS as it goes instead.
+            .env("MIMALLOC_ARENA_RESERVE", "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -64,7 +64,10 @@ impl WorkerArgs {
             format!("--max-text-chars={}", config.max_text_chars),
             format!("--max-pdf-pages={}", config.max_pdf_pages),
             format!("--memory-mb={}", config.extract_memory_mb),
-            format!("--cpu-seconds={}", config.extract_timeout_ms.div_ceil(1000) + 1),
+            format!(
+                "--cpu-seconds={}",
+                config.extract_timeout_ms.div_ceil(1000) + 1
+            ),
         ]
     }
 }
