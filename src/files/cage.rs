@@ -37,7 +37,13 @@ pub struct Cage {
 impl Cage {
     pub fn new(config: &FilesConfig, metrics: ExtractMetrics) -> Result<Cage, String> {
         let program = match &config.extract_worker {
-            Some(path) => path.clone(),
+            Some(path) if path.is_file() => path.clone(),
+            Some(path) => {
+                return Err(format!(
+                    "files.extract_worker: no program at {}",
+                    path.display()
+                ));
+            }
             None => std::env::current_exe()
                 .map_err(|e| format!("files.extract_worker: this executable's path: {e}"))?,
         };
