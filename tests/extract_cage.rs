@@ -308,14 +308,17 @@ async fn a_text_is_extracted_once_and_kept_across_a_restart(backend: Backend) {
         assert!(reply.to_string().contains("Extracted at upload"), "{reply}");
     }
     assert_eq!(metric(&gw, texts).await, 0.0, "no second extraction");
-    for _ in 0..2 {
-        let (status, reply) = ask_about(&gw, &older).await;
+    // Several first uses at once: one extracts, the others read what it kept.
+    let asks = (0..4).map(|_| ask_about(&gw, &older));
+    for (status, reply) in futures_util::future::join_all(asks).await {
         assert_eq!(status, 200, "{reply}");
         assert!(
             reply.to_string().contains("Extracted at first use"),
             "{reply}"
         );
     }
+    let (status, _) = ask_about(&gw, &older).await;
+    assert_eq!(status, 200);
     assert_eq!(
         metric(&gw, texts).await,
         1.0,

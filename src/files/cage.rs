@@ -4,9 +4,10 @@
 //! space and CPU limit, killed at `files.extract_timeout_ms`, at most `files.max_extractions`
 //! at a time; its death becomes a refusal naming the limit.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,8 @@ pub struct Cage {
     program: PathBuf,
     slots: Arc<Semaphore>,
     pub metrics: ExtractMetrics,
+    /// A lock per file being extracted: a second first use waits, then reads what was kept.
+    extracting: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl Cage {
@@ -51,7 +54,19 @@ impl Cage {
             program,
             slots: Arc::new(Semaphore::new(config.max_extractions.max(1))),
             metrics,
+            extracting: Default::default(),
         })
+    }
+
+    fn file_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.extracting.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        if let Some(lock) = locks.get(id).and_then(Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(id.to_string(), Arc::downgrade(&lock));
+        lock
     }
 
     /// Runs a worker on `bytes` in a task of its own, so a client that goes away leaves it
@@ -210,12 +225,17 @@ pub async fn text(state: &AppState, file: &FileRecord) -> Result<String, Failure
     if let Some(kept) = kept(state, &file.id).await {
         return kept;
     }
+    let cage = &state.files.cage;
+    let lock = cage.file_lock(&file.id);
+    let _extracting = lock.lock().await;
+    if let Some(kept) = kept(state, &file.id).await {
+        return kept;
+    }
     let bytes = state
         .files
         .get(&file.id)
         .await
         .map_err(|e| Failure::Broken(format!("its bytes cannot be read: {e}")))?;
-    let cage = &state.files.cage;
     let result = cage.run(&state.config.files, &file.filename, bytes).await;
     let stored = match &result {
         Ok(text) => {
