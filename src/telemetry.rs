@@ -77,6 +77,7 @@ pub struct Metrics {
     pub observed: observed::Observed,
     /// The response cache's counters (`crate::cache`).
     pub cache: crate::cache::CacheMetrics,
+    pub sessions: crate::session::SessionMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,10 +177,13 @@ impl Metrics {
         let connections = crate::listen::ConnectionMetrics::register(&mut registry);
         let cache = crate::cache::CacheMetrics::default();
         cache.register(&mut registry);
+        let sessions = crate::session::SessionMetrics::default();
+        sessions.register(&mut registry);
         Self {
             observed,
             connections,
             cache,
+            sessions,
             limiter_errors,
             ledger,
             models: Default::default(),

@@ -6,6 +6,7 @@ mod console;
 mod devices;
 mod files;
 mod keys;
+mod sessions;
 mod usage;
 
 use std::str::FromStr;
@@ -17,6 +18,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use console::{Bucket, SeriesPoint, UsageRow};
 pub use files::FileRecord;
 pub use keys::{KeyChanges, KeyRecord, NewKey, QuotaPeriod};
+pub use sessions::SessionRecord;
 pub use usage::{UsageFilter, UsageGroup, UsageTotals, group_column};
 
 /// Embedded migrations, applied at start (PostgreSQL takes an advisory lock, so gateways
