@@ -103,7 +103,10 @@ impl AppState {
             )
             .with_devices(devices.clone()),
             devices,
-            sessions: crate::session::Sessions::new(config.sessions.clone(), metrics.sessions.clone()),
+            sessions: crate::session::Sessions::new(
+                config.sessions.clone(),
+                metrics.sessions.clone(),
+            ),
             store,
             files: crate::files::Files::new(&config.files)?,
             limiter,

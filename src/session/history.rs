@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(history[0].images, 0);
         assert!(history[0].tokens() < 10);
         let text = serde_json::to_string(&history[0].message).unwrap_or_default();
-        assert!(text.contains(PLACEHOLDER) && !text.contains("base64"), "{text}");
+        assert!(
+            text.contains(PLACEHOLDER) && !text.contains("base64"),
+            "{text}"
+        );
         assert_eq!(history[1].images, 1);
         // A new turn with its own frame: no earlier one is kept.
         assert_eq!(omit_images(&mut history, 1, 1), 1);

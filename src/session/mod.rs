@@ -226,8 +226,7 @@ async fn clean_turn(
             Some(upstream) => upstream.media.clone(),
             None => state.config.media.clone(),
         };
-        let prepared =
-            crate::transform::prepare(&turn, &media, None, &state.media_limiter).await?;
+        let prepared = crate::transform::prepare(&turn, &media, None, &state.media_limiter).await?;
         crate::transform::apply_to_chat(&mut turn, &prepared.replacements);
         per_image = prepared.stats.tokens_after / u64::from(prepared.stats.images.max(1));
     }

@@ -21,7 +21,9 @@ use crate::event::{ChatEvent, Reply};
 pub enum Shape {
     OpenAi,
     /// `cumulative`: each frame holds the whole text so far (`incremental_output` off).
-    Native { cumulative: bool },
+    Native {
+        cumulative: bool,
+    },
 }
 
 /// Reads a reply's events and folds them into the answer.

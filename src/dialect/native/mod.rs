@@ -132,7 +132,10 @@ async fn metered(
     let stream = chat.is_stream();
     let model = chat.model.clone();
     meter.request(&model, stream);
-    let session = state.sessions.begin(state, &caller, headers, &mut chat).await?;
+    let session = state
+        .sessions
+        .begin(state, &caller, headers, &mut chat)
+        .await?;
     let bytes = match &session {
         Some(_) => crate::session::rewrite_body(&bytes, &chat, true)?,
         None => bytes,

@@ -84,7 +84,10 @@ async fn metered_chat(
 ) -> Result<Response, GatewayError> {
     let mut chat = chat::decode(&bytes)?;
     meter.request(&chat.model, chat.is_stream());
-    let session = state.sessions.begin(state, &caller, headers, &mut chat).await?;
+    let session = state
+        .sessions
+        .begin(state, &caller, headers, &mut chat)
+        .await?;
     let bytes = match &session {
         Some(_) => crate::session::rewrite_body(&bytes, &chat, false)?,
         None => bytes,
