@@ -408,3 +408,51 @@ async fn a_bad_id_is_400_and_a_turn_while_one_runs_is_409() {
         break;
     }
 }
+
+async fn device_token(gw: &Gateway, device: &str) -> String {
+    let response = gw
+        .http
+        .post(gw.url("/v1/device-tokens"))
+        .bearer_auth("sk-acme-backend")
+        .json(&json!({"device_id": device, "ttl_seconds": 600}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body = json_of(response).await;
+    body["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {body}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_device_keeps_its_sessions_across_tokens_and_no_one_else_sees_them() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = Sim::start().await;
+    let url = fresh_store(Backend::Sqlite, dir.path()).await;
+    let account =
+        "[[keys]]\nname = \"acme-backend\"\nkey = \"sk-acme-backend\"\naccount = \"acme\"\n";
+    let extra = format!("{account}\n[store]\nurl = \"{url}\"\n");
+    let gw = Gateway::start(&config_for(&sim, "", &extra)).await;
+    let first = device_token(&gw, "glass-1").await;
+    let (status, body) = openai_turn(&gw, &first, "d", json!("Hello"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    // A renewed token of the same device continues the session.
+    let renewed = device_token(&gw, "glass-1").await;
+    assert_ne!(renewed, first);
+    let (status, body) = openai_turn(
+        &gw,
+        &renewed,
+        "d",
+        json!("Again"),
+        json!({"sim": {"echo_request": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream_messages(&body).len(), 3, "{body}");
+    // Another device of the account, and the account's own key: not theirs.
+    let other = device_token(&gw, "glass-2").await;
+    assert_eq!(show(&gw, &other, "d").await.0, 404);
+    assert_eq!(show(&gw, "sk-acme-backend", "d").await.0, 404);
+    assert_eq!(show(&gw, &renewed, "d").await.0, 200);
+}
