@@ -19,7 +19,7 @@ pub use console::{Bucket, SeriesPoint, UsageRow};
 pub use files::FileRecord;
 pub use keys::{KeyChanges, KeyRecord, NewKey, QuotaPeriod};
 pub use sessions::SessionRecord;
-pub use usage::{UsageFilter, UsageGroup, UsageTotals, group_column};
+pub use usage::{DeviceUsage, UsageFilter, UsageGroup, UsageTotals, group_column};
 
 /// Embedded migrations, applied at start (PostgreSQL takes an advisory lock, so gateways
 /// starting together do not race).
