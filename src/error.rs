@@ -31,7 +31,7 @@ pub enum GatewayError {
     #[error("Session `{0}` has a turn running; send the next turn when its reply is complete.")]
     SessionBusy(String),
     #[error(
-        "This key has {0} live sessions, the most allowed; delete one (DELETE /v1/sessions/{{id}}) or let one expire."
+        "You have {0} live sessions, the most allowed; delete one (DELETE /v1/sessions/{{id}}) or let one expire."
     )]
     TooManySessions(u64),
     #[error("The gateway's key store cannot be reached; try again shortly.")]

@@ -385,6 +385,19 @@ async fn a_bad_id_is_400_and_a_turn_while_one_runs_is_409() {
     let (status, body) = native_turn(&gw, CLIENT_KEY, "busy", "Hi again", json!({})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "SessionBusy", "{body}");
+    let metrics = gw
+        .http
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        metrics.contains("session_turns_total{outcome=\"busy\"} 1"),
+        "{metrics}"
+    );
     // Hung up: the session is free again (the gateway notices the hang-up soon after), and
     // nothing of the unfinished turn was stored.
     drop(stalled);
@@ -455,4 +468,49 @@ async fn a_device_keeps_its_sessions_across_tokens_and_no_one_else_sees_them() {
     assert_eq!(show(&gw, &other, "d").await.0, 404);
     assert_eq!(show(&gw, "sk-acme-backend", "d").await.0, 404);
     assert_eq!(show(&gw, &renewed, "d").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_native_stream_is_stored_once_whole_in_either_output_mode() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = Sim::start().await;
+    let url = fresh_store(Backend::Sqlite, dir.path()).await;
+    let gw = gateway(&sim, &url, "").await;
+    for (session, incremental) in [("cumulative", false), ("incremental", true)] {
+        let body = json!({"model": "qwen-plus", "input": {"messages": [{"role": "user", "content": "Tell me"}]},
+                          "parameters": {"result_format": "message", "incremental_output": incremental}});
+        let response = gw
+            .http
+            .post(gw.url("/api/v1/services/aigc/text-generation/generation"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-dashgate-session", session)
+            .header("x-dashscope-sse", "enable")
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status(), 200);
+        let mut text = String::new();
+        let body = response.text().await.unwrap_or_default();
+        let frames = body.lines().filter_map(|l| l.strip_prefix("data:"));
+        for data in frames {
+            let frame: Value = serde_json::from_str(data).unwrap_or_default();
+            let piece = frame["output"]["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("");
+            if incremental {
+                text.push_str(piece);
+            } else if !piece.is_empty() {
+                text = piece.to_string();
+            }
+        }
+        assert!(!text.is_empty());
+        let (status, stored) = show(&gw, CLIENT_KEY, session).await;
+        assert_eq!(status, 200, "{stored}");
+        assert_eq!(stored["messages"][1]["role"], "assistant", "{stored}");
+        assert_eq!(
+            stored["messages"][1]["content"], text,
+            "{session}: {stored}"
+        );
+    }
 }

@@ -99,6 +99,17 @@ pub struct Turn {
     store: Store,
     config: SessionsConfig,
     metrics: SessionMetrics,
+    /// Set once the answer came: a turn dropped without one (refused, failed, the client hung
+    /// up mid-stream) is counted as `incomplete`, and nothing of it is stored.
+    answered: bool,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.metrics.turn("incomplete");
+        }
+    }
 }
 
 impl Sessions {
@@ -205,6 +216,7 @@ impl Sessions {
             store: state.store.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            answered: false,
         }))
     }
 }
@@ -240,6 +252,7 @@ async fn clean_turn(
 impl Turn {
     /// Stores the turn with its answer; what could not be stored is logged and counted.
     async fn commit(mut self, answer: Message) {
+        self.answered = true;
         self.entries.push(Entry::new(answer, 0));
         let keep_last = self.turn_len + 1;
         if history::trim_to_bytes(&mut self.entries, keep_last, self.config.max_session_bytes)

@@ -113,7 +113,6 @@ impl Turn {
     /// The response with the turn stored when its reply completes. A refusal stores nothing.
     pub async fn finish(self, response: Response, shape: Shape) -> Response {
         if response.status() != StatusCode::OK {
-            self.metrics.turn("incomplete");
             return response;
         }
         let is_stream = response
@@ -122,22 +121,22 @@ impl Turn {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let (parts, body) = response.into_parts();
         if !is_stream {
-            // A whole reply is in memory already (the dialects build it whole).
-            let limit = self.config.max_session_bytes.saturating_add(1 << 20);
-            let bytes = match axum::body::to_bytes(body, limit).await {
+            // A whole reply is in memory already (the dialects read it whole, within the
+            // upstream's bounds): no other limit here.
+            let bytes = match axum::body::to_bytes(body, usize::MAX).await {
                 Ok(bytes) => bytes,
                 Err(_) => {
-                    self.metrics.turn("too_large");
-                    return Response::from_parts(parts, Body::empty());
+                    let mut failed = Response::new(Body::empty());
+                    *failed.status_mut() = StatusCode::BAD_GATEWAY;
+                    return failed;
                 }
             };
             let reply = match shape {
                 Shape::OpenAi => crate::provider::openai::decode_completion(&bytes),
                 Shape::Native { .. } => crate::provider::dashscope::decode_reply(&bytes),
             };
-            match reply.ok().as_ref().and_then(answer_of) {
-                Some(answer) => self.commit(answer).await,
-                None => self.metrics.turn("incomplete"),
+            if let Some(answer) = reply.ok().as_ref().and_then(answer_of) {
+                self.commit(answer).await;
             }
             return Response::from_parts(parts, Body::from(bytes));
         }
@@ -156,19 +155,13 @@ impl Turn {
                 let chunk = match inner.next().await {
                     Some(Ok(chunk)) => chunk,
                     Some(Err(e)) => return Some((Err(e), (inner, reader, None))),
-                    None => {
-                        if let Some(turn) = turn {
-                            turn.metrics.turn("incomplete");
-                        }
-                        return None;
-                    }
+                    None => return None,
                 };
                 if reader.feed(&chunk)
                     && let Some(turn) = turn.take()
                 {
-                    match answer_of(&reader.reply) {
-                        Some(answer) => turn.commit(answer).await,
-                        None => turn.metrics.turn("incomplete"),
+                    if let Some(answer) = answer_of(&reader.reply) {
+                        turn.commit(answer).await;
                     }
                 }
                 Some((Ok(chunk), (inner, reader, turn)))
