@@ -139,6 +139,8 @@ impl Sessions {
         };
         let id = value.to_str().unwrap_or("");
         check_id(id)?;
+        // A model the caller may not use is refused before any session work.
+        caller.check_model(&chat.model)?;
         let owner = owner_of(caller);
         let key = (owner.clone(), id.to_string());
         let busy = {
