@@ -163,3 +163,58 @@ async fn a_native_stream_is_stored_once_whole_in_either_output_mode() {
         );
     }
 }
+
+#[tokio::test]
+async fn sessions_per_owner_and_their_size_are_capped() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = Sim::start().await;
+    let url = fresh_store(Backend::Sqlite, dir.path()).await;
+    let gw = gateway(
+        &sim,
+        &url,
+        "max_sessions_per_owner = 1\nmax_session_bytes = 2000",
+    )
+    .await;
+    let (status, body) = openai_turn(&gw, CLIENT_KEY, "one", json!("Hi"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = openai_turn(&gw, CLIENT_KEY, "two", json!("Hi"), json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(error_of(&body).0, "too_many_sessions", "{body}");
+    // Another owner has its own count; the first session goes on.
+    assert_eq!(
+        openai_turn(&gw, OTHER_KEY, "two", json!("Hi"), json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        openai_turn(&gw, CLIENT_KEY, "one", json!("Again"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let response = gw
+        .http
+        .delete(gw.url("/v1/sessions/one"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 204);
+    // A turn larger than max_session_bytes is answered but not stored.
+    let (status, body) =
+        openai_turn(&gw, CLIENT_KEY, "two", json!("x".repeat(3000)), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(show(&gw, CLIENT_KEY, "two").await.0, 404);
+    // Older turns make room for a new one.
+    for _ in 0..5 {
+        let (status, _) =
+            openai_turn(&gw, CLIENT_KEY, "two", json!("y".repeat(300)), json!({})).await;
+        assert_eq!(status, 200);
+    }
+    let (status, stored) = show(&gw, CLIENT_KEY, "two").await;
+    assert_eq!(status, 200, "{stored}");
+    let kept = stored["messages"].as_array().map_or(0, Vec::len);
+    assert!((2..10).contains(&kept), "{stored}");
+    assert_eq!(stored["messages"][0]["role"], "user", "{stored}");
+}
