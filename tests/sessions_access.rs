@@ -218,3 +218,43 @@ async fn sessions_per_owner_and_their_size_are_capped() {
     assert!((2..10).contains(&kept), "{stored}");
     assert_eq!(stored["messages"][0]["role"], "user", "{stored}");
 }
+
+#[tokio::test]
+async fn an_unused_session_expires_after_its_ttl() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = Sim::start().await;
+    let url = fresh_store(Backend::Sqlite, dir.path()).await;
+    let gw = gateway(&sim, &url, "ttl_seconds = 1").await;
+    assert_eq!(
+        openai_turn(&gw, CLIENT_KEY, "brief", json!("Hi"), json!({}))
+            .await
+            .0,
+        200
+    );
+    // Polled: the session is gone once a second has passed without a turn.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        ticker.tick().await;
+        let (status, body) = show(&gw, CLIENT_KEY, "brief").await;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never expired: {body}"
+        );
+    }
+    let (status, body) = openai_turn(
+        &gw,
+        CLIENT_KEY,
+        "brief",
+        json!("Hello again"),
+        json!({"sim": {"echo_request": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream_messages(&body).len(), 1, "{body}");
+    assert_eq!(show(&gw, CLIENT_KEY, "brief").await.0, 200);
+}
