@@ -1,7 +1,7 @@
 // The console's shell: sign-in, navigation between pages, and the admin API client. A session
 // is an HttpOnly cookie the page never sees; changes also send the session's CSRF token.
 import { t, lang } from "./i18n.js";
-import { overview, keys, usage, files } from "./pages.js";
+import { overview, keys, usage, devices, files } from "./pages.js";
 import { playground } from "./playground.js";
 
 const state = { csrf: null, source: null, minted: new Map() };
@@ -60,6 +60,7 @@ const PAGES = [
   ["overview", overview],
   ["keys", keys],
   ["usage", usage],
+  ["devices", devices],
   ["files", files],
   ["playground", playground],
 ];

@@ -1,4 +1,4 @@
-// The console's pages over the admin API: overview, keys, usage, files.
+// The console's pages over the admin API: overview, keys, usage, devices, files.
 import { h, api, minted, copyButton } from "./app.js";
 import { t, fmtTime, fmtNum } from "./i18n.js";
 import { RANGES, fill, timeChart, emptyNote } from "./charts.js";
@@ -219,6 +219,29 @@ export async function usage(root, filter = null) {
         h("td", { class: "n" }, fmtNum(sum("errors"))), kinds.map((k) => h("td", { class: "n" }, fmtNum(sum(k)))),
         h("td", { class: "n" }, fmtNum(sum("total_tokens"))), h("td", { class: "n" }, sum("cost").toFixed(6)))],
       "usage-table"));
+}
+
+// ---- Devices: usage per account and device (device tokens, docs/fleet.md)
+
+export async function devices(root, filter = null) {
+  const today = new Date().toISOString().slice(0, 10);
+  filter = filter || { from: new Date(Date.now() - 6 * 86400e3).toISOString().slice(0, 10), to: today };
+  const params = { from: dayStart(filter.from), to: filter.to ? dayStart(filter.to) + 86400e3 : "" };
+  const rows = await api("GET", `/admin/api/usage/devices?${qs(params)}`);
+  const f = { from: h("input", { type: "date", name: "from", value: filter.from }), to: h("input", { type: "date", name: "to", value: filter.to }) };
+  const form = h("form", { class: "card filters", id: "devices-filters" },
+    field(t("from"), f.from), field(t("to"), f.to), h("button", { type: "submit" }, t("apply")));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    devices(root, { from: f.from.value, to: f.to.value });
+  });
+  const n = (v) => h("td", { class: "n" }, fmtNum(v));
+  root.replaceChildren(h("h2", {}, t("devices")), form,
+    rows.data.length ? table([t("account"), t("device"), t("requests"), t("prompt"), t("completion"), t("tokens"), t("cost")],
+      rows.data.map((r) => h("tr", { "data-device": `${r.account}/${r.device}` },
+        h("td", {}, r.account), h("td", {}, r.device), n(r.requests), n(r.prompt_tokens), n(r.completion_tokens),
+        n(r.total_tokens), h("td", { class: "n" }, r.cost.toFixed(6)))), "devices-table")
+      : h("p", { class: "muted", id: "no-devices" }, t("no_data")));
 }
 
 // ---- Files

@@ -3,7 +3,8 @@ started as a newcomer would: `dashgate serve --simulate`, empty store, no keys, 
 
 One walk through, as an operator would: sign in with the bootstrap token, mint a key, chat with
 it in the playground (streamed) with a picture from disk and one from the (fake) camera, see the
-image policy's before/after figures, find the requests in the usage chart, table and CSV, see and
+image policy's before/after figures, find the requests in the usage chart, table and CSV, a device token's request on the Devices
+page, see and
 delete a file the key uploaded, revoke the key and see the playground get the 401, sign out. Each page is saved as a screenshot under
 test-artifacts/console/.
 """
@@ -271,6 +272,31 @@ def test_console_walkthrough(first_run: FirstRun, browser_page) -> None:
     expect(page.locator("#stat-requests .big")).to_have_text("2")
     expect(page.locator("#chart-latency canvas")).to_have_count(1)
     shot(page, "07-overview")
+
+    # Devices: a device token (minted with the admin token for account `acme`) chats once; the
+    # Devices page shows the request under its account and device.
+    admin_headers = {"authorization": f"Bearer {first_run.admin_token}"}
+    minted_token = httpx2.post(
+        f"{base}/v1/device-tokens",
+        headers=admin_headers,
+        json={"account": "acme", "device_id": "glass-e2e", "ttl_seconds": 600},
+        timeout=10,
+    )
+    assert minted_token.status_code == 200, minted_token.text
+    chat = httpx2.post(
+        f"{base}/v1/chat/completions",
+        headers={"authorization": f"Bearer {minted_token.json()['token']}"},
+        json={"model": "qwen-plus", "messages": [{"role": "user", "content": "Hello from the glasses"}]},
+        timeout=10,
+    )
+    assert chat.status_code == 200, chat.text
+    ledger_holds(first_run, "acme/glass-e2e", 1)
+    page.click("#nav-devices")
+    device_row = page.locator("#devices-table tr[data-device='acme/glass-e2e']")
+    expect(device_row.locator("td").nth(0)).to_have_text("acme")
+    expect(device_row.locator("td").nth(1)).to_have_text("glass-e2e")
+    expect(device_row.locator("td").nth(2)).to_have_text("1")
+    shot(page, "14-devices")
 
     # Files: one uploaded with the key shows with its owner and size, and can be deleted.
     upload = httpx2.post(

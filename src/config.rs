@@ -69,6 +69,8 @@ pub struct Config {
     /// The exact response cache (`docs/cache.md`).
     pub cache: crate::cache::CacheConfig,
     pub devices: DevicesConfig,
+    /// Server-side sessions (`docs/fleet.md`).
+    pub sessions: crate::session::SessionsConfig,
 }
 
 /// Device tokens (docs/fleet.md).

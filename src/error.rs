@@ -26,6 +26,14 @@ pub enum GatewayError {
     KeyNotFound(String),
     #[error("No file `{0}`.")]
     FileNotFound(String),
+    #[error("No session `{0}`.")]
+    SessionNotFound(String),
+    #[error("Session `{0}` has a turn running; send the next turn when its reply is complete.")]
+    SessionBusy(String),
+    #[error(
+        "You have {0} live sessions, the most allowed; delete one (DELETE /v1/sessions/{{id}}) or let one expire."
+    )]
+    TooManySessions(u64),
     #[error("The gateway's key store cannot be reached; try again shortly.")]
     StoreUnavailable,
     #[error("The gateway's rate limiter cannot be reached; try again shortly.")]
@@ -102,7 +110,9 @@ impl GatewayError {
             Self::ModelNotFound(_)
             | Self::RouteNotFound(_)
             | Self::KeyNotFound(_)
-            | Self::FileNotFound(_) => StatusCode::NOT_FOUND,
+            | Self::FileNotFound(_)
+            | Self::SessionNotFound(_) => StatusCode::NOT_FOUND,
+            Self::SessionBusy(_) | Self::TooManySessions(_) => StatusCode::CONFLICT,
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -148,6 +158,9 @@ impl GatewayError {
             Self::StoreUnavailable => "store_unavailable",
             Self::KeyNotFound(_) => "key_not_found",
             Self::FileNotFound(_) => "file_not_found",
+            Self::SessionNotFound(_) => "session_not_found",
+            Self::SessionBusy(_) => "session_busy",
+            Self::TooManySessions(_) => "too_many_sessions",
             Self::LimitsUnavailable => "limits_unavailable",
             Self::InvalidParameter { .. } => "invalid_parameter_error",
             Self::InvalidJson(_) => "invalid_json",
@@ -251,7 +264,9 @@ impl GatewayError {
             Self::InvalidApiKey | Self::KeyUnusable(_) => "InvalidApiKey",
             Self::RateLimited { limit, .. } => limit.native_code(),
             Self::StoreUnavailable => "StoreUnavailable",
-            Self::KeyNotFound(_) | Self::FileNotFound(_) => "NotFound",
+            Self::KeyNotFound(_) | Self::FileNotFound(_) | Self::SessionNotFound(_) => "NotFound",
+            Self::SessionBusy(_) => "SessionBusy",
+            Self::TooManySessions(_) => "TooManySessions",
             Self::LimitsUnavailable => "LimitsUnavailable",
             Self::InvalidParameter { .. } => "InvalidParameter",
             Self::InvalidJson(_) => "BadRequest.IllegalInput",

@@ -22,6 +22,7 @@ pub mod provider;
 pub mod relay;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -55,6 +55,7 @@ pub struct AppState {
     pub cache: Arc<crate::cache::Cache>,
     /// Device tokens: signing keys and revocations (docs/fleet.md).
     pub devices: Arc<crate::device::Devices>,
+    pub sessions: crate::session::Sessions,
 }
 
 impl AppState {
@@ -102,6 +103,10 @@ impl AppState {
             )
             .with_devices(devices.clone()),
             devices,
+            sessions: crate::session::Sessions::new(
+                config.sessions.clone(),
+                metrics.sessions.clone(),
+            ),
             store,
             files: crate::files::Files::new(&config.files, metrics.extract.clone())?,
             limiter,
@@ -239,6 +244,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         app = app.merge(admin);
     }
     app = app.merge(crate::files::routes(&state));
+    app = app.merge(crate::session::api::routes());
     let app = app
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route(

@@ -79,6 +79,7 @@ pub struct Metrics {
     pub cache: crate::cache::CacheMetrics,
     /// Text extraction's counters (`crate::files::cage`).
     pub extract: crate::files::metrics::ExtractMetrics,
+    pub sessions: crate::session::SessionMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,11 +181,14 @@ impl Metrics {
         cache.register(&mut registry);
         let extract = crate::files::metrics::ExtractMetrics::default();
         extract.register(&mut registry);
+        let sessions = crate::session::SessionMetrics::default();
+        sessions.register(&mut registry);
         Self {
             observed,
             connections,
             cache,
             extract,
+            sessions,
             limiter_errors,
             ledger,
             models: Default::default(),

@@ -3,6 +3,7 @@
 //!
 //! - `GET /admin/api/usage/series?bucket=minute|hour|day&from=&to=&key=&model=&upstream=`
 //! - `GET /admin/api/usage/table?...` (day × key × model) and `GET /admin/api/usage/export.csv?...`
+//! - `GET /admin/api/usage/devices?...`: totals per account and device (docs/fleet.md)
 //! - `POST /admin/api/admin-token`: replaces a gateway-made admin token, shows the new one once
 //! - `GET /admin/api/files`, `DELETE /admin/api/files/{id}`: every owner's uploaded files
 
@@ -27,6 +28,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/api/usage/series", get(series))
         .route("/admin/api/usage/table", get(table))
+        .route("/admin/api/usage/devices", get(devices))
         .route("/admin/api/usage/export.csv", get(export_csv))
         .route("/admin/api/admin-token", post(replace_admin_token))
         .route("/admin/api/files", get(files))
@@ -106,6 +108,20 @@ async fn table(
     let rows = state
         .store
         .usage_table(&query.filter())
+        .await
+        .map_err(store_failed(&id))?;
+    Ok(ok(&json!({"object": "list", "data": rows})))
+}
+
+async fn devices(
+    State(state): State<Arc<AppState>>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    query: Q,
+) -> Answer {
+    let query = query_of(query).map_err(|e| e.into_openai_response(&id))?;
+    let rows = state
+        .store
+        .usage_by_device(&query.filter())
         .await
         .map_err(store_failed(&id))?;
     Ok(ok(&json!({"object": "list", "data": rows})))

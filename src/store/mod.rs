@@ -6,6 +6,7 @@ mod console;
 mod devices;
 mod files;
 mod keys;
+mod sessions;
 mod usage;
 
 use std::str::FromStr;
@@ -17,7 +18,8 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use console::{Bucket, SeriesPoint, UsageRow};
 pub use files::{FileRecord, StoredText};
 pub use keys::{KeyChanges, KeyRecord, NewKey, QuotaPeriod};
-pub use usage::{UsageFilter, UsageGroup, UsageTotals, group_column};
+pub use sessions::SessionRecord;
+pub use usage::{DeviceUsage, UsageFilter, UsageGroup, UsageTotals, group_column};
 
 /// Embedded migrations, applied at start (PostgreSQL takes an advisory lock, so gateways
 /// starting together do not race).

@@ -42,6 +42,15 @@ pub struct UsageGroup {
     pub totals: UsageTotals,
 }
 
+/// Totals of one device of one account (`-` for requests without one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceUsage {
+    pub account: String,
+    pub device: String,
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
 const COLUMNS: &str = "id, at, day, request_id, key_id, key_name, model, upstream, route, \
     dialect, stream, status, error_code, prompt_tokens, completion_tokens, total_tokens, \
     cached_tokens, reasoning_tokens, image_tokens, audio_tokens, estimated, ttft_ms, duration_ms, \
@@ -250,6 +259,30 @@ impl Store {
             .map(|row| {
                 Ok(UsageGroup {
                     group: row.try_get("grp")?,
+                    totals: totals_of(row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Totals per (account, device), accounts and devices in order.
+    pub async fn usage_by_device(
+        &self,
+        filter: &UsageFilter,
+    ) -> Result<Vec<DeviceUsage>, StoreError> {
+        let (clause, values) = where_of(filter);
+        let sql = format!(
+            "SELECT COALESCE(account, '-') AS acct, COALESCE(device, '-') AS dev, {SUMS} \
+             FROM usage_records{clause} GROUP BY account, device ORDER BY account, device"
+        );
+        let rows = bind_all(sqlx::query(&sql), values)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeviceUsage {
+                    account: row.try_get("acct")?,
+                    device: row.try_get("dev")?,
                     totals: totals_of(row)?,
                 })
             })

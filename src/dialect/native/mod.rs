@@ -128,10 +128,21 @@ async fn metered(
     } else {
         "native_text"
     };
-    let (chat, options) = decode(&bytes, wants_stream(headers), api)?;
+    let (mut chat, options) = decode(&bytes, wants_stream(headers), api)?;
     let stream = chat.is_stream();
     let model = chat.model.clone();
     meter.request(&model, stream);
+    let session = state
+        .sessions
+        .begin(state, &caller, headers, &mut chat)
+        .await?;
+    let bytes = match &session {
+        Some(_) => crate::session::rewrite_body(&bytes, &chat, true)?,
+        None => bytes,
+    };
+    let shape = crate::session::Shape::Native {
+        cumulative: !options.incremental,
+    };
     let cache = crate::cache::consult(state, &caller, headers, &chat, meter).await?;
     let cache_label = cache.label();
     let keepalive = state.config.server.sse_keepalive_ms;
@@ -173,7 +184,8 @@ async fn metered(
         let events = super::with_keepalive(first, Duration::from_millis(keepalive));
         let tracker = StreamTracker::new(state.metrics.clone(), route, started, meter);
         let response = super::tagged(event_stream_response(events, tracker), &model, "-");
-        return Ok(crate::cache::tag(response, cache_label));
+        let response = crate::cache::tag(response, cache_label);
+        return Ok(crate::session::finish(session, response, shape).await);
     }
     let request = Request {
         dialect: Dialect::Native,
@@ -195,7 +207,8 @@ async fn metered(
     )
     .await?;
     let response = super::with_media_headers(response, media);
-    Ok(crate::cache::tag(response, cache_label))
+    let response = crate::cache::tag(response, cache_label);
+    Ok(crate::session::finish(session, response, shape).await)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -82,8 +82,17 @@ async fn metered_chat(
     meter: &UsageSink,
     started: Instant,
 ) -> Result<Response, GatewayError> {
-    let chat = chat::decode(&bytes)?;
+    let mut chat = chat::decode(&bytes)?;
     meter.request(&chat.model, chat.is_stream());
+    let session = state
+        .sessions
+        .begin(state, &caller, headers, &mut chat)
+        .await?;
+    let bytes = match &session {
+        Some(_) => crate::session::rewrite_body(&bytes, &chat, false)?,
+        None => bytes,
+    };
+    let shape = crate::session::Shape::OpenAi;
     let cache = crate::cache::consult(state, &caller, headers, &chat, meter).await?;
     let cache_label = cache.label();
     let include_usage = chat.wants_usage();
@@ -125,7 +134,8 @@ async fn metered_chat(
         let events = super::with_keepalive(first, Duration::from_millis(keepalive));
         let tracker = StreamTracker::new(state.metrics.clone(), "chat", started, meter);
         let response = super::tagged(event_stream_response(events, tracker), &model, "-");
-        return Ok(crate::cache::tag(response, cache_label));
+        let response = crate::cache::tag(response, cache_label);
+        return Ok(crate::session::finish(session, response, shape).await);
     }
     let request = Request {
         dialect: Dialect::OpenAi,
@@ -151,7 +161,8 @@ async fn metered_chat(
     )
     .await?;
     let response = super::with_media_headers(response, media);
-    Ok(crate::cache::tag(response, cache_label))
+    let response = crate::cache::tag(response, cache_label);
+    Ok(crate::session::finish(session, response, shape).await)
 }
 
 #[allow(clippy::too_many_arguments)]
