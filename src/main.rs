@@ -179,8 +179,10 @@ fn load_with(
         Some(path) => Source::File(path),
         None => Source::Default,
     };
-    config::load_with(source, &|name| std::env::var(name).ok(), prepare).map_err(|e| {
-        eprintln!("dashgate: config error: {e}");
+    config::load_with(source, &|name| std::env::var(name).ok(), prepare).map_err(|problems| {
+        for problem in problems.iter() {
+            eprintln!("dashgate: config error: {problem}");
+        }
         ExitCode::from(2)
     })
 }

@@ -122,6 +122,31 @@ fn config_errors_exit_2_with_one_line_naming_the_key() {
 }
 
 #[test]
+fn every_config_problem_is_reported_at_once_one_line_each() {
+    let dir = tempdir();
+    let text = VALID
+        .replace("weight = 1", "weight = 0")
+        .replace("[server]", "[retry]\nattempts = 0\n\n[server]");
+    let config = write_config(&dir, &text);
+    let out = run(
+        &["check", "--config", &config],
+        dir.path(),
+        &[("DASHSCOPE_API_KEY", "sk-x")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "dashgate: config error: retry.attempts: must be at least 1 (1 means no retry)",
+            "dashgate: config error: upstreams[0].weight: must be at least 1",
+        ],
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_flags_exit_2() {
     let dir = tempdir();
     for args in [

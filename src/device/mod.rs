@@ -186,7 +186,7 @@ mod tests {
     fn a_malformed_signing_key_is_a_config_error_naming_it() {
         let text = "[devices]\nsigning_keys = [\"k1:0123456789abcdef\", \"k2:short\"]\n";
         let config = parse(text, "t.toml", &|_| None).map_err(|e| e.to_string());
-        let err = config.map(|c| validate(&c).map_err(|e| e.key));
+        let err = config.map(|c| validate(&c).map_err(|e| e[0].key.clone()));
         assert_eq!(err, Ok(Err("devices.signing_keys[1]".to_string())));
     }
 }

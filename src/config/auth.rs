@@ -1,0 +1,78 @@
+//! `[auth]`, `[[keys]]` and `[devices]`: who may call the gateway.
+
+use serde::Deserialize;
+
+use super::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Only gateway-issued keys get in; the upstream's own key is injected.
+    #[default]
+    Keys,
+    /// The caller's bearer token is forwarded upstream as-is.
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Guards `/admin`; empty or absent means there is no admin API.
+    pub admin_token: Option<Secret>,
+    /// How long a key looked up in the store is trusted: the bound on how late another
+    /// gateway sees a revoke (the gateway that revokes sees it at once).
+    pub key_cache_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Keys,
+            admin_token: None,
+            key_cache_ms: 5_000,
+        }
+    }
+}
+
+/// A client key written in the config, beside the keys kept in the store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKey {
+    pub name: String,
+    pub key: Secret,
+    pub models: Option<Vec<String>>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    /// Tokens this key may use in all, or per `quota_period`.
+    pub token_quota: Option<u64>,
+    #[serde(default)]
+    pub quota_period: crate::store::QuotaPeriod,
+    /// The account (a customer of a device maker) this key belongs to; it may mint device
+    /// tokens for that account.
+    #[serde(default)]
+    pub account: Option<String>,
+}
+
+/// Device tokens (docs/fleet.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// `id:secret` each; the first signs new tokens, all verify. Empty: one is made and kept
+    /// in the store.
+    pub signing_keys: Vec<Secret>,
+    /// The longest `ttl_seconds` a token may be minted with.
+    pub max_ttl_seconds: u64,
+    /// How often revocations are read from the store: how late another gateway honours one.
+    pub revocation_refresh_ms: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            signing_keys: Vec::new(),
+            max_ttl_seconds: 86_400,
+            revocation_refresh_ms: 5_000,
+        }
+    }
+}
