@@ -211,14 +211,8 @@ impl Authenticator {
         let Some(record) = record else {
             return Err(GatewayError::InvalidApiKey);
         };
-        if record.revoked_at.is_some() {
-            return Err(GatewayError::KeyUnusable("was revoked"));
-        }
-        if record.disabled {
-            return Err(GatewayError::KeyUnusable("is disabled"));
-        }
-        if record.expires_at.is_some_and(|t| t <= now_ms()) {
-            return Err(GatewayError::KeyUnusable("has expired"));
+        if let Some(why) = record.status_at(now_ms()).refusal() {
+            return Err(GatewayError::KeyUnusable(why));
         }
         Ok(Caller::of_record(&record))
     }

@@ -152,15 +152,7 @@ async fn create(store: &Store, new: &NewKey) -> ExitCode {
 }
 
 fn status(key: &KeyRecord) -> &'static str {
-    if key.revoked_at.is_some() {
-        "revoked"
-    } else if key.disabled {
-        "disabled"
-    } else if key.expires_at.is_some_and(|t| t <= store::now_ms()) {
-        "expired"
-    } else {
-        "active"
-    }
+    key.status_at(store::now_ms()).as_str()
 }
 
 async fn list(store: &Store) -> ExitCode {

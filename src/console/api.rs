@@ -264,15 +264,7 @@ pub async fn key_listing(
     Ok(keys
         .into_iter()
         .map(|key| {
-            let status = if key.revoked_at.is_some() {
-                "revoked"
-            } else if key.disabled {
-                "disabled"
-            } else if key.expires_at.is_some_and(|t| t <= now) {
-                "expired"
-            } else {
-                "active"
-            };
+            let status = key.status_at(now).as_str();
             let last = last_used.get(&key.name).copied();
             let mut value = serde_json::to_value(&key).unwrap_or_default();
             value["status"] = json!(status);

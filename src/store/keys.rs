@@ -57,10 +57,50 @@ pub struct KeyRecord {
     pub account: Option<String>,
 }
 
+/// Whether a key may be used, decided in one place for auth, the admin API, the console and
+/// the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Disabled,
+    Expired,
+}
+
+impl KeyStatus {
+    /// As the admin API, the console and `keys list` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Disabled => "disabled",
+            KeyStatus::Expired => "expired",
+        }
+    }
+
+    /// Why an unusable key is refused, as the client reads it ("the key ...").
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            KeyStatus::Active => None,
+            KeyStatus::Revoked => Some("was revoked"),
+            KeyStatus::Disabled => Some("is disabled"),
+            KeyStatus::Expired => Some("has expired"),
+        }
+    }
+}
+
 impl KeyRecord {
-    /// Neither revoked, disabled nor expired.
-    pub fn usable_at(&self, now_ms: i64) -> bool {
-        self.revoked_at.is_none() && !self.disabled && self.expires_at.is_none_or(|t| t > now_ms)
+    /// Revocation wins over disabling, which wins over expiry.
+    pub fn status_at(&self, now_ms: i64) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.disabled {
+            KeyStatus::Disabled
+        } else if self.expires_at.is_some_and(|t| t <= now_ms) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
     }
 }
 
@@ -287,5 +327,36 @@ impl Store {
         .execute(&self.pool)
         .await?;
         self.key(&key.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_wins_over_disabling_which_wins_over_expiry() {
+        let mut key = KeyRecord {
+            id: "k".into(),
+            name: "glass".into(),
+            prefix: "sk-".into(),
+            models: None,
+            rpm: None,
+            tpm: None,
+            token_quota: None,
+            quota_period: QuotaPeriod::default(),
+            expires_at: Some(100),
+            disabled: false,
+            revoked_at: None,
+            created_at: 0,
+            updated_at: 0,
+            account: None,
+        };
+        assert_eq!(key.status_at(99), KeyStatus::Active);
+        assert_eq!(key.status_at(100), KeyStatus::Expired);
+        key.disabled = true;
+        assert_eq!(key.status_at(100), KeyStatus::Disabled);
+        key.revoked_at = Some(1);
+        assert_eq!(key.status_at(100).refusal(), Some("was revoked"));
     }
 }

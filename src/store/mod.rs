@@ -17,7 +17,7 @@ use sqlx::{AnyPool, ConnectOptions};
 
 pub use console::{Bucket, SeriesPoint, UsageRow};
 pub use files::{FileRecord, StoredText};
-pub use keys::{KeyChanges, KeyRecord, NewKey, QuotaPeriod};
+pub use keys::{KeyChanges, KeyRecord, KeyStatus, NewKey, QuotaPeriod};
 pub use sessions::SessionRecord;
 pub use usage::{DeviceUsage, UsageFilter, UsageGroup, UsageTotals, group_column};
 
@@ -102,12 +102,6 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    /// A cheap round trip, for readiness.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 
     pub async fn close(&self) {
