@@ -33,6 +33,7 @@ mod jpeg;
 mod resize;
 mod strip;
 mod tokens;
+mod turbo;
 
 #[cfg(test)]
 mod tests;
