@@ -26,9 +26,6 @@ need=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
-# libjpeg-turbo, for camera frames decoded at a reduced scale (the `turbojpeg` crate links it).
-command -v pkg-config >/dev/null || need+=(pkg-config)
-pkg-config --exists libturbojpeg 2>/dev/null || need+=(libturbojpeg0-dev)
 # A CJK font, so the console's Chinese screenshots show characters rather than boxes.
 [ -n "$(fc-list :lang=zh 2>/dev/null)" ] || need+=(fonts-wqy-microhei)
 if [ ${#need[@]} -gt 0 ]; then

@@ -31,9 +31,9 @@ mod format;
 mod gif;
 mod jpeg;
 mod resize;
+mod scaled;
 mod strip;
 mod tokens;
-mod turbo;
 
 #[cfg(test)]
 mod tests;

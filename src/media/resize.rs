@@ -1,6 +1,6 @@
 //! The over-budget path: decode, turn upright, downscale, re-encode. Re-encoding writes only
-//! pixels, so no metadata survives it. JPEGs go through libjpeg-turbo (see `turbo`), decoded
-//! at a reduced scale; other formats, and JPEGs it does not take, through the `image` crate.
+//! pixels, so no metadata survives it. JPEGs are decoded at a reduced scale in the DCT domain
+//! (see `scaled`); other formats, and JPEGs it does not take, through the `image` crate.
 
 use std::io::Cursor;
 
@@ -14,7 +14,7 @@ use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageRe
 use super::error::MediaError;
 use super::format::ImageFormat;
 use super::tokens::fit_to_budget;
-use super::{jpeg, turbo};
+use super::{jpeg, scaled};
 
 /// A re-encoded image and its size.
 #[derive(Debug)]
@@ -85,10 +85,14 @@ pub(crate) fn downscale_pure(
     resize_and_encode(width, height, pixels, pixel_type, (tw, th), quality)
 }
 
-/// JPEG: decoded by libjpeg-turbo at the largest DCT-domain reduction that stays above the
-/// target, turned upright, resized the rest of the way. `None`: not one libjpeg-turbo takes,
+/// JPEG: decoded at the largest DCT-domain reduction that stays above the
+/// target, turned upright, resized the rest of the way. `None`: not one the scaled decoder takes,
 /// for the pure-Rust path.
-fn downscale_jpeg(data: &[u8], max_pixels: u64, quality: u8) -> Result<Option<Resized>, MediaError> {
+fn downscale_jpeg(
+    data: &[u8],
+    max_pixels: u64,
+    quality: u8,
+) -> Result<Option<Resized>, MediaError> {
     let Some((width, height)) = jpeg::dimensions(data) else {
         return Ok(None);
     };
@@ -102,11 +106,15 @@ fn downscale_jpeg(data: &[u8], max_pixels: u64, quality: u8) -> Result<Option<Re
     );
     // The target is of the upright picture, as on the pure-Rust path; the decode is of the
     // stored one.
-    let upright = if turned { (height, width) } else { (width, height) };
+    let upright = if turned {
+        (height, width)
+    } else {
+        (width, height)
+    };
     let target = fit_to_budget(upright.0, upright.1, max_pixels);
     let stored_target = if turned { (target.1, target.0) } else { target };
-    let denom = turbo::denominator(width, height, stored_target.0, stored_target.1);
-    let Some(scaled) = turbo::decode_scaled(data, (width, height), denom) else {
+    let denom = scaled::denominator(width, height, stored_target.0, stored_target.1);
+    let Some(scaled) = scaled::decode_scaled(data, (width, height), denom) else {
         return Ok(None);
     };
     let (w, h) = (scaled.width, scaled.height);
@@ -166,10 +174,6 @@ fn resize_and_encode(
             .write_image(&buf, tw, th, color)
             .map_err(|e| enc_err(&e))?;
         ImageFormat::Png
-    } else if let Some(out) = turbo::encode(&buf, tw, th, color == ExtendedColorType::L8, quality)
-    {
-        bytes = out;
-        ImageFormat::Jpeg
     } else {
         JpegEncoder::new_with_quality(&mut bytes, quality.clamp(1, 100))
             .write_image(&buf, tw, th, color)
