@@ -121,6 +121,35 @@ pub(crate) fn dimensions(data: &[u8]) -> Option<(u32, u32)> {
     }
 }
 
+/// The Exif orientation of the first APP1 Exif segment before the scan (what the `image`
+/// crate's decoder reports); upright when there is none or it cannot be read.
+pub(crate) fn orientation(data: &[u8]) -> Orientation {
+    let mut pos = 2; // SOI
+    while let Ok((marker, at)) = next_marker(data, pos) {
+        if marker == SOS || marker == EOI {
+            break;
+        }
+        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            pos = at + 2;
+            continue;
+        }
+        let Some(len) = data
+            .get(at + 2..at + 4)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            break;
+        };
+        let Some(body) = data.get(at + 4..at + 2 + len.max(2)) else {
+            break;
+        };
+        if marker == APP1 && body.starts_with(EXIF_ID) {
+            return orientation_of(body).unwrap_or(Orientation::NoTransforms);
+        }
+        pos = at + 2 + len.max(2);
+    }
+    Orientation::NoTransforms
+}
+
 /// Finds the next marker at or after `pos`: returns its code and the offset of its 0xFF.
 /// Fill bytes (repeated 0xFF) are allowed before a marker; other stray bytes are skipped the
 /// way libjpeg does ("extraneous bytes before marker"), and kept in the output.

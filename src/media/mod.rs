@@ -31,6 +31,7 @@ mod format;
 mod gif;
 mod jpeg;
 mod resize;
+mod scaled;
 mod strip;
 mod tokens;
 

@@ -1,5 +1,6 @@
 //! The over-budget path: decode, turn upright, downscale, re-encode. Re-encoding writes only
-//! pixels, so no metadata survives it.
+//! pixels, so no metadata survives it. JPEGs are decoded at a reduced scale in the DCT domain
+//! (see `scaled`); other formats, and JPEGs it does not take, through the `image` crate.
 
 use std::io::Cursor;
 
@@ -7,11 +8,13 @@ use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
+use image::metadata::Orientation;
 use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageReader};
 
 use super::error::MediaError;
 use super::format::ImageFormat;
 use super::tokens::fit_to_budget;
+use super::{jpeg, scaled};
 
 /// A re-encoded image and its size.
 #[derive(Debug)]
@@ -27,6 +30,22 @@ pub(crate) struct Resized {
 /// downscales to `fit_to_budget` and encodes JPEG at `quality`, or PNG when the result has
 /// any transparent pixel.
 pub(crate) fn downscale(
+    data: &[u8],
+    format: ImageFormat,
+    max_pixels: u64,
+    quality: u8,
+    max_decode_pixels: u64,
+) -> Result<Resized, MediaError> {
+    if format == ImageFormat::Jpeg {
+        if let Some(out) = downscale_jpeg(data, max_pixels, quality)? {
+            return Ok(out);
+        }
+    }
+    downscale_pure(data, format, max_pixels, quality, max_decode_pixels)
+}
+
+/// [`downscale`] with the `image` crate's decoders: every format, full-resolution decode.
+pub(crate) fn downscale_pure(
     data: &[u8],
     format: ImageFormat,
     max_pixels: u64,
@@ -63,6 +82,66 @@ pub(crate) fn downscale(
     } else {
         (img.into_rgb8().into_raw(), PixelType::U8x3)
     };
+    resize_and_encode(width, height, pixels, pixel_type, (tw, th), quality)
+}
+
+/// JPEG: decoded at the largest DCT-domain reduction that stays above the
+/// target, turned upright, resized the rest of the way. `None`: not one the scaled decoder takes,
+/// for the pure-Rust path.
+fn downscale_jpeg(
+    data: &[u8],
+    max_pixels: u64,
+    quality: u8,
+) -> Result<Option<Resized>, MediaError> {
+    let Some((width, height)) = jpeg::dimensions(data) else {
+        return Ok(None);
+    };
+    let orientation = jpeg::orientation(data);
+    let turned = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    // The target is of the upright picture, as on the pure-Rust path; the decode is of the
+    // stored one.
+    let upright = if turned {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    let target = fit_to_budget(upright.0, upright.1, max_pixels);
+    let stored_target = if turned { (target.1, target.0) } else { target };
+    let denom = scaled::denominator(width, height, stored_target.0, stored_target.1);
+    let Some(scaled) = scaled::decode_scaled(data, (width, height), denom) else {
+        return Ok(None);
+    };
+    let (w, h) = (scaled.width, scaled.height);
+    let mut img = match scaled.gray {
+        true => image::GrayImage::from_raw(w, h, scaled.pixels).map(DynamicImage::ImageLuma8),
+        false => image::RgbImage::from_raw(w, h, scaled.pixels).map(DynamicImage::ImageRgb8),
+    }
+    .ok_or_else(|| MediaError::Decode("the decoded JPEG has the wrong size".into()))?;
+    img.apply_orientation(orientation);
+    let (w, h) = (img.width(), img.height());
+    let pixel_type = match scaled.gray {
+        true => PixelType::U8,
+        false => PixelType::U8x3,
+    };
+    resize_and_encode(w, h, img.into_bytes(), pixel_type, target, quality).map(Some)
+}
+
+/// Lanczos3 down to `(tw, th)` (nothing to do at that size already), then JPEG, or PNG when
+/// a pixel is transparent.
+fn resize_and_encode(
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+    pixel_type: PixelType,
+    (tw, th): (u32, u32),
+    quality: u8,
+) -> Result<Resized, MediaError> {
     let enc_err = |e: &dyn std::fmt::Display| MediaError::Encode(e.to_string());
     let src = Image::from_vec_u8(width, height, pixels, pixel_type).map_err(|e| enc_err(&e))?;
     let mut dst = Image::new(tw, th, pixel_type);
