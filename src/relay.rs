@@ -3,26 +3,26 @@
 //! the fast path) or as canonical steps for the client's dialect to encode.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use http_body_util::BodyExt;
-use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::chat::Chat;
 use crate::config::UpstreamDialect;
-use crate::dialect::sse::{self, EventSplitter};
+use crate::dialect::sse;
 use crate::error::GatewayError;
 use crate::event::{ChatEvent, Meta, Reply, StreamError};
-use crate::provider::{self, Api, ReadError, Upstream};
-use crate::route::Lease;
+use crate::provider::{self, Api, Upstream};
 use crate::server::AppState;
 use crate::transform::{self, MediaStats, Prepared};
-use tokio_util::sync::CancellationToken;
+
+// Moved out, named here still so the dialects' imports stay as they were.
+use crate::provider::sse::protocol_error;
+pub use crate::provider::sse::{Next, SseEvents, Upstreamed};
+pub use crate::route::retry::{Call, send_with_retries};
 
 /// The two dialects of DashScope, as clients and upstreams speak them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,35 +58,6 @@ pub enum Outcome {
     Whole(Reply, String),
 }
 
-/// An upstream's successful response head, with what the rest of the reply needs.
-pub struct Upstreamed {
-    pub response: provider::UpstreamResponse,
-    /// Holds the upstream's concurrency slot until the reply is done.
-    pub lease: Lease,
-    pub deadline: Instant,
-    /// Cancelled when the shutdown drain time is over.
-    pub abort: CancellationToken,
-}
-
-impl Upstreamed {
-    pub fn is_event_stream(&self) -> bool {
-        is_event_stream(&self.response)
-    }
-
-    pub fn into_events(self) -> SseEvents {
-        SseEvents::new(self)
-    }
-
-    pub async fn read_whole(self) -> Result<Bytes, GatewayError> {
-        let upstream = self.lease.upstream.clone();
-        let body = read_whole(self.response, &upstream, self.deadline).await;
-        if body.is_err() {
-            self.lease.circuit.record_failure();
-        }
-        body
-    }
-}
-
 /// Where a stream client's events come from.
 pub enum StreamSource {
     /// The upstream's own events, in the client's dialect.
@@ -119,232 +90,6 @@ pub enum Step {
     Event(ChatEvent),
     /// The gateway gave up on the upstream mid-stream (timeout, broken connection).
     Fail(GatewayError),
-}
-
-/// Failures worth another try, before the first byte: the upstream was unreachable, slow,
-/// overloaded or failing; never a client's 4xx other than 429.
-fn retryable(error: &GatewayError) -> bool {
-    match error {
-        GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. } => true,
-        GatewayError::UpstreamStatus { status, .. } => matches!(status, 500 | 502 | 503 | 504),
-        GatewayError::UpstreamRejected(r) => r.status == 429,
-        _ => false,
-    }
-}
-
-/// Failures that say the upstream is unhealthy for this model, and so count against its
-/// circuit: unreachable, slow, 502/503/504, a broken reply. A 429 is a busy upstream, and a
-/// 500 is DashScope's answer to one request (`InternalError.Algo`), not word on its health:
-/// neither counts (a 500 is still retried).
-fn counts_against(error: &GatewayError) -> bool {
-    match error {
-        GatewayError::UpstreamUnreachable { .. }
-        | GatewayError::UpstreamTimeout { .. }
-        | GatewayError::UpstreamProtocol { .. } => true,
-        GatewayError::UpstreamStatus { status, .. } => matches!(status, 502..=504),
-        _ => false,
-    }
-}
-
-/// A short label for metrics and logs.
-fn reason(error: &GatewayError) -> &'static str {
-    match error {
-        GatewayError::UpstreamUnreachable { .. } => "unreachable",
-        GatewayError::UpstreamTimeout { .. } => "timeout",
-        GatewayError::UpstreamRejected(_) => "429",
-        GatewayError::UpstreamStatus { status: 503, .. } => "503",
-        GatewayError::UpstreamStatus { .. } => "5xx",
-        _ => "other",
-    }
-}
-
-/// The client's side of a call, the same for every try.
-pub struct Call<'a> {
-    pub model: &'a str,
-    pub stream: bool,
-    pub caller: &'a Caller,
-    pub headers: &'a HeaderMap,
-    pub request_id: &'a str,
-    pub meter: &'a crate::usage::Meter,
-    /// Tokens to reserve against the key's TPM and quota at admission.
-    pub reserve: u64,
-}
-
-/// Sends to an upstream for `call.model`, retrying and failing over before the first byte:
-/// `body_for` gives the endpoint and body for the upstream taken.
-pub async fn send_with_retries(
-    state: &AppState,
-    call: &Call<'_>,
-    mut body_for: impl FnMut(&Upstream) -> (Api, Bytes),
-) -> Result<Upstreamed, GatewayError> {
-    let retry = &state.config.retry;
-    let budget_end = Instant::now() + retry.budget();
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_error: Option<GatewayError> = None;
-    for attempt in 1..=retry.attempts {
-        let lease = match state.router.take(call.model, &tried) {
-            Ok(lease) => lease,
-            Err(error) => return Err(last_error.unwrap_or(error)),
-        };
-        if attempt == 1 && !call.meter.is_unchecked() {
-            // Admission: nothing the gateway refused before this point counted.
-            let reservation = state.limiter.reserve(call.caller, call.reserve).await?;
-            call.meter.reserved(reservation);
-            let account = state
-                .limiter
-                .reserve_account(call.caller, call.reserve)
-                .await?;
-            call.meter.account_reserved(account);
-        }
-        let upstream = lease.upstream.clone();
-        let (api, body) = body_for(&upstream);
-        let started = Instant::now();
-        let span = attempt_span(&upstream, call, attempt, last_error.as_ref());
-        let send = upstream.send(
-            api,
-            provider::Call {
-                body,
-                stream: call.stream,
-                request_id: call.request_id,
-                mode: state.auth.mode(),
-                passthrough_token: call.caller.passthrough_token.as_deref(),
-                client_headers: call.headers,
-            },
-        );
-        let sent = tokio::select! {
-            biased;
-            _ = state.abort.cancelled() => return Err(GatewayError::ShuttingDown),
-            sent = tracing::Instrument::instrument(send, span.clone()) => sent,
-        };
-        state
-            .metrics
-            .observed
-            .attempt(&upstream.config.name, sent.as_ref().err());
-        record_attempt(&span, &sent);
-        drop(span);
-        let error = match sent {
-            Ok(response) => {
-                if let Some(log) = crate::telemetry::access_log::current() {
-                    log.upstream_chosen(provider_name(&upstream));
-                }
-                lease.circuit.record_success();
-                return Ok(Upstreamed {
-                    response,
-                    lease,
-                    deadline: started + upstream.config.request_timeout(),
-                    abort: state.abort.clone(),
-                });
-            }
-            Err(error) => error,
-        };
-        if counts_against(&error) {
-            lease.circuit.record_failure();
-        }
-        if !retryable(&error) || attempt == retry.attempts {
-            return Err(error);
-        }
-        tried.push(lease.index);
-        drop(lease);
-        // Another upstream can take it at once; the same one gets its backoff, or the wait
-        // its Retry-After asks for.
-        let wait = if state.router.has_fresh(call.model, &tried) {
-            Duration::ZERO
-        } else {
-            match retry_after(&error) {
-                Some(wait) if wait.as_millis() > u128::from(retry.max_retry_after_ms) => {
-                    return Err(error);
-                }
-                Some(wait) => wait,
-                None => backoff(retry, attempt),
-            }
-        };
-        if Instant::now() + wait > budget_end {
-            return Err(error);
-        }
-        tracing::info!(upstream = %upstream.config.name, reason = reason(&error), attempt, "retrying");
-        state.metrics.retry(&upstream.config.name, reason(&error));
-        tokio::time::sleep(wait).await;
-        last_error = Some(error);
-    }
-    Err(last_error.unwrap_or(GatewayError::Internal))
-}
-
-/// The span of one upstream call: which upstream, which try, its circuit, and why the try
-/// before it failed.
-fn attempt_span(
-    upstream: &Upstream,
-    call: &Call<'_>,
-    attempt: u32,
-    previous: Option<&GatewayError>,
-) -> tracing::Span {
-    use tracing::field::Empty;
-    let span = tracing::trace_span!(
-        target: crate::telemetry::otel::TARGET,
-        "dashgate.upstream",
-        otel.kind = "client",
-        otel.status_code = Empty,
-        dashgate.upstream = %upstream.config.name,
-        dashgate.attempt = i64::from(attempt),
-        dashgate.circuit_state = upstream.slot.circuit.state().as_str(),
-        dashgate.retry_reason = Empty,
-        gen_ai.system = provider_name(upstream),
-        gen_ai.operation.name = "chat",
-        gen_ai.request.model = call.model,
-        dashgate.streamed = call.stream,
-        http.response.status_code = Empty,
-        error.type = Empty,
-    );
-    if let Some(previous) = previous {
-        span.record("dashgate.retry_reason", reason(previous));
-    }
-    span
-}
-
-fn record_attempt(span: &tracing::Span, sent: &Result<provider::UpstreamResponse, GatewayError>) {
-    if span.is_disabled() {
-        return;
-    }
-    match sent {
-        Ok(response) => span.record(
-            "http.response.status_code",
-            i64::from(response.status().as_u16()),
-        ),
-        Err(error) => {
-            let status = match error {
-                GatewayError::UpstreamStatus { status, .. } => Some(*status),
-                GatewayError::UpstreamRejected(r) => Some(r.status),
-                _ => None,
-            };
-            if let Some(status) = status {
-                span.record("http.response.status_code", i64::from(status));
-            }
-            span.record("otel.status_code", "ERROR");
-            span.record("error.type", crate::telemetry::observed::outcome(error))
-        }
-    };
-}
-
-/// `gen_ai.system` for an upstream.
-fn provider_name(upstream: &Upstream) -> &'static str {
-    match upstream.config.provider {
-        crate::config::ProviderKind::Dashscope => "dashscope",
-        crate::config::ProviderKind::Openai => "openai",
-    }
-}
-
-/// Full-jitter exponential backoff.
-fn backoff(retry: &crate::config::RetryConfig, attempt: u32) -> Duration {
-    let ceiling = retry
-        .backoff_ms
-        .saturating_mul(1u64 << (attempt - 1).min(16))
-        .min(retry.max_backoff_ms);
-    Duration::from_millis(fastrand::u64(0..=ceiling))
-}
-
-/// An upstream's `Retry-After` in seconds.
-fn retry_after(error: &GatewayError) -> Option<Duration> {
-    let seconds: u64 = error.retry_after()?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds))
 }
 
 /// The dialect an upstream is spoken to for a client of `client` dialect.
@@ -579,132 +324,6 @@ async fn prepare_media(
         });
     }
     Ok(variants)
-}
-
-pub fn is_event_stream<B>(response: &axum::http::Response<B>) -> bool {
-    response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-pub fn protocol_error(upstream: &Upstream, message: &str) -> GatewayError {
-    GatewayError::UpstreamProtocol {
-        upstream: upstream.config.name.clone(),
-        message: message.into(),
-    }
-}
-
-/// Reads a whole upstream body within the request's deadline.
-pub async fn read_whole(
-    response: provider::UpstreamResponse,
-    upstream: &Upstream,
-    deadline: Instant,
-) -> Result<Bytes, GatewayError> {
-    let idle = upstream.config.idle_timeout();
-    let read = provider::read_limited(response, provider::MAX_REPLY_BYTES, idle);
-    match tokio::time::timeout_at(deadline, read).await {
-        Err(_) | Ok(Err(ReadError::Timeout)) => Err(upstream.timeout()),
-        Ok(Err(ReadError::TooLarge)) => Err(protocol_error(upstream, "reply too large")),
-        Ok(Err(ReadError::Broken)) => Err(protocol_error(upstream, "connection broke mid-reply")),
-        Ok(Ok(body)) => Ok(upstream.scrubber.scrub(body)),
-    }
-}
-
-/// An upstream SSE body, event by event, with the idle and whole-request timeouts applied.
-pub struct SseEvents {
-    lease: Lease,
-    body: provider::PooledBody,
-    splitter: EventSplitter,
-    deadline: Instant,
-    idle: Duration,
-    /// One timer for the whole stream, re-armed only when it fires early (an event came since
-    /// it was set): arming a timer per event showed in the stream profile.
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    last_read: Instant,
-    abort: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    ended: bool,
-}
-
-/// What reading the next upstream event gave.
-pub enum Next {
-    Event(Bytes),
-    /// The upstream closed the stream; a partial last event, if any, comes first as `Event`.
-    End,
-    Fail(GatewayError),
-}
-
-impl SseEvents {
-    fn new(upstreamed: Upstreamed) -> Self {
-        let idle = upstreamed.lease.upstream.config.idle_timeout();
-        let now = Instant::now();
-        let deadline = upstreamed.deadline;
-        Self {
-            idle,
-            body: upstreamed.response.into_body(),
-            lease: upstreamed.lease,
-            splitter: EventSplitter::default(),
-            deadline,
-            timer: Box::pin(tokio::time::sleep_until((now + idle).min(deadline))),
-            last_read: now,
-            abort: Box::pin(upstreamed.abort.cancelled_owned()),
-            ended: false,
-        }
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        &self.lease.upstream
-    }
-
-    pub async fn next(&mut self) -> Next {
-        loop {
-            let scrubber = &self.lease.upstream.scrubber;
-            if let Some(event) = self.splitter.next_event() {
-                return Next::Event(scrubber.scrub(event));
-            }
-            if self.ended {
-                return match self.splitter.finish() {
-                    Some(event) => Next::Event(scrubber.scrub(event)),
-                    None => Next::End,
-                };
-            }
-            let read = tokio::select! {
-                biased;
-                _ = self.abort.as_mut() => return Next::Fail(GatewayError::ShuttingDown),
-                read = self.body.frame() => Ok(read),
-                _ = self.timer.as_mut() => {
-                    let due = (self.last_read + self.idle).min(self.deadline);
-                    if Instant::now() < due {
-                        self.timer.as_mut().reset(due);
-                        continue;
-                    }
-                    Err(())
-                }
-            };
-            if read.is_ok() {
-                self.last_read = Instant::now();
-            }
-            let upstream = &self.lease.upstream;
-            match read {
-                Ok(Some(Ok(frame))) => {
-                    if let Some(chunk) = frame.data_ref() {
-                        self.splitter.push(chunk);
-                    }
-                }
-                Ok(None) => self.ended = true,
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(upstream = %upstream.config.name, error = %e, "upstream stream broke");
-                    self.lease.circuit.record_failure();
-                    return Next::Fail(protocol_error(upstream, "the stream broke off"));
-                }
-                Err(_) => {
-                    self.lease.circuit.record_failure();
-                    return Next::Fail(upstream.timeout());
-                }
-            }
-        }
-    }
 }
 
 /// Decodes an upstream stream of either dialect into canonical steps.

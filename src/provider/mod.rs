@@ -10,6 +10,7 @@ pub mod models;
 pub mod openai;
 mod pool;
 pub mod scrub;
+pub mod sse;
 
 use std::time::Duration;
 

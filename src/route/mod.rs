@@ -4,6 +4,7 @@
 //! (failover). When every candidate's circuit is open, the one that failed longest ago is
 //! tried anyway ("panic mode"): a breaker shifts traffic, it never makes an outage by itself.
 
+pub mod retry;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
