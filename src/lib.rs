@@ -5,7 +5,6 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod chat;
-pub mod circuits;
 pub mod config;
 pub mod console;
 pub mod device;
