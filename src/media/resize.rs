@@ -6,7 +6,6 @@ use std::io::Cursor;
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::metadata::Orientation;
 use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageReader};
@@ -175,9 +174,13 @@ fn resize_and_encode(
             .map_err(|e| enc_err(&e))?;
         ImageFormat::Png
     } else {
-        JpegEncoder::new_with_quality(&mut bytes, quality.clamp(1, 100))
-            .write_image(&buf, tw, th, color)
-            .map_err(|e| enc_err(&e))?;
+        encode_jpeg(
+            &mut bytes,
+            &buf,
+            (tw, th),
+            color == ExtendedColorType::L8,
+            quality,
+        )?;
         ImageFormat::Jpeg
     };
     Ok(Resized {
@@ -186,4 +189,28 @@ fn resize_and_encode(
         width: tw,
         height: th,
     })
+}
+
+/// Baseline JPEG with `jpeg-encoder`: chroma at half resolution (4:2:0, libjpeg's default)
+/// below quality 90, full from 90 up. JPEG sides are 16-bit: a larger target cannot be written.
+fn encode_jpeg(
+    out: &mut Vec<u8>,
+    pixels: &[u8],
+    (width, height): (u32, u32),
+    gray: bool,
+    quality: u8,
+) -> Result<(), MediaError> {
+    let side = |n: u32| {
+        u16::try_from(n)
+            .map_err(|_| MediaError::Encode(format!("{width}x{height} is too large for JPEG")))
+    };
+    let color = match gray {
+        true => jpeg_encoder::ColorType::Luma,
+        false => jpeg_encoder::ColorType::Rgb,
+    };
+    // A frame downscaled to ~1 MP compresses to tens of KB: room for most without regrowing.
+    out.reserve(pixels.len() / 8);
+    jpeg_encoder::Encoder::new(&mut *out, quality.clamp(1, 100))
+        .encode(pixels, side(width)?, side(height)?, color)
+        .map_err(|e| MediaError::Encode(e.to_string()))
 }
