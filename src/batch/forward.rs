@@ -82,11 +82,13 @@ pub async fn step(state: &Arc<AppState>, mut batch: BatchRecord) -> Result<(), S
         ));
         return settle(state, &mut batch, "failed").await.map(|_| ());
     };
-    let polled = if batch.status == "cancelling" {
-        upstream.cancel_batch(&upstream_id).await
-    } else {
-        upstream.get_batch(&upstream_id).await
-    };
+    if batch.status == "cancelling" {
+        // Asked again each round until the upstream says it ended; a second ask is harmless.
+        if let Err(e) = upstream.cancel_batch(&upstream_id).await {
+            tracing::debug!(batch = %batch.id, error = %e, "batch cancel upstream failed");
+        }
+    }
+    let polled = upstream.get_batch(&upstream_id).await;
     let object = match polled {
         Ok(object) => object,
         Err(e) => {
