@@ -217,6 +217,23 @@ impl Authenticator {
         Ok(Caller::of_record(&record))
     }
 
+    /// The caller a key hash stands for, as `authenticate` would give it: a batch the gateway
+    /// runs long after its request (docs/batch.md) acts for its key again after a restart.
+    pub async fn caller_by_hash(&self, hash: [u8; 32]) -> Result<Caller, GatewayError> {
+        if let Some(entry) = self.keys.get(&hash) {
+            return Ok(entry.caller.clone());
+        }
+        let record = match self.cache.get(&hash) {
+            Some(cached) => cached,
+            None => self.look_up(hash).await?,
+        };
+        let record = record.ok_or(GatewayError::InvalidApiKey)?;
+        if let Some(why) = record.status_at(now_ms()).refusal() {
+            return Err(GatewayError::KeyUnusable(why));
+        }
+        Ok(Caller::of_record(&record))
+    }
+
     async fn look_up(&self, hash: [u8; 32]) -> Result<Option<Arc<KeyRecord>>, GatewayError> {
         let Some(store) = &self.store else {
             return Ok(None);

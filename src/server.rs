@@ -164,6 +164,9 @@ fn route_label(path: &str) -> Option<&'static str> {
         _ if path.starts_with("/v1/files") || path.starts_with("/compatible-mode/v1/files") => {
             "files"
         }
+        _ if path.starts_with("/v1/batches") || path.starts_with("/compatible-mode/v1/batches") => {
+            "batches"
+        }
         _ => "unmatched",
     })
 }
@@ -245,6 +248,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     app = app.merge(crate::files::routes(&state));
     app = app.merge(crate::session::api::routes());
+    app = app.merge(crate::batch::routes());
     let app = app
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route(
@@ -392,9 +396,12 @@ pub async fn serve(
         abort.cancel();
     });
     let app = router(state.clone());
+    let batches = crate::batch::start(state.clone());
     let connections = state.metrics.connections.clone();
     let served =
         crate::listen::serve(listener, app, &state.config.server, connections, shutdown).await;
+    // Batch lines in flight finish (within the drain time) before the ledger closes.
+    batches.stop(drain).await;
     // Every request is done and metered: what the writer holds goes to the store (or the
     // spill file) before the process ends.
     state.meters.ledger.close().await;

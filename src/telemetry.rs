@@ -80,6 +80,8 @@ pub struct Metrics {
     /// Text extraction's counters (`crate::files::cage`).
     pub extract: crate::files::metrics::ExtractMetrics,
     pub sessions: crate::session::SessionMetrics,
+    /// The Batch API's counters (`crate::batch`).
+    pub batch: crate::batch::BatchMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,7 +185,10 @@ impl Metrics {
         extract.register(&mut registry);
         let sessions = crate::session::SessionMetrics::default();
         sessions.register(&mut registry);
+        let batch = crate::batch::BatchMetrics::default();
+        batch.register(&mut registry);
         Self {
+            batch,
             observed,
             connections,
             cache,

@@ -2,6 +2,7 @@
 //! Parsed and validated once at start; every error names the key at fault.
 
 mod auth;
+mod batch;
 mod files;
 mod interpolate;
 mod limits;
@@ -17,6 +18,7 @@ mod usage;
 mod validate;
 
 pub use auth::{AuthConfig, AuthMode, DevicesConfig, StaticKey};
+pub use batch::BatchConfig;
 pub use files::FilesConfig;
 pub use limits::{FailMode, LimitsConfig};
 pub use load::{Source, load, load_with, parse};
@@ -117,4 +119,6 @@ pub struct Config {
     pub devices: DevicesConfig,
     /// Server-side sessions (`docs/fleet.md`).
     pub sessions: crate::session::SessionsConfig,
+    /// The Batch API (`docs/batch.md`).
+    pub batch: BatchConfig,
 }

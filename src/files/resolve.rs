@@ -180,7 +180,7 @@ async fn upload_refs(
                     let mode = state.auth.mode();
                     let token = caller.passthrough_token.as_deref();
                     let remote = upstream
-                        .upload_file(&file.filename, bytes, mode, token)
+                        .upload_file(&file.filename, bytes, "file-extract", mode, token)
                         .await?;
                     if let Err(e) = state.store.set_upstream_file(id, name, &remote).await {
                         tracing::warn!(error = %e, "upstream file id not kept; uploaded again next time");

@@ -1,6 +1,6 @@
 //! DashScope's files API, as the gateway uses it: a document is uploaded to a `dashscope`
 //! upstream once (`POST {base_url}/compatible-mode/v1/files`, purpose `file-extract`), and
-//! deleted there with the gateway's copy.
+//! deleted there with the gateway's copy; a batch's input goes up the same way (purpose `batch`).
 
 use axum::http;
 use bytes::Bytes;
@@ -16,29 +16,35 @@ struct Uploaded {
 }
 
 impl Upstream {
-    fn files_url(&self, suffix: &str) -> String {
+    pub(super) fn files_url(&self, suffix: &str) -> String {
         let base = self.config.base_url.trim_end_matches('/');
         format!("{base}/compatible-mode/v1/files{suffix}")
     }
 
-    fn token<'a>(&'a self, mode: AuthMode, passthrough: Option<&'a str>) -> Option<&'a str> {
+    pub(super) fn token<'a>(
+        &'a self,
+        mode: AuthMode,
+        passthrough: Option<&'a str>,
+    ) -> Option<&'a str> {
         match mode {
             AuthMode::Keys => self.config.api_key.as_ref().map(|k| k.expose()),
             AuthMode::Passthrough => passthrough,
         }
     }
 
-    /// Uploads a document and returns the id the upstream gave it.
+    /// Uploads a file (`purpose`: `file-extract` for a document, `batch` for a batch's input)
+    /// and returns the id the upstream gave it.
     pub async fn upload_file(
         &self,
         filename: &str,
         bytes: Bytes,
+        purpose: &str,
         mode: AuthMode,
         passthrough: Option<&str>,
     ) -> Result<String, GatewayError> {
         let part = reqwest::multipart::Part::stream(bytes).file_name(filename.to_string());
         let form = reqwest::multipart::Form::new()
-            .text("purpose", "file-extract")
+            .text("purpose", purpose.to_string())
             .part("file", part);
         let mut request = self.files_client.post(self.files_url("")).multipart(form);
         if let Some(token) = self.token(mode, passthrough) {

@@ -3,6 +3,7 @@
 //! upstream has the OpenAI-compatible one at `{base_url}/...`. The wire codecs live in
 //! `openai.rs` and `dashscope.rs`.
 
+mod batches;
 mod client;
 pub mod dashscope;
 mod files;

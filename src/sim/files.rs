@@ -32,6 +32,29 @@ impl SimFiles {
     }
 }
 
+impl SimFiles {
+    /// Keeps a file the simulator made itself (a batch's results).
+    pub(super) fn insert(&self, id: &str, filename: &str, purpose: &str, bytes: Bytes) {
+        let created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let file = SimFile {
+            filename: filename.into(),
+            purpose: purpose.into(),
+            bytes,
+            created_at,
+        };
+        self.lock().insert(id.to_string(), file);
+    }
+
+    /// A file's purpose and bytes.
+    pub(super) fn bytes_of(&self, id: &str) -> Option<(String, Bytes)> {
+        let files = self.lock();
+        let f = files.get(id)?;
+        Some((f.purpose.clone(), f.bytes.clone()))
+    }
+}
+
 fn object(id: &str, f: &SimFile) -> Value {
     json!({
         "id": id,

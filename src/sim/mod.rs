@@ -18,6 +18,7 @@
 //! A model named `missing-...` does not exist (404 `model_not_found`). `GET /sim/stats` counts
 //! requests and streams the client closed before their end.
 
+mod batch;
 mod compat;
 mod completions;
 mod extras;
@@ -68,6 +69,9 @@ pub struct Options {
     /// With `--fault`: only the first N requests suffer it.
     #[arg(long)]
     pub fault_times: Option<u32>,
+    /// A batch ends at this `GET` of it (the ones before say `in_progress`).
+    #[arg(long, default_value_t = 2)]
+    pub batch_polls: u32,
 }
 
 impl Default for Options {
@@ -80,6 +84,7 @@ impl Default for Options {
             api_key: None,
             fault: None,
             fault_times: None,
+            batch_polls: 2,
         }
     }
 }
@@ -117,6 +122,7 @@ struct SimState {
     stats: Arc<Stats>,
     fault_counts: Mutex<HashMap<String, u32>>,
     files: files::SimFiles,
+    batches: batch::SimBatches,
 }
 
 /// The per-request `"sim"` knobs.
@@ -172,6 +178,7 @@ pub fn router(options: Options) -> (Router, Arc<Stats>) {
         stats: stats.clone(),
         fault_counts: Mutex::new(HashMap::new()),
         files: files::SimFiles::default(),
+        batches: batch::SimBatches::default(),
     });
     let router = Router::new()
         .route("/compatible-mode/v1/chat/completions", post(compat::chat))
@@ -204,6 +211,7 @@ pub fn router(options: Options) -> (Router, Arc<Stats>) {
             "/compatible-mode/v1/files/{id}/content",
             get(files::content),
         )
+        .merge(batch::routes())
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
             stats.clone(),

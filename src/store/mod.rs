@@ -2,6 +2,7 @@
 //! (WAL, the embedded default) or PostgreSQL (several gateways sharing state). One schema and
 //! one set of queries serve both: the SQL sticks to types and syntax both understand.
 
+mod batches;
 mod console;
 mod devices;
 mod files;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
+pub use batches::{BatchRecord, BatchResult};
 pub use console::{Bucket, SeriesPoint, UsageRow};
 pub use files::{FileRecord, StoredText};
 pub use keys::{KeyChanges, KeyRecord, KeyStatus, NewKey, QuotaPeriod};

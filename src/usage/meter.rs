@@ -121,6 +121,12 @@ impl Meter {
         });
     }
 
+    /// A fixed record id instead of a fresh one: a batch line's record stays one record however
+    /// often the line runs (the ledger keeps the first of an id).
+    pub fn set_id(&self, id: String) {
+        self.with(|s| s.record.id = id);
+    }
+
     /// The request body's size, once it is read.
     pub fn received(&self, bytes: usize) {
         self.with(|s| s.record.bytes_in = bytes as u64);
