@@ -80,6 +80,7 @@ pub struct Metrics {
     /// Text extraction's counters (`crate::files::cage`).
     pub extract: crate::files::metrics::ExtractMetrics,
     pub sessions: crate::session::SessionMetrics,
+    pub resume: crate::resume::ResumeMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,12 +184,15 @@ impl Metrics {
         extract.register(&mut registry);
         let sessions = crate::session::SessionMetrics::default();
         sessions.register(&mut registry);
+        let resume = crate::resume::ResumeMetrics::default();
+        resume.register(&mut registry);
         Self {
             observed,
             connections,
             cache,
             extract,
             sessions,
+            resume,
             limiter_errors,
             ledger,
             models: Default::default(),

@@ -117,4 +117,6 @@ pub struct Config {
     pub devices: DevicesConfig,
     /// Server-side sessions (`docs/fleet.md`).
     pub sessions: crate::session::SessionsConfig,
+    /// Resumable streams (`docs/fleet.md`).
+    pub resume: crate::resume::ResumeConfig,
 }
