@@ -142,14 +142,15 @@ pub fn event_stream_response(
     events: impl Stream<Item = Bytes> + Send + 'static,
     mut tracker: StreamTracker,
 ) -> Response {
-    let resume = tracker.resume.take();
-    let events = events.map(move |bytes| {
-        tracker.sent(&bytes);
-        bytes
-    });
-    match resume {
-        Some(ticket) => sse_response(ticket.serve(events.boxed())),
-        None => sse_response(events),
+    match tracker.resume.take() {
+        Some(ticket) => {
+            let sent = Box::new(move |bytes: &[u8]| tracker.sent(bytes));
+            sse_response(ticket.serve(events.boxed(), sent))
+        }
+        None => sse_response(events.map(move |bytes| {
+            tracker.sent(&bytes);
+            bytes
+        })),
     }
 }
 

@@ -20,6 +20,25 @@ use super::config::ResumeConfig;
 use super::metrics::ResumeMetrics;
 use super::stamp::{EventId, Stamper};
 
+/// Counts each event as it goes out, with its id (the meter's bytes are the client's).
+pub type Sent = Box<dyn FnMut(&[u8]) + Send>;
+
+/// Numbers events and counts them, in that order.
+struct Stamping {
+    stamper: Stamper,
+    sent: Sent,
+}
+
+impl Stamping {
+    fn stamp(&mut self, chunk: Bytes) -> Vec<(Option<u64>, Bytes)> {
+        let items = self.stamper.stamp(chunk);
+        for (_, bytes) in &items {
+            (self.sent)(bytes);
+        }
+        items
+    }
+}
+
 pub struct Hub {
     pub(super) config: ResumeConfig,
     metrics: ResumeMetrics,
@@ -119,9 +138,11 @@ impl Hub {
         self: &Arc<Self>,
         owner: [u8; 32],
         source: BoxStream<'static, Bytes>,
+        sent: Sent,
     ) -> BoxStream<'static, Bytes> {
         let stream = fastrand::u64(..);
-        let mut stamper = Stamper::new(&self.config.instance, stream);
+        let stamper = Stamper::new(&self.config.instance, stream);
+        let mut stamper = Stamping { stamper, sent };
         let entry = (self.config.grace_seconds > 0)
             .then(|| self.register(stream, owner))
             .flatten();
@@ -330,7 +351,7 @@ async fn drive(
     hub: Arc<Hub>,
     entry: Arc<Entry>,
     mut source: BoxStream<'static, Bytes>,
-    mut stamper: Stamper,
+    mut stamper: Stamping,
 ) {
     let room = hub.config.max_stream_bytes;
     loop {

@@ -62,8 +62,13 @@ impl Ticket {
     }
 
     /// The client's stream for `source`, every event with an id, kept for a reconnect.
-    pub fn serve(self, source: BoxStream<'static, Bytes>) -> BoxStream<'static, Bytes> {
-        self.hub.serve(self.owner, source)
+    /// `sent` counts each event as it goes out, id included.
+    pub fn serve(
+        self,
+        source: BoxStream<'static, Bytes>,
+        sent: hub::Sent,
+    ) -> BoxStream<'static, Bytes> {
+        self.hub.serve(self.owner, source, sent)
     }
 }
 
@@ -88,6 +93,8 @@ pub fn reconnect(
             meter.no_record();
             Ok(crate::dialect::sse_response(rest))
         }
-        Err(_) => Err(GatewayError::StreamNotResumable(last.chars().take(80).collect())),
+        Err(_) => Err(GatewayError::StreamNotResumable(
+            last.chars().take(80).collect(),
+        )),
     })
 }

@@ -120,7 +120,10 @@ mod tests {
             &texts[1][..],
             b"id: gw1.00000000000000ab.1\ndata: {\"a\":1}\n\n"
         );
-        assert_eq!(&texts[2][..], b"id: gw1.00000000000000ab.2\ndata: [DONE]\n\n");
+        assert_eq!(
+            &texts[2][..],
+            b"id: gw1.00000000000000ab.2\ndata: [DONE]\n\n"
+        );
         assert_eq!(out[0].0, None);
         assert_eq!(out[2].0, Some(2));
     }
