@@ -84,7 +84,8 @@ async fn metered_chat(
 ) -> Result<Response, GatewayError> {
     let mut chat = chat::decode(&bytes)?;
     meter.request(&chat.model, chat.is_stream());
-    let ticket = crate::resume::Ticket::new(&state.resume, &caller, "chat", &bytes, chat.is_stream());
+    let ticket =
+        crate::resume::Ticket::new(&state.resume, &caller, "chat", &bytes, chat.is_stream());
     if chat.is_stream()
         && let Some(resumed) = crate::resume::reconnect(&ticket, headers, meter)
     {
