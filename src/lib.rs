@@ -20,6 +20,7 @@ pub mod media;
 pub mod prom_text;
 pub mod provider;
 pub mod relay;
+pub mod resume;
 pub mod route;
 pub mod server;
 pub mod session;

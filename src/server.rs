@@ -56,6 +56,8 @@ pub struct AppState {
     /// Device tokens: signing keys and revocations (docs/fleet.md).
     pub devices: Arc<crate::device::Devices>,
     pub sessions: crate::session::Sessions,
+    /// Streams held for a reconnect with `Last-Event-ID` (docs/fleet.md).
+    pub resume: Arc<crate::resume::Hub>,
 }
 
 impl AppState {
@@ -92,7 +94,9 @@ impl AppState {
         let cache = crate::cache::Cache::new(&config.cache, metrics.cache.clone())?;
         let devices = Arc::new(crate::device::Devices::open(&config.devices, &store).await?);
         crate::device::keep_refreshing(&devices, &store, config.devices.revocation_refresh_ms);
+        let resume = crate::resume::Hub::new(config.resume.clone(), metrics.resume.clone())?;
         Ok(Self {
+            resume,
             cache,
             console,
             auth: Authenticator::new(

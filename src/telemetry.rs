@@ -82,6 +82,7 @@ pub struct Metrics {
     pub sessions: crate::session::SessionMetrics,
     /// The Batch API's counters (`crate::batch`).
     pub batch: crate::batch::BatchMetrics,
+    pub resume: crate::resume::ResumeMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -187,6 +188,8 @@ impl Metrics {
         sessions.register(&mut registry);
         let batch = crate::batch::BatchMetrics::default();
         batch.register(&mut registry);
+        let resume = crate::resume::ResumeMetrics::default();
+        resume.register(&mut registry);
         Self {
             batch,
             observed,
@@ -194,6 +197,7 @@ impl Metrics {
             cache,
             extract,
             sessions,
+            resume,
             limiter_errors,
             ledger,
             models: Default::default(),

@@ -387,7 +387,8 @@ async fn every_request_leaves_one_record_with_its_figures(backend: Backend) {
 }
 
 async fn a_client_that_hangs_up_still_leaves_a_record(backend: Backend) {
-    let env = Env::start(backend, "").await;
+    // No grace period: the stream ends with the client (a resumed one has one record too).
+    let env = Env::start(backend, "[resume]\ngrace_seconds = 0\n").await;
     let gw = &env.gateway;
     let slow = json!({"chunks": 40, "chunk_delay_ms": 40});
     let mut body = ask("qwen-plus", "a long answer please");

@@ -310,7 +310,9 @@ async fn a_failing_upstream_opens_its_circuit_and_traffic_goes_elsewhere() {
 #[tokio::test]
 async fn a_full_upstream_is_503_upstream_busy_until_a_slot_frees() {
     let sim = Sim::start().await;
-    let gw = Gateway::start(&config_for(&sim, "max_concurrency = 1", "")).await;
+    // No grace period: the slot frees as the client leaves, not after it.
+    let no_grace = "[resume]\ngrace_seconds = 0\n";
+    let gw = Gateway::start(&config_for(&sim, "max_concurrency = 1", no_grace)).await;
     let mut body = ask("qwen-plus", "x");
     body["stream"] = json!(true);
     body["sim"] = json!({"fault": "stall", "after": 1});
@@ -362,7 +364,8 @@ async fn hang_up_after_one_event(response: reqwest::Response, sim: &Sim) {
 #[tokio::test]
 async fn a_client_hanging_up_cancels_native_and_translated_streams_too() {
     let sim = Sim::start().await;
-    let extra = "[[upstreams]]\nname = \"native\"\nprovider = \"dashscope\"\ndialect = \"native\"\nbase_url = \"{SIM}\"\napi_key = \"sk-upstream-test\"\nmodels = [\"via-native\"]\n";
+    // No grace period: the upstream call goes as the client leaves.
+    let extra = "[resume]\ngrace_seconds = 0\n\n[[upstreams]]\nname = \"native\"\nprovider = \"dashscope\"\ndialect = \"native\"\nbase_url = \"{SIM}\"\napi_key = \"sk-upstream-test\"\nmodels = [\"via-native\"]\n";
     let gw = Gateway::start(&config_for(&sim, "", extra)).await;
     let native = json!({"model": "qwen-plus", "input": {"prompt": "x"}, "parameters": {"incremental_output": true, "sim": {"fault": "stall", "after": 2}}});
     let response = gw
@@ -472,6 +475,7 @@ async fn keep_alive_comments_precede_the_first_token_and_carry_late_errors() {
         .text()
         .await
         .unwrap_or_default();
+    let text = common::plain_ids(&text);
     assert!(text.starts_with(": keep-alive\n\n"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
     let content: String = text

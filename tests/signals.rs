@@ -177,11 +177,12 @@ impl Events {
         }
     }
 
-    /// The next event (without its blank line), or `None` at the end of the body.
+    /// The next event (without its blank line, and the gateway's event ids as DashScope
+    /// numbers them), or `None` at the end of the body.
     async fn next(&mut self) -> Option<String> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
-                let event = self.buf[..end].to_string();
+                let event = common::plain_ids(&self.buf[..end]);
                 self.buf.drain(..end + 2);
                 return Some(event);
             }

@@ -121,4 +121,6 @@ pub struct Config {
     pub sessions: crate::session::SessionsConfig,
     /// The Batch API (`docs/batch.md`).
     pub batch: BatchConfig,
+    /// Resumable streams (`docs/fleet.md`).
+    pub resume: crate::resume::ResumeConfig,
 }

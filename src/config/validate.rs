@@ -8,6 +8,9 @@ use super::*;
 pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     let mut problems = Vec::new();
     validate_telemetry(&config.telemetry, &mut problems);
+    if let Err((field, message)) = config.resume.check() {
+        problems.push(ConfigError::new(field, message));
+    }
     for (i, key) in config.devices.signing_keys.iter().enumerate() {
         if crate::device::token::SigningKey::parse(key.expose()).is_none() {
             problems.push(ConfigError::new(

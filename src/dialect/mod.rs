@@ -45,6 +45,8 @@ pub struct StreamTracker {
     first_token: prometheus_client::metrics::histogram::Histogram,
     inter_token: prometheus_client::metrics::histogram::Histogram,
     last_event: Option<Instant>,
+    /// Who may take the stream up again after a hang-up; without one, no event ids.
+    resume: Option<crate::resume::Ticket>,
 }
 
 impl StreamTracker {
@@ -68,7 +70,14 @@ impl StreamTracker {
             first_token,
             inter_token,
             last_event: None,
+            resume: None,
         }
+    }
+
+    /// Numbers the stream's events and keeps it for a reconnect (docs/fleet.md).
+    pub fn resumable(mut self, ticket: crate::resume::Ticket) -> Self {
+        self.resume = Some(ticket);
+        self
     }
 
     fn sent(&mut self, event: &[u8]) {
@@ -127,15 +136,27 @@ pub fn encode_steps<E: StepEncoder>(
     })
 }
 
-/// An SSE response; dropping its body (the client hung up) drops the upstream call with it.
+/// An SSE response; dropping its body (the client hung up) drops the upstream call with it,
+/// at once or, for a resumable stream, after the grace period.
 pub fn event_stream_response(
     events: impl Stream<Item = Bytes> + Send + 'static,
     mut tracker: StreamTracker,
 ) -> Response {
-    let events = events.map(move |bytes| {
-        tracker.sent(&bytes);
-        Ok::<_, Infallible>(bytes)
-    });
+    match tracker.resume.take() {
+        Some(ticket) => {
+            let sent = Box::new(move |bytes: &[u8]| tracker.sent(bytes));
+            sse_response(ticket.serve(events.boxed(), sent))
+        }
+        None => sse_response(events.map(move |bytes| {
+            tracker.sent(&bytes);
+            bytes
+        })),
+    }
+}
+
+/// The response for a stream of SSE events.
+pub fn sse_response(events: impl Stream<Item = Bytes> + Send + 'static) -> Response {
+    let events = events.map(Ok::<_, Infallible>);
     let mut response = Response::new(Body::from_stream(events));
     let headers = response.headers_mut();
     headers.insert(

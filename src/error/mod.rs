@@ -38,6 +38,11 @@ pub enum GatewayError {
         "You have {0} live sessions, the most allowed; delete one (DELETE /v1/sessions/{{id}}) or let one expire."
     )]
     TooManySessions(u64),
+    /// A reconnect's `Last-Event-ID` names no stream it may resume (docs/fleet.md).
+    #[error(
+        "Last-Event-ID `{0}` names no stream this gateway can resume for this key and request body (unknown, expired, or another gateway's); send the request again without Last-Event-ID for a new answer."
+    )]
+    StreamNotResumable(String),
     #[error("The gateway's key store cannot be reached; try again shortly.")]
     StoreUnavailable,
     #[error("The gateway's rate limiter cannot be reached; try again shortly.")]
@@ -116,7 +121,9 @@ impl GatewayError {
             | Self::KeyNotFound(_)
             | Self::FileNotFound(_)
             | Self::SessionNotFound(_) => StatusCode::NOT_FOUND,
-            Self::SessionBusy(_) | Self::TooManySessions(_) => StatusCode::CONFLICT,
+            Self::SessionBusy(_) | Self::TooManySessions(_) | Self::StreamNotResumable(_) => {
+                StatusCode::CONFLICT
+            }
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -165,6 +172,7 @@ impl GatewayError {
             Self::SessionNotFound(_) => "session_not_found",
             Self::SessionBusy(_) => "session_busy",
             Self::TooManySessions(_) => "too_many_sessions",
+            Self::StreamNotResumable(_) => "stream_not_resumable",
             Self::LimitsUnavailable => "limits_unavailable",
             Self::InvalidParameter { .. } => "invalid_parameter_error",
             Self::InvalidJson(_) => "invalid_json",
@@ -191,6 +199,7 @@ impl GatewayError {
             Self::InvalidParameter { param, .. } => param.as_deref(),
             Self::DocumentTooLarge { param, .. } => Some(param),
             Self::ModelNotFound(_) | Self::ModelNotAllowed(_) => Some("model"),
+            Self::StreamNotResumable(_) => Some("Last-Event-ID"),
             Self::UpstreamRejected(r) => r.param.as_deref(),
             _ => None,
         }
@@ -271,6 +280,7 @@ impl GatewayError {
             Self::KeyNotFound(_) | Self::FileNotFound(_) | Self::SessionNotFound(_) => "NotFound",
             Self::SessionBusy(_) => "SessionBusy",
             Self::TooManySessions(_) => "TooManySessions",
+            Self::StreamNotResumable(_) => "StreamNotResumable",
             Self::LimitsUnavailable => "LimitsUnavailable",
             Self::InvalidParameter { .. } => "InvalidParameter",
             Self::InvalidJson(_) => "BadRequest.IllegalInput",

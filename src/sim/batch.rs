@@ -87,7 +87,12 @@ async fn create(State(state): State<Arc<SimState>>, headers: HeaderMap, body: By
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return bad("The request body is not valid JSON");
     };
-    let field = |name: &str| request.get(name).and_then(Value::as_str).map(str::to_string);
+    let field = |name: &str| {
+        request
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     let Some(input_file_id) = field("input_file_id") else {
         return bad("input_file_id is required");
     };
@@ -141,7 +146,12 @@ async fn list(State(state): State<Arc<SimState>>, headers: HeaderMap) -> Respons
     if let Some(r) = refused(&headers, &state) {
         return r;
     }
-    let data: Vec<Value> = state.batches.lock().values().map(|b| b.object.clone()).collect();
+    let data: Vec<Value> = state
+        .batches
+        .lock()
+        .values()
+        .map(|b| b.object.clone())
+        .collect();
     axum::Json(json!({"object": "list", "data": data, "has_more": false})).into_response()
 }
 
@@ -224,17 +234,27 @@ async fn run(state: &Arc<SimState>, headers: &HeaderMap, id: &str, batch: SimBat
         *count += 1;
     }
     let now = now();
-    for (text, field, kind) in [(output, "output_file_id", "output"), (errors, "error_file_id", "error")] {
+    for (text, field, kind) in [
+        (output, "output_file_id", "output"),
+        (errors, "error_file_id", "error"),
+    ] {
         if text.is_empty() {
             continue;
         }
-        let file_id = format!("file-batch_{kind}-{}", &super::reply::sha16(text.as_bytes())[..12]);
+        let file_id = format!(
+            "file-batch_{kind}-{}",
+            &super::reply::sha16(text.as_bytes())[..12]
+        );
         let name = format!("{id}_{kind}.jsonl");
-        state.files.insert(&file_id, &name, "batch_output", Bytes::from(text));
+        state
+            .files
+            .insert(&file_id, &name, "batch_output", Bytes::from(text));
         object[field] = json!(file_id);
     }
     object["status"] = json!("completed");
-    object["in_progress_at"] = object["in_progress_at"].as_i64().map_or(json!(now), |t| json!(t));
+    object["in_progress_at"] = object["in_progress_at"]
+        .as_i64()
+        .map_or(json!(now), |t| json!(t));
     object["finalizing_at"] = json!(now);
     object["completed_at"] = json!(now);
     object["request_counts"] = json!({"total": good + bad, "completed": good, "failed": bad});
@@ -253,7 +273,10 @@ async fn cancel(
     let Some(batch) = batches.get_mut(&id) else {
         return not_found(&id);
     };
-    if matches!(batch.object["status"].as_str(), Some("validating" | "in_progress")) {
+    if matches!(
+        batch.object["status"].as_str(),
+        Some("validating" | "in_progress")
+    ) {
         batch.object["status"] = json!("cancelling");
         batch.object["cancelling_at"] = json!(now());
     }

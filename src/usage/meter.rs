@@ -59,6 +59,8 @@ struct State {
     unchecked: bool,
     /// Answered from the response cache.
     cache_hit: bool,
+    /// A reconnect served from a resumed stream: that stream's request makes the record.
+    no_record: bool,
 }
 
 impl Meter {
@@ -196,6 +198,11 @@ impl Meter {
         self.with(|s| s.cache_hit = true);
     }
 
+    /// This request makes no usage record: it resumed a stream another request is billed for.
+    pub fn no_record(&self) {
+        self.with(|s| s.no_record = true);
+    }
+
     /// The request failed with `status`, or its stream ended with an error event (status 200).
     pub fn failed(&self, status: u16, code: &str) {
         self.with(|s| {
@@ -225,6 +232,7 @@ impl Drop for Inner {
             Ok(state) => std::mem::take(state),
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
         };
+        let no_record = state.no_record;
         let mut record = state.record;
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         record.bytes_out = *self.bytes_out.get_mut();
@@ -302,10 +310,15 @@ impl Drop for Inner {
             (self.context.limiter).settle(name, limits, reservation, record.total_tokens);
         }
         let Some(log) = &self.log else {
-            self.context.ledger.record(record);
+            if !no_record {
+                self.context.ledger.record(record);
+            }
             return;
         };
         log.metered(&record);
+        if no_record {
+            return;
+        }
         let span = tracing::trace_span!(target: crate::telemetry::otel::TARGET, parent: &log.span,
             "dashgate.ledger", dashgate.request_id = record.request_id.as_str());
         let _entered = span.enter();

@@ -317,3 +317,27 @@ base_url = "{SIM}/v1"
 api_key = "sk-upstream-test"
 models = ["via-openai"]
 "#;
+
+/// An SSE text with the gateway's event ids taken back out (docs/fleet.md, "Resuming a
+/// stream"): an OpenAI event's `id:` line goes, a native frame's `id:` keeps its number only,
+/// as DashScope's own frames have it.
+pub fn plain_ids(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("id: ") {
+            continue;
+        }
+        match line
+            .strip_prefix("id:")
+            .and_then(|id| id.trim_end().rsplit_once('.'))
+        {
+            Some((_, seq)) => {
+                out.push_str("id:");
+                out.push_str(seq);
+                out.push_str(&line[line.trim_end().len()..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}

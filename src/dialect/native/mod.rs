@@ -132,6 +132,10 @@ async fn metered(
     let stream = chat.is_stream();
     let model = chat.model.clone();
     meter.request(&model, stream);
+    let ticket = crate::resume::Ticket::new(&state.resume, &caller, route, &bytes, stream);
+    if stream && let Some(resumed) = crate::resume::reconnect(&ticket, headers, meter) {
+        return Ok(super::tagged(resumed?, &model, "-"));
+    }
     let session = state
         .sessions
         .begin(state, &caller, headers, &mut chat)
@@ -183,6 +187,7 @@ async fn metered(
         };
         let events = super::with_keepalive(first, Duration::from_millis(keepalive));
         let tracker = StreamTracker::new(state.metrics.clone(), route, started, meter);
+        let tracker = tracker.resumable(ticket);
         let response = super::tagged(event_stream_response(events, tracker), &model, "-");
         let response = crate::cache::tag(response, cache_label);
         return Ok(crate::session::finish(session, response, shape).await);
@@ -202,31 +207,54 @@ async fn metered(
         .await
         .map_err(request::native_names)?;
     meter.media(media);
-    let response = reply_for(
-        state, outcome, request_id, started, &model, stream, options, route, meter,
-    )
-    .await?;
+    let reply = Reply {
+        request_id,
+        started,
+        model: &model,
+        stream,
+        options,
+        route,
+        meter,
+        ticket,
+    };
+    let response = reply_for(state, outcome, reply).await?;
     let response = super::with_media_headers(response, media);
     let response = crate::cache::tag(response, cache_label);
     Ok(crate::session::finish(session, response, shape).await)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn reply_for(
-    state: &Arc<AppState>,
-    outcome: Outcome,
-    request_id: &Arc<str>,
+/// What the reply to a generation request is made with.
+struct Reply<'a> {
+    request_id: &'a Arc<str>,
     started: Instant,
-    model: &str,
+    model: &'a str,
     stream: bool,
     options: Options,
     route: &'static str,
-    meter: &UsageSink,
+    meter: &'a UsageSink,
+    ticket: crate::resume::Ticket,
+}
+
+async fn reply_for(
+    state: &Arc<AppState>,
+    outcome: Outcome,
+    reply: Reply<'_>,
 ) -> Result<Response, GatewayError> {
+    let Reply {
+        request_id,
+        started,
+        model,
+        stream,
+        options,
+        route,
+        meter,
+        ticket,
+    } = reply;
     let model = model.to_string();
     let as_stream = |outcome| {
         let (events, name) = stream_of(outcome, request_id.clone(), options, meter);
         let tracker = StreamTracker::new(state.metrics.clone(), route, started, meter);
+        let tracker = tracker.resumable(ticket);
         super::tagged(event_stream_response(events, tracker), &model, &name)
     };
     if stream {

@@ -84,6 +84,13 @@ async fn metered_chat(
 ) -> Result<Response, GatewayError> {
     let mut chat = chat::decode(&bytes)?;
     meter.request(&chat.model, chat.is_stream());
+    let ticket =
+        crate::resume::Ticket::new(&state.resume, &caller, "chat", &bytes, chat.is_stream());
+    if chat.is_stream()
+        && let Some(resumed) = crate::resume::reconnect(&ticket, headers, meter)
+    {
+        return Ok(super::tagged(resumed?, &chat.model, "-"));
+    }
     let session = state
         .sessions
         .begin(state, &caller, headers, &mut chat)
@@ -133,6 +140,7 @@ async fn metered_chat(
         };
         let events = super::with_keepalive(first, Duration::from_millis(keepalive));
         let tracker = StreamTracker::new(state.metrics.clone(), "chat", started, meter);
+        let tracker = tracker.resumable(ticket);
         let response = super::tagged(event_stream_response(events, tracker), &model, "-");
         let response = crate::cache::tag(response, cache_label);
         return Ok(crate::session::finish(session, response, shape).await);
@@ -149,37 +157,51 @@ async fn metered_chat(
     };
     let (outcome, media) = cache.dispatch(state, request).await?;
     meter.media(media);
-    let response = reply_for(
-        state,
-        outcome,
+    let reply = Reply {
         request_id,
         started,
-        &model,
+        model: &model,
         stream,
         include_usage,
         meter,
-    )
-    .await?;
+        ticket,
+    };
+    let response = reply_for(state, outcome, reply).await?;
     let response = super::with_media_headers(response, media);
     let response = crate::cache::tag(response, cache_label);
     Ok(crate::session::finish(session, response, shape).await)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the reply to a chat request is made with.
+struct Reply<'a> {
+    request_id: &'a Arc<str>,
+    started: Instant,
+    model: &'a str,
+    stream: bool,
+    include_usage: bool,
+    meter: &'a UsageSink,
+    ticket: crate::resume::Ticket,
+}
+
 async fn reply_for(
     state: &Arc<AppState>,
     outcome: Outcome,
-    request_id: &Arc<str>,
-    started: Instant,
-    model: &str,
-    stream: bool,
-    include_usage: bool,
-    meter: &UsageSink,
+    reply: Reply<'_>,
 ) -> Result<Response, GatewayError> {
+    let Reply {
+        request_id,
+        started,
+        model,
+        stream,
+        include_usage,
+        meter,
+        ticket,
+    } = reply;
     let model = model.to_string();
     let as_stream = |outcome| {
         let (events, name) = stream_of(outcome, request_id.clone(), &model, include_usage)(meter);
         let tracker = StreamTracker::new(state.metrics.clone(), "chat", started, meter);
+        let tracker = tracker.resumable(ticket);
         super::tagged(event_stream_response(events, tracker), &model, &name)
     };
     if stream {
@@ -407,6 +429,10 @@ async fn metered_completion(
     meter.request(&request.model, request.is_stream());
     caller.check_model(&request.model)?;
     let stream = request.is_stream();
+    let ticket = crate::resume::Ticket::new(&state.resume, caller, "completions", &bytes, stream);
+    if stream && let Some(resumed) = crate::resume::reconnect(&ticket, headers, meter) {
+        return Ok(super::tagged(resumed?, &request.model, "-"));
+    }
     let call = relay::Call {
         model: &request.model,
         stream,
@@ -421,7 +447,8 @@ async fn metered_completion(
     let name = upstreamed.lease.upstream.config.name.clone();
     meter.upstream(&name);
     let response = if stream && upstreamed.is_event_stream() {
-        let tracker = StreamTracker::new(state.metrics.clone(), "completions", started, meter);
+        let tracker = StreamTracker::new(state.metrics.clone(), "completions", started, meter)
+            .resumable(ticket);
         let events = raw_events(
             upstreamed.into_events(),
             request_id.clone(),
