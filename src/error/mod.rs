@@ -43,6 +43,16 @@ pub enum GatewayError {
         "Last-Event-ID `{0}` names no stream this gateway can resume for this key and request body (unknown, expired, or another gateway's); send the request again without Last-Event-ID for a new answer."
     )]
     StreamNotResumable(String),
+    /// A reconnect's `Last-Event-ID` names a stream held by another gateway of the fleet: the
+    /// load balancer must route by the id's first part (docs/fleet.md).
+    #[error(
+        "Last-Event-ID `{id}` names a stream held by gateway `{instance}`, and this is gateway `{here}`: route a request with Last-Event-ID to the gateway its id's first part names, or send the request again without Last-Event-ID for a new answer."
+    )]
+    StreamOnOtherGateway {
+        id: String,
+        instance: String,
+        here: String,
+    },
     #[error("The gateway's key store cannot be reached; try again shortly.")]
     StoreUnavailable,
     #[error("The gateway's rate limiter cannot be reached; try again shortly.")]
@@ -121,9 +131,10 @@ impl GatewayError {
             | Self::KeyNotFound(_)
             | Self::FileNotFound(_)
             | Self::SessionNotFound(_) => StatusCode::NOT_FOUND,
-            Self::SessionBusy(_) | Self::TooManySessions(_) | Self::StreamNotResumable(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::SessionBusy(_)
+            | Self::TooManySessions(_)
+            | Self::StreamNotResumable(_)
+            | Self::StreamOnOtherGateway { .. } => StatusCode::CONFLICT,
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -173,6 +184,7 @@ impl GatewayError {
             Self::SessionBusy(_) => "session_busy",
             Self::TooManySessions(_) => "too_many_sessions",
             Self::StreamNotResumable(_) => "stream_not_resumable",
+            Self::StreamOnOtherGateway { .. } => "stream_on_other_gateway",
             Self::LimitsUnavailable => "limits_unavailable",
             Self::InvalidParameter { .. } => "invalid_parameter_error",
             Self::InvalidJson(_) => "invalid_json",
@@ -199,7 +211,9 @@ impl GatewayError {
             Self::InvalidParameter { param, .. } => param.as_deref(),
             Self::DocumentTooLarge { param, .. } => Some(param),
             Self::ModelNotFound(_) | Self::ModelNotAllowed(_) => Some("model"),
-            Self::StreamNotResumable(_) => Some("Last-Event-ID"),
+            Self::StreamNotResumable(_) | Self::StreamOnOtherGateway { .. } => {
+                Some("Last-Event-ID")
+            }
             Self::UpstreamRejected(r) => r.param.as_deref(),
             _ => None,
         }
@@ -281,6 +295,7 @@ impl GatewayError {
             Self::SessionBusy(_) => "SessionBusy",
             Self::TooManySessions(_) => "TooManySessions",
             Self::StreamNotResumable(_) => "StreamNotResumable",
+            Self::StreamOnOtherGateway { .. } => "StreamOnOtherGateway",
             Self::LimitsUnavailable => "LimitsUnavailable",
             Self::InvalidParameter { .. } => "InvalidParameter",
             Self::InvalidJson(_) => "BadRequest.IllegalInput",

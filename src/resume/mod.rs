@@ -93,8 +93,19 @@ pub fn reconnect(
             meter.no_record();
             Ok(crate::dialect::sse_response(rest))
         }
-        Err(_) => Err(GatewayError::StreamNotResumable(
-            last.chars().take(80).collect(),
-        )),
+        Err(Refusal::Elsewhere) => {
+            let instance = EventId::parse(last).map(|id| id.instance);
+            Err(GatewayError::StreamOnOtherGateway {
+                id: shown(last),
+                instance: shown(&instance.unwrap_or_default()),
+                here: ticket.hub.config.instance.clone(),
+            })
+        }
+        Err(_) => Err(GatewayError::StreamNotResumable(shown(last))),
     })
+}
+
+/// A client's id as an error message may quote it: bounded, so a megabyte header is not echoed.
+fn shown(text: &str) -> String {
+    text.chars().take(80).collect()
 }

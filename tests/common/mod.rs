@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 pub mod echo;
 pub mod reading;
+pub mod resumable;
 pub mod sessions;
 
 use dashgate::config;
