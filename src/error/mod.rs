@@ -40,7 +40,7 @@ pub enum GatewayError {
     TooManySessions(u64),
     /// A reconnect's `Last-Event-ID` names no stream it may resume (docs/fleet.md).
     #[error(
-        "Last-Event-ID `{0}` names no stream this gateway can resume for this key and request body (unknown, expired, or another gateway's); send the request again without Last-Event-ID for a new answer."
+        "Last-Event-ID `{0}` names no stream this gateway can resume for this key and request body (unknown, expired, read to its end, or dropped over a buffer bound); send the request again without Last-Event-ID for a new answer."
     )]
     StreamNotResumable(String),
     /// A reconnect's `Last-Event-ID` names a stream held by another gateway of the fleet: the
