@@ -1,0 +1,409 @@
+//! The Batch API (docs/batch.md): 100-line batches through both routes — forwarded to a
+//! `dashscope` upstream's batch API (the simulator's), and run by the gateway itself against an
+//! OpenAI-compatible upstream, with the gateway binary SIGKILLed in the middle and restarted on
+//! the same store — every line answered once, one ledger record per line. Then the checks made
+//! up front (a bad line by number, the bounds), cancel on both routes, tenant isolation, list.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::batches::*;
+use common::*;
+use dashgate::store::UsageFilter;
+use serde_json::Value;
+
+const OTHER_KEY: &str = "sk-limited-test";
+
+/// An OpenAI-compatible upstream without a batch API: the gateway runs its batches.
+const PLAIN: &str = r#"
+[[upstreams]]
+name = "plain"
+provider = "openai"
+base_url = "{SIM}/v1"
+api_key = "sk-upstream-test"
+models = ["local-chat"]
+"#;
+
+async fn gateway(sim: &Sim, batch: &str) -> Gateway {
+    Gateway::start(&config_for(
+        sim,
+        "",
+        &format!("{PLAIN}\n[batch]\n{batch}\n"),
+    ))
+    .await
+}
+
+fn client(gw: &Gateway) -> Batches {
+    Batches::new(&gw.url(""), CLIENT_KEY)
+}
+
+fn sim_with(latency_ms: u64, batch_polls: u32) -> dashgate::sim::Options {
+    dashgate::sim::Options {
+        api_key: Some(UPSTREAM_KEY.into()),
+        latency_ms,
+        batch_polls,
+        ..Default::default()
+    }
+}
+
+/// Every custom id `req-1` ... `req-{count}` once in the output file, each answered 200 with
+/// a completion.
+fn assert_answered_once(lines: &[Value], count: usize) {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lines {
+        let id = line["custom_id"].as_str().unwrap_or("").to_string();
+        *seen.entry(id).or_default() += 1;
+        assert_eq!(line["response"]["status_code"], 200, "{line}");
+        assert_eq!(line["error"], Value::Null, "{line}");
+        let body = &line["response"]["body"];
+        assert_eq!(body["object"], "chat.completion", "{line}");
+        assert!(body["usage"]["total_tokens"].as_u64() > Some(0), "{line}");
+    }
+    let expected: BTreeMap<String, usize> = (1..=count).map(|n| (format!("req-{n}"), 1)).collect();
+    assert_eq!(seen, expected);
+}
+
+/// The ids of the ledger's records for `key`, once there are `count` of them.
+async fn ledger_ids(store_url: &str, key: &str, count: usize) -> BTreeSet<String> {
+    let store = open_store(store_url).await;
+    let filter = UsageFilter {
+        key: Some(key.into()),
+        ..UsageFilter::default()
+    };
+    let found = records(&store, &filter, count).await;
+    for r in &found {
+        assert_eq!(r.route, "batch", "{r:?}");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.total_tokens > 0, "{r:?}");
+    }
+    let ids: BTreeSet<String> = found.into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), count, "record ids repeat");
+    ids
+}
+
+fn store_of(gw: &Gateway) -> String {
+    format!("sqlite://{}/dashgate.db", gw.dir.path().display())
+}
+
+#[tokio::test]
+async fn a_forwarded_batch_of_100_lines_is_answered_once_each_and_metered_once() {
+    let sim = Sim::with(sim_with(0, 3)).await;
+    let gw = gateway(&sim, "poll_ms = 50").await;
+    let api = client(&gw);
+    let batch = api.create(batch_file("qwen-plus", 100)).await;
+    let id = batch["id"].as_str().unwrap_or_default();
+    assert_eq!(batch["endpoint"], "/v1/chat/completions");
+    assert_eq!(batch["metadata"]["job"], "test");
+    let done = api.wait_for(id, "completed").await;
+    assert_eq!(done["request_counts"]["total"], 100, "{done:#}");
+    assert_eq!(done["request_counts"]["completed"], 100);
+    assert_eq!(done["request_counts"]["failed"], 0);
+    assert!(done["completed_at"].as_i64() >= done["created_at"].as_i64());
+    assert_eq!(done["error_file_id"], Value::Null, "{done:#}");
+    let output = done["output_file_id"].as_str().unwrap_or_default();
+    let lines = api.output_lines(output).await;
+    assert_eq!(lines.len(), 100);
+    assert_answered_once(&lines, 100);
+    // One record per line, keyed by its custom id; polling the finished batch adds none.
+    let ids = ledger_ids(&store_of(&gw), "glass3", 100).await;
+    let expected: BTreeSet<String> = (1..=100).map(|n| format!("{id}:req-{n}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(api.batch(id).await["status"], "completed");
+    ledger_ids(&store_of(&gw), "glass3", 100).await;
+}
+
+fn write_config(dir: &std::path::Path, sim: &str) -> String {
+    let toml = format!(
+        r#"
+[store]
+url = "sqlite://{dir}/dashgate.db"
+
+[usage]
+journal_path = "{dir}/usage.journal"
+spill_path = "{dir}/usage.spill"
+
+[files]
+dir = "{dir}/files"
+
+# Two lines at a time against a slow upstream: the kill comes with most lines left. A short
+# lease: the restarted gateway takes the batch the killed one held soon after.
+[batch]
+workers = 2
+poll_ms = 50
+lease_ms = 1000
+
+[[keys]]
+name = "glass3"
+key = "{CLIENT_KEY}"
+{plain}
+"#,
+        dir = dir.display(),
+        plain = PLAIN.replace("{SIM}", sim),
+    );
+    let path = dir.join("dashgate.toml");
+    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn a_gateway_run_batch_survives_a_kill_and_restart_answering_each_line_once() {
+    let sim = Sim::with(sim_with(40, 2)).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = write_config(dir.path(), &sim.url());
+    let args = ["serve", "--config", &config, "--listen", "127.0.0.1:0"];
+    let (mut first, url) = announced(&args, dir.path()).await;
+    let api = Batches::new(&url, CLIENT_KEY);
+    let batch = api.create(batch_file("local-chat", 100)).await;
+    let id = batch["id"].as_str().unwrap_or_default().to_string();
+    let some = api
+        .wait_until(&id, |b| {
+            b["request_counts"]["completed"].as_i64() >= Some(10)
+        })
+        .await;
+    first.start_kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = first.wait().await;
+    let answered = some["request_counts"]["completed"].as_i64().unwrap_or(0);
+    assert_eq!(some["status"], "in_progress", "{some:#}");
+    assert!(answered < 100, "the batch ended before the kill: {some:#}");
+
+    let (_second, url) = announced(&args, dir.path()).await;
+    let api = Batches::new(&url, CLIENT_KEY);
+    let done = api.wait_for(&id, "completed").await;
+    assert_eq!(done["request_counts"]["completed"], 100, "{done:#}");
+    assert_eq!(done["request_counts"]["failed"], 0);
+    assert_eq!(done["error_file_id"], Value::Null);
+    let output = done["output_file_id"].as_str().unwrap_or_default();
+    let lines = api.output_lines(output).await;
+    assert_eq!(lines.len(), 100);
+    assert_answered_once(&lines, 100);
+    // Lines answered before the kill were not asked again: at most the two in flight were.
+    let asked = sim.requests();
+    assert!((100..=102).contains(&asked), "{asked} upstream requests");
+    let store = format!("sqlite://{}/dashgate.db", dir.path().display());
+    let ids = ledger_ids(&store, "glass3", 100).await;
+    let expected: BTreeSet<String> = (1..=100).map(|n| format!("{id}:{n}")).collect();
+    assert_eq!(ids, expected);
+}
+
+/// Creates a batch of `text`; the error response's status and body.
+async fn refused(api: &Batches, text: &str) -> (u16, Value) {
+    let file_id = api.upload(text.as_bytes().to_vec()).await;
+    let response = api.create_raw(&file_id).await;
+    (response.status().as_u16(), json_of(response).await)
+}
+
+#[tokio::test]
+async fn a_bad_line_is_a_400_naming_its_number() {
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, "").await;
+    let api = client(&gw);
+    let good = |n: usize| batch_line(&format!("req-{n}"), "qwen-plus", "hi");
+    let file = |bad_line: &str| {
+        let mut lines: Vec<String> = (1..=9).map(good).collect();
+        lines[6] = bad_line.to_string();
+        lines.join("\n")
+    };
+    let cases = [
+        ("{\"custom_id\": \"x\", ", "line 7: not a batch request"),
+        (
+            &good(7).replace("\"POST\"", "\"GET\""),
+            "line 7: method must be \"POST\"",
+        ),
+        (
+            &good(7).replace("/v1/chat/completions", "/v1/embeddings"),
+            "line 7: url must be",
+        ),
+        (
+            &good(2),
+            "line 7: custom_id `req-2` is used already on line 2",
+        ),
+        (
+            &good(7).replace("\"model\":\"qwen-plus\",", ""),
+            "line 7: body.model is required",
+        ),
+        (
+            &good(7).replace("qwen-plus", "no-such-model"),
+            "line 7: body.model: no upstream serves the model `no-such-model`",
+        ),
+        (
+            &good(7).replace("qwen-plus", "local-chat"),
+            "line 7: body.model: a batch for a DashScope upstream has one model",
+        ),
+        (
+            &good(7).replace("\"messages\":[", "\"stream\":true,\"messages\":["),
+            "line 7: body.stream",
+        ),
+    ];
+    for (line, message) in cases {
+        let (status, body) = refused(&api, &file(line)).await;
+        assert_eq!(status, 400, "{line}: {body}");
+        let said = body["error"]["message"].as_str().unwrap_or("");
+        assert!(said.starts_with(message), "{line}: {said}");
+        assert_eq!(error_of(&body).1, Some("input_file_id"), "{body}");
+        assert_eq!(error_of(&body).2, "invalid_request_error", "{body}");
+    }
+    // Not a batch file at all.
+    let response = api
+        .upload_as("notes.txt", b"hello".to_vec(), "file-extract")
+        .await;
+    let file_id = json_of(response).await["id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let response = api.create_raw(&file_id).await;
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not `batch`")
+    );
+    let response = api.create_raw("file-batch-nope").await;
+    assert_eq!(response.status(), 404);
+    // Nothing was made.
+    let list = json_of(api.get("/v1/batches").await).await;
+    assert_eq!(list["data"], serde_json::json!([]), "{list}");
+}
+
+#[tokio::test]
+async fn the_file_size_and_line_count_are_bounded() {
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, "max_file_bytes = 1500\nmax_lines = 5").await;
+    let api = client(&gw);
+    let six = String::from_utf8(batch_file("qwen-plus", 6)).unwrap_or_default();
+    assert!(six.len() < 1500);
+    let (status, body) = refused(&api, &six).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "line 6: a batch may have at most 5 requests"
+    );
+    let big = String::from_utf8(batch_file("qwen-plus", 20)).unwrap_or_default();
+    let (status, body) = refused(&api, &big).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    let expected = format!(
+        "the file has {} bytes; a batch may have at most 1500",
+        big.len()
+    );
+    assert!(message.contains(&expected), "{message}");
+    // Five lines are fine.
+    api.create(batch_file("qwen-plus", 5)).await;
+    let metrics = reqwest::get(gw.url("/metrics")).await;
+    let text = metrics.unwrap_or_else(|e| panic!("{e}")).text().await;
+    let text = text.unwrap_or_default();
+    assert!(
+        text.contains("batches_refused_total{reason=\"too_large\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_stops_a_gateway_run_batch_and_keeps_what_was_answered() {
+    let sim = Sim::with(sim_with(100, 2)).await;
+    let gw = gateway(&sim, "workers = 1\npoll_ms = 50").await;
+    let api = client(&gw);
+    let batch = api.create(batch_file("local-chat", 100)).await;
+    let id = batch["id"].as_str().unwrap_or_default();
+    let response = api.cancel(id).await;
+    assert_eq!(response.status(), 200);
+    let cancelling = json_of(response).await;
+    assert_eq!(cancelling["status"], "cancelling", "{cancelling:#}");
+    assert!(cancelling["cancelling_at"].as_i64().is_some());
+    let done = api.wait_for(id, "cancelled").await;
+    assert!(done["cancelled_at"].as_i64().is_some(), "{done:#}");
+    let answered = done["request_counts"]["completed"].as_u64().unwrap_or(0);
+    assert!(answered < 100, "{done:#}");
+    if let Some(output) = done["output_file_id"].as_str() {
+        assert_eq!(api.output_lines(output).await.len() as u64, answered);
+    }
+    // Cancelling again says what it is; an ended batch cannot be cancelled.
+    assert_eq!(json_of(api.cancel(id).await).await["status"], "cancelled");
+    let quick = api.create(batch_file("local-chat", 1)).await;
+    let quick = quick["id"].as_str().unwrap_or_default();
+    api.wait_for(quick, "completed").await;
+    let response = api.cancel(quick).await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(
+        error_of(&json_of(response).await).0,
+        "batch_not_cancellable"
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_is_forwarded_to_a_dashscope_upstream() {
+    // The simulator's batch would run only at its millionth poll.
+    let sim = Sim::with(sim_with(0, 1_000_000)).await;
+    let gw = gateway(&sim, "poll_ms = 50").await;
+    let api = client(&gw);
+    let batch = api.create(batch_file("qwen-plus", 10)).await;
+    let id = batch["id"].as_str().unwrap_or_default();
+    api.wait_for(id, "in_progress").await;
+    assert_eq!(api.cancel(id).await.status(), 200);
+    let done = api.wait_for(id, "cancelled").await;
+    assert_eq!(done["output_file_id"], Value::Null, "{done:#}");
+    assert_eq!(done["request_counts"]["completed"], 0);
+}
+
+#[tokio::test]
+async fn another_key_gets_a_404_for_this_keys_batch() {
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, "poll_ms = 50").await;
+    let api = client(&gw);
+    let other = api.as_key(OTHER_KEY);
+    let batch = api.create(batch_file("qwen-plus", 3)).await;
+    let id = batch["id"].as_str().unwrap_or_default();
+    let done = api.wait_for(id, "completed").await;
+    let response = other.get(&format!("/v1/batches/{id}")).await;
+    assert_eq!(response.status(), 404);
+    let body = json_of(response).await;
+    assert_eq!(
+        error_of(&body),
+        ("batch_not_found", Some("batch_id"), "invalid_request_error")
+    );
+    assert_eq!(other.cancel(id).await.status(), 404);
+    let output = done["output_file_id"].as_str().unwrap_or_default();
+    let response = other.get(&format!("/v1/files/{output}/content")).await;
+    assert_eq!(response.status(), 404);
+    let list = json_of(other.get("/v1/batches").await).await;
+    assert_eq!(list["data"], serde_json::json!([]), "{list}");
+    // Nor may it make a batch of this key's file.
+    let input = batch["input_file_id"].as_str().unwrap_or_default();
+    assert_eq!(other.create_raw(input).await.status(), 404);
+    // Without a key, nothing.
+    let response = reqwest::get(gw.url(&format!("/v1/batches/{id}"))).await;
+    assert_eq!(response.map(|r| r.status().as_u16()).ok(), Some(401));
+}
+
+#[tokio::test]
+async fn the_list_is_newest_first_in_pages() {
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, "").await;
+    let api = client(&gw);
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let batch = api.create(batch_file("local-chat", 1)).await;
+        made.push(batch["id"].as_str().unwrap_or_default().to_string());
+    }
+    made.reverse();
+    let ids = |list: &Value| -> Vec<String> {
+        let data = list["data"].as_array().cloned().unwrap_or_default();
+        data.iter()
+            .map(|b| b["id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let page = json_of(api.get("/v1/batches?limit=2").await).await;
+    assert_eq!(page["object"], "list");
+    assert_eq!(ids(&page), made[..2], "{page:#}");
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["first_id"], made[0].as_str());
+    let last = page["last_id"].as_str().unwrap_or_default();
+    let rest = json_of(api.get(&format!("/v1/batches?limit=2&after={last}")).await).await;
+    assert_eq!(ids(&rest), made[2..], "{rest:#}");
+    assert_eq!(rest["has_more"], false);
+    // The same under the compatible-mode prefix.
+    let all = json_of(api.get("/compatible-mode/v1/batches").await).await;
+    assert_eq!(ids(&all), made);
+}
