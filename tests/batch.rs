@@ -407,3 +407,36 @@ async fn the_list_is_newest_first_in_pages() {
     let all = json_of(api.get("/compatible-mode/v1/batches").await).await;
     assert_eq!(ids(&all), made);
 }
+
+#[tokio::test]
+async fn two_gateways_on_one_postgres_store_run_a_batch_once() {
+    let sim = Sim::with(sim_with(5, 2)).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = fresh_store(Backend::Postgres, dir.path()).await;
+    // A fleet shares its file storage as it shares its store: either may run the batch.
+    let batch = format!(
+        "workers = 2\npoll_ms = 50\n\n[store]\nurl = \"{store}\"\n\n[files]\ndir = \"{}\"",
+        dir.path().join("files").display()
+    );
+    let (one, two) = (gateway(&sim, &batch).await, gateway(&sim, &batch).await);
+    let api = client(&one);
+    let made = api.create(batch_file("local-chat", 30)).await;
+    let id = made["id"].as_str().unwrap_or_default();
+    // Either gateway answers for it; only the one holding the lease runs it.
+    let done = client(&two).wait_for(id, "completed").await;
+    let output = done["output_file_id"].as_str().unwrap_or_default();
+    assert_answered_once(&api.output_lines(output).await, 30);
+    assert_eq!(sim.requests(), 30);
+    let ids = ledger_ids(&store, "glass3", 30).await;
+    let expected: BTreeSet<String> = (1..=30).map(|n| format!("{id}:{n}")).collect();
+    assert_eq!(ids, expected);
+    // A forwarded one, a cancel and the list, on PostgreSQL too.
+    let forwarded = api.create(batch_file("qwen-plus", 3)).await;
+    let forwarded = forwarded["id"].as_str().unwrap_or_default();
+    api.wait_for(forwarded, "completed").await;
+    let list = json_of(api.get("/v1/batches?limit=1").await).await;
+    assert_eq!(list["data"][0]["id"], forwarded, "{list:#}");
+    assert_eq!(list["has_more"], true);
+    let response = api.cancel(forwarded).await;
+    assert_eq!(response.status(), 409);
+}
