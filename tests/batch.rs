@@ -270,7 +270,8 @@ async fn a_bad_line_is_a_400_naming_its_number() {
 #[tokio::test]
 async fn the_file_size_and_line_count_are_bounded() {
     let sim = Sim::start().await;
-    let gw = gateway(&sim, "max_file_bytes = 1500\nmax_lines = 5").await;
+    let bounds = "max_file_bytes = 1500\nmax_lines = 5\n\n[files]\nmax_file_bytes = 4000";
+    let gw = gateway(&sim, bounds).await;
     let api = client(&gw);
     let six = String::from_utf8(batch_file("qwen-plus", 6)).unwrap_or_default();
     assert!(six.len() < 1500);
@@ -289,6 +290,20 @@ async fn the_file_size_and_line_count_are_bounded() {
         big.len()
     );
     assert!(message.contains(&expected), "{message}");
+    // Past the upload bound, the file is not even kept.
+    let huge = batch_file("qwen-plus", 40);
+    assert!(huge.len() > 4000);
+    let response = api.upload_as("huge.jsonl", huge, "batch").await;
+    assert_eq!(response.status(), 413);
+    let body = json_of(response).await;
+    assert_eq!(error_of(&body).0, "request_too_large", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("4000"),
+        "{body}"
+    );
     // Five lines are fine.
     api.create(batch_file("qwen-plus", 5)).await;
     let metrics = reqwest::get(gw.url("/metrics")).await;
