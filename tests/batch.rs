@@ -148,7 +148,8 @@ key = "{CLIENT_KEY}"
 
 #[tokio::test]
 async fn a_gateway_run_batch_survives_a_kill_and_restart_answering_each_line_once() {
-    let sim = Sim::with(sim_with(40, 2)).await;
+    // 50 ms a line, two at a time: about 2.5 s for the batch, so the kill lands well inside it.
+    let sim = Sim::with(sim_with(50, 2)).await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = write_config(dir.path(), &sim.url());
     let args = ["serve", "--config", &config, "--listen", "127.0.0.1:0"];
@@ -158,7 +159,7 @@ async fn a_gateway_run_batch_survives_a_kill_and_restart_answering_each_line_onc
     let id = batch["id"].as_str().unwrap_or_default().to_string();
     let some = api
         .wait_until(&id, |b| {
-            b["request_counts"]["completed"].as_i64() >= Some(10)
+            b["request_counts"]["completed"].as_i64() >= Some(6)
         })
         .await;
     first.start_kill().unwrap_or_else(|e| panic!("{e}"));
@@ -325,7 +326,9 @@ async fn a_cancel_stops_a_gateway_run_batch_and_keeps_what_was_answered() {
     let response = api.cancel(id).await;
     assert_eq!(response.status(), 200);
     let cancelling = json_of(response).await;
-    assert_eq!(cancelling["status"], "cancelling", "{cancelling:#}");
+    // The runner may have seen it already.
+    let now = cancelling["status"].as_str().unwrap_or("");
+    assert!(["cancelling", "cancelled"].contains(&now), "{cancelling:#}");
     assert!(cancelling["cancelling_at"].as_i64().is_some());
     let done = api.wait_for(id, "cancelled").await;
     assert!(done["cancelled_at"].as_i64().is_some(), "{done:#}");
