@@ -458,3 +458,56 @@ async fn two_gateways_on_one_postgres_store_run_a_batch_once() {
     let response = api.cancel(forwarded).await;
     assert_eq!(response.status(), 409);
 }
+
+/// Ten lines, the 3rd and 7th of which the upstream fails with a 500 every time.
+fn with_failures(model: &str) -> Vec<u8> {
+    let mut text = String::new();
+    for n in 1..=10 {
+        let mut line: Value =
+            serde_json::from_str(&batch_line(&format!("req-{n}"), model, "hi")).unwrap_or_default();
+        if n == 3 || n == 7 {
+            line["body"]["sim"] = serde_json::json!({"fault": "500"});
+        }
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+#[tokio::test]
+async fn failed_lines_go_to_the_error_file_on_both_routes() {
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, "poll_ms = 50").await;
+    let api = client(&gw);
+    for model in ["qwen-plus", "local-chat"] {
+        let batch = api.create(with_failures(model)).await;
+        let id = batch["id"].as_str().unwrap_or_default();
+        let done = api.wait_for(id, "completed").await;
+        let counts = &done["request_counts"];
+        assert_eq!(
+            (&counts["total"], &counts["completed"], &counts["failed"]),
+            (&10.into(), &8.into(), &2.into()),
+            "{model}: {done:#}"
+        );
+        let output = done["output_file_id"].as_str().unwrap_or_default();
+        let good = api.output_lines(output).await;
+        let ids: BTreeSet<&str> = good
+            .iter()
+            .filter_map(|l| l["custom_id"].as_str())
+            .collect();
+        assert_eq!(ids.len(), 8, "{model}");
+        assert!(!ids.contains("req-3") && !ids.contains("req-7"), "{model}");
+        let errors = done["error_file_id"].as_str().unwrap_or_default();
+        let bad = api.output_lines(errors).await;
+        let ids: Vec<&str> = bad.iter().filter_map(|l| l["custom_id"].as_str()).collect();
+        assert_eq!(ids, ["req-3", "req-7"], "{model}");
+        for line in &bad {
+            let status = line["response"]["status_code"].as_u64().unwrap_or(0);
+            assert!(status >= 500, "{model}: {line}");
+            assert!(
+                line["response"]["body"]["error"].is_object(),
+                "{model}: {line}"
+            );
+        }
+    }
+}
