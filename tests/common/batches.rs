@@ -1,8 +1,12 @@
 //! Batch API helpers: JSONL files, uploads, batch calls, and bounded waits for a batch's state.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use dashgate::store::UsageFilter;
 use serde_json::{Value, json};
+
+use super::{CLIENT_KEY, Gateway, Sim, UPSTREAM_KEY, config_for, open_store, records};
 
 /// A safety net so a stuck batch fails the test instead of hanging it.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -188,4 +192,75 @@ impl Batches {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
     }
+}
+
+/// An OpenAI-compatible upstream without a batch API: the gateway runs its batches.
+pub const PLAIN: &str = r#"
+[[upstreams]]
+name = "plain"
+provider = "openai"
+base_url = "{SIM}/v1"
+api_key = "sk-upstream-test"
+models = ["local-chat"]
+"#;
+
+pub async fn gateway(sim: &Sim, batch: &str) -> Gateway {
+    Gateway::start(&config_for(
+        sim,
+        "",
+        &format!("{PLAIN}\n[batch]\n{batch}\n"),
+    ))
+    .await
+}
+
+pub fn client(gw: &Gateway) -> Batches {
+    Batches::new(&gw.url(""), CLIENT_KEY)
+}
+
+pub fn sim_with(latency_ms: u64, batch_polls: u32) -> dashgate::sim::Options {
+    dashgate::sim::Options {
+        api_key: Some(UPSTREAM_KEY.into()),
+        latency_ms,
+        batch_polls,
+        ..Default::default()
+    }
+}
+
+/// Every custom id `req-1` ... `req-{count}` once in the output file, each answered 200 with
+/// a completion.
+pub fn assert_answered_once(lines: &[Value], count: usize) {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lines {
+        let id = line["custom_id"].as_str().unwrap_or("").to_string();
+        *seen.entry(id).or_default() += 1;
+        assert_eq!(line["response"]["status_code"], 200, "{line}");
+        assert_eq!(line["error"], Value::Null, "{line}");
+        let body = &line["response"]["body"];
+        assert_eq!(body["object"], "chat.completion", "{line}");
+        assert!(body["usage"]["total_tokens"].as_u64() > Some(0), "{line}");
+    }
+    let expected: BTreeMap<String, usize> = (1..=count).map(|n| (format!("req-{n}"), 1)).collect();
+    assert_eq!(seen, expected);
+}
+
+/// The ids of the ledger's records for `key`, once there are `count` of them.
+pub async fn ledger_ids(store_url: &str, key: &str, count: usize) -> BTreeSet<String> {
+    let store = open_store(store_url).await;
+    let filter = UsageFilter {
+        key: Some(key.into()),
+        ..UsageFilter::default()
+    };
+    let found = records(&store, &filter, count).await;
+    for r in &found {
+        assert_eq!(r.route, "batch", "{r:?}");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.total_tokens > 0, "{r:?}");
+    }
+    let ids: BTreeSet<String> = found.into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), count, "record ids repeat");
+    ids
+}
+
+pub fn store_of(gw: &Gateway) -> String {
+    format!("sqlite://{}/dashgate.db", gw.dir.path().display())
 }
