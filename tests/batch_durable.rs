@@ -145,3 +145,38 @@ async fn two_gateways_on_one_postgres_store_run_a_batch_once() {
     let response = api.cancel(forwarded).await;
     assert_eq!(response.status(), 409);
 }
+
+#[tokio::test]
+async fn a_clean_stop_lets_go_of_a_batch_so_the_next_gateway_takes_it_at_once() {
+    let sim = Sim::with(sim_with(50, 2)).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = format!("sqlite://{}/dashgate.db", dir.path().display());
+    // A lease far longer than the test: only letting go of it hands the batch on in time. The
+    // store and files are shared; each gateway has its own usage journal, kept past its stop.
+    let config = |n: usize| {
+        format!(
+            "workers = 2\npoll_ms = 50\nlease_ms = 3600000\n\n[store]\nurl = \"{store}\"\n\n\
+             [files]\ndir = \"{dir}/files\"\n\n[usage]\njournal_path = \"{dir}/usage-{n}.journal\"",
+            dir = dir.path().display()
+        )
+    };
+    let first = gateway(&sim, &config(1)).await;
+    let made = client(&first).create(batch_file("local-chat", 100)).await;
+    let id = made["id"].as_str().unwrap_or_default().to_string();
+    let some = client(&first)
+        .wait_until(&id, |b| {
+            b["request_counts"]["completed"].as_i64() >= Some(6)
+        })
+        .await;
+    assert_eq!(some["status"], "in_progress", "{some:#}");
+    drop(first);
+    let second = gateway(&sim, &config(2)).await;
+    let done = client(&second).wait_for(&id, "completed").await;
+    let output = done["output_file_id"].as_str().unwrap_or_default();
+    assert_answered_once(&client(&second).output_lines(output).await, 100);
+    // Lines in flight at the stop finished there (within the drain time): none ran twice.
+    assert_eq!(sim.requests(), 100);
+    let ids = ledger_ids(&store, "glass3", 100).await;
+    let expected: BTreeSet<String> = (1..=100).map(|n| format!("{id}:{n}")).collect();
+    assert_eq!(ids, expected);
+}
