@@ -303,3 +303,61 @@ async fn failed_lines_go_to_the_error_file_on_both_routes() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_create_request_is_checked_field_by_field_and_active_batches_are_capped() {
+    // The simulator's batches stay in progress: the first one holds the key's only place.
+    let sim = Sim::with(sim_with(0, 1_000_000)).await;
+    let gw = gateway(&sim, "poll_ms = 50\nmax_active_per_key = 1").await;
+    let api = client(&gw);
+    let file_id = api.upload(batch_file("qwen-plus", 2)).await;
+    let post = |body: Value| {
+        api.http
+            .post(gw.url("/v1/batches"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&body)
+            .send()
+    };
+    let good = serde_json::json!({
+        "input_file_id": file_id,
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    });
+    let with = |field: &str, value: Value| {
+        let mut body = good.clone();
+        body[field] = value;
+        body
+    };
+    let pairs: serde_json::Map<String, Value> = (0..17)
+        .map(|n| (format!("k{n}"), Value::from("v")))
+        .collect();
+    let cases = [
+        (with("input_file_id", Value::Null), "input_file_id"),
+        (with("endpoint", "/v1/embeddings".into()), "endpoint"),
+        (with("completion_window", "1h".into()), "completion_window"),
+        (with("completion_window", 24.into()), "completion_window"),
+        (with("metadata", Value::Object(pairs)), "metadata"),
+        (with("metadata", serde_json::json!({"n": 1})), "metadata"),
+    ];
+    for (body, field) in cases {
+        let response = post(body.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status(), 400, "{body}");
+        let error = json_of(response).await;
+        assert_eq!(error_of(&error).1, Some(field), "{body}: {error}");
+    }
+    let first = json_of(post(good.clone()).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    assert_eq!(first["status"], "validating", "{first}");
+    let response = post(good.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 429);
+    let error = json_of(response).await;
+    assert_eq!(
+        error_of(&error),
+        ("too_many_batches", None, "rate_limit_error")
+    );
+    // Once it ends, there is room again.
+    let id = first["id"].as_str().unwrap_or_default();
+    assert_eq!(api.cancel(id).await.status(), 200);
+    api.wait_for(id, "cancelled").await;
+    let response = post(good).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 200);
+}
