@@ -361,3 +361,19 @@ async fn the_create_request_is_checked_field_by_field_and_active_batches_are_cap
     let response = post(good).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn passthrough_mode_has_no_batches_and_says_why() {
+    let sim = Sim::start().await;
+    let toml =
+        config_for(&sim, "", "").replace("[server]", "[auth]\nmode = \"passthrough\"\n\n[server]");
+    let gw = Gateway::start(&toml).await;
+    let api = Batches::new(&gw.url(""), UPSTREAM_KEY);
+    let response = api.create_raw("file-batch-any").await;
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    assert_eq!(error_of(&body).0, "batch_unsupported", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("auth.mode"), "{message}");
+    assert_eq!(api.get("/v1/batches").await.status(), 400);
+}
