@@ -377,3 +377,34 @@ async fn passthrough_mode_has_no_batches_and_says_why() {
     assert!(message.contains("auth.mode"), "{message}");
     assert_eq!(api.get("/v1/batches").await.status(), 400);
 }
+
+#[tokio::test]
+async fn a_batch_its_upstream_lost_fails_naming_why() {
+    let sim = Sim::start().await;
+    let gw = gateway(&sim, "poll_ms = 50").await;
+    let api = client(&gw);
+    let file_id = api.upload(batch_file("qwen-plus", 2)).await;
+    let body = serde_json::json!({
+        "input_file_id": file_id,
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"sim_fault": "404"},
+    });
+    let response = (api.http.post(gw.url("/v1/batches")).bearer_auth(CLIENT_KEY))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let batch = json_of(response).await;
+    let id = batch["id"].as_str().unwrap_or_default();
+    let failed = api.wait_for(id, "failed").await;
+    assert!(failed["failed_at"].as_i64().is_some(), "{failed:#}");
+    let error = &failed["errors"]["data"][0];
+    assert_eq!(error["code"], "upstream_batch_missing", "{failed:#}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no longer knows")
+    );
+}
