@@ -180,3 +180,30 @@ async fn a_clean_stop_lets_go_of_a_batch_so_the_next_gateway_takes_it_at_once() 
     let expected: BTreeSet<String> = (1..=100).map(|n| format!("{id}:{n}")).collect();
     assert_eq!(ids, expected);
 }
+
+#[tokio::test]
+async fn a_forwarded_batch_is_polled_on_by_the_next_gateway_and_metered_once() {
+    // The simulator ends the batch at its 20th poll: after the first gateway stops.
+    let sim = Sim::with(sim_with(0, 20)).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = format!("sqlite://{}/dashgate.db", dir.path().display());
+    let config = |n: usize| {
+        format!(
+            "poll_ms = 50\nlease_ms = 3600000\n\n[store]\nurl = \"{store}\"\n\n\
+             [files]\ndir = \"{dir}/files\"\n\n[usage]\njournal_path = \"{dir}/usage-{n}.journal\"",
+            dir = dir.path().display()
+        )
+    };
+    let first = gateway(&sim, &config(1)).await;
+    let made = client(&first).create(batch_file("qwen-plus", 5)).await;
+    let id = made["id"].as_str().unwrap_or_default().to_string();
+    client(&first).wait_for(&id, "in_progress").await;
+    drop(first);
+    let second = gateway(&sim, &config(2)).await;
+    let done = client(&second).wait_for(&id, "completed").await;
+    let output = done["output_file_id"].as_str().unwrap_or_default();
+    assert_answered_once(&client(&second).output_lines(output).await, 5);
+    let ids = ledger_ids(&store, "glass3", 5).await;
+    let expected: BTreeSet<String> = (1..=5).map(|n| format!("{id}:req-{n}")).collect();
+    assert_eq!(ids, expected);
+}

@@ -83,6 +83,10 @@ async fn run(shared: Arc<Shared>) {
         }
     }
     while tasks.join_next().await.is_some() {}
+    // Forwarded batches are held between polls too: a restarted gateway polls them at once.
+    if let Err(e) = shared.state.store.release_batches(&shared.me).await {
+        tracing::warn!(error = %e, "batches: leases not let go");
+    }
 }
 
 fn lock(busy: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {

@@ -304,6 +304,17 @@ impl Store {
         Ok(())
     }
 
+    /// Lets go of every lease a runner holds (it is stopping).
+    pub async fn release_batches(&self, runner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE batches SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+        )
+        .bind(runner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Keeps a line's answer; the first one kept wins (a line run twice is answered once).
     pub async fn add_batch_result(
         &self,
