@@ -42,8 +42,13 @@ cat >"$WORK/gateway.toml" <<EOF
 [store]
 url = "sqlite://$WORK/gateway.db"
 
+# Everything the gateway writes goes into the work directory, not the checkout.
 [usage]
 spill_path = "$WORK/usage.spill"
+journal_path = "$WORK/usage.journal"
+
+[files]
+dir = "$WORK/files"
 
 [[keys]]
 name = "bench"

@@ -199,7 +199,7 @@ async fn create_inner(
     })?;
     let now = now_ms();
     let mut record = BatchRecord {
-        id: format!("batch_{}", uuid::Uuid::new_v4()),
+        id: format!("batch_{}", uuid::Uuid::now_v7()),
         owner,
         key_hash: Some(key_hash),
         endpoint,

@@ -12,9 +12,10 @@ use super::runner::{caller_of, keep_file, settle};
 use super::{BY_UPSTREAM, BatchError};
 use crate::auth::{Caller, Limits};
 use crate::config::AuthMode;
+use crate::error::GatewayError;
 use crate::provider::Upstream;
 use crate::server::AppState;
-use crate::store::{BatchRecord, StoreError};
+use crate::store::{BatchRecord, StoreError, now_ms};
 use crate::usage::Meter;
 
 const ENDED: [&str; 4] = ["completed", "failed", "expired", "cancelled"];
@@ -53,12 +54,14 @@ pub async fn create(
         body["metadata"] = metadata;
     }
     let object = upstream.create_batch(&body).await?;
-    let id = object.get("id").and_then(Value::as_str).ok_or_else(|| {
-        crate::error::GatewayError::UpstreamProtocol {
-            upstream: upstream.config.name.clone(),
-            message: "the batch answer has no id".into(),
-        }
-    })?;
+    let id =
+        object
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GatewayError::UpstreamProtocol {
+                upstream: upstream.config.name.clone(),
+                message: "the batch answer has no id".into(),
+            })?;
     record.upstream_batch_id = Some(id.to_string());
     record.status = status_of(&object).to_string();
     Ok(())
@@ -91,8 +94,23 @@ pub async fn step(state: &Arc<AppState>, mut batch: BatchRecord) -> Result<(), S
     let polled = upstream.get_batch(&upstream_id).await;
     let object = match polled {
         Ok(object) => object,
+        // The upstream no longer knows it: no later poll will either.
+        Err(GatewayError::UpstreamRejected(r)) if r.status == 404 => {
+            let message = format!(
+                "upstream `{}` no longer knows batch `{upstream_id}`",
+                batch.upstream
+            );
+            batch.errors = Some(super::errors_of("upstream_batch_missing", &message));
+            return settle(state, &mut batch, "failed").await.map(|_| ());
+        }
+        // Past its window with the upstream still not answering: it will not end there now.
+        Err(e) if now_ms() > batch.expires_at => {
+            let message = format!("the upstream was not reachable by the batch's end: {e}");
+            batch.errors = Some(super::errors_of("upstream_unreachable", &message));
+            return settle(state, &mut batch, "expired").await.map(|_| ());
+        }
         Err(e) => {
-            // The next round tries again; the batch's own window still bounds it upstream.
+            // The next round tries again.
             tracing::warn!(batch = %batch.id, error = %e, "batch poll failed");
             return Ok(());
         }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::validate::Line;
 use crate::auth::Caller;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Limit};
 use crate::provider::Api;
 use crate::relay::{self, Dialect, Outcome, Request};
 use crate::server::AppState;
@@ -46,11 +46,12 @@ pub async fn run(
     stop: &CancellationToken,
 ) -> Option<BatchResult> {
     let request_id = format!("batch_req_{}", uuid::Uuid::new_v4().simple());
-    // A key over its limits waits rather than failing the line: a batch is not in a hurry.
+    // A key over its rate limits waits rather than failing the line: a batch is not in a
+    // hurry. A spent token quota does not come back by waiting: that line fails.
     let checked = loop {
         match state.limiter.admit(caller).await {
             Ok(checked) => break checked,
-            Err(GatewayError::RateLimited { retry_after, .. }) => {
+            Err(GatewayError::RateLimited { retry_after, limit }) if limit != Limit::TokenQuota => {
                 let secs = retry_after
                     .to_str()
                     .ok()

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{BY_GATEWAY, errors_of, validate};
 use crate::auth::Caller;
 use crate::server::AppState;
-use crate::store::{BatchRecord, FileRecord, StoreError, now_ms};
+use crate::store::{BatchRecord, BatchResult, FileRecord, StoreError, now_ms};
 
 /// The running runner, stopped at shutdown.
 pub struct Runner {
@@ -83,6 +83,10 @@ async fn run(shared: Arc<Shared>) {
         }
     }
     while tasks.join_next().await.is_some() {}
+    // Forwarded batches are held between polls too: a restarted gateway polls them at once.
+    if let Err(e) = shared.state.store.release_batches(&shared.me).await {
+        tracing::warn!(error = %e, "batches: leases not let go");
+    }
 }
 
 fn lock(busy: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -159,6 +163,9 @@ async fn fail(
 ) -> Result<(), StoreError> {
     tracing::warn!(batch = %batch.id, code, message, "batch failed");
     batch.errors = Some(errors_of(code, message));
+    // Lines answered before (say, before a restart) still reach the client.
+    let results = state.store.batch_results(&batch.id).await?;
+    keep_results(state, &mut batch, &results).await?;
     settle(state, &mut batch, "failed").await.map(|_| ())
 }
 
@@ -300,8 +307,20 @@ async fn finish(state: &AppState, mut batch: BatchRecord) -> Result<(), StoreErr
         // Lines left and nothing stopped it: another round runs them.
         _ => return Ok(()),
     };
+    keep_results(state, &mut batch, &results).await?;
+    settle(state, &mut batch, end).await?;
+    Ok(())
+}
+
+/// Writes the output and error files of the lines answered, and the counts, into `batch`.
+async fn keep_results(
+    state: &AppState,
+    batch: &mut BatchRecord,
+    results: &[BatchResult],
+) -> Result<(), StoreError> {
+    let answered = results.len() as i64;
     let (mut output, mut errors) = (Vec::new(), Vec::new());
-    for r in &results {
+    for r in results {
         let file = if r.ok { &mut output } else { &mut errors };
         file.extend_from_slice(r.output.as_bytes());
         file.push(b'\n');
@@ -317,6 +336,5 @@ async fn finish(state: &AppState, mut batch: BatchRecord) -> Result<(), StoreErr
         batch.error_file_id = Some(keep_file(state, &batch.owner, name, errors.into()).await?);
     }
     batch.finalizing_at = Some(now_ms());
-    settle(state, &mut batch, end).await?;
     Ok(())
 }

@@ -95,6 +95,8 @@ fn zero_decode_and_pdf_page_caps_are_refused() {
             "upstreams[0].media.max_decode_pixels",
         ),
         ("[files]\nmax_pdf_pages = 0", "files.max_pdf_pages"),
+        ("[batch]\nworkers = 0", "batch"),
+        ("[batch]\nmax_lines = 0", "batch"),
     ] {
         let text = format!("{section}\n{MINIMAL}");
         let config = parse(&text, "t.toml", &env_of(&[("UP_KEY", "k")]));

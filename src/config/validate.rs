@@ -86,6 +86,20 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             "queue_records, batch_records and memory_records must be at least 1",
         ));
     }
+    let batch = &config.batch;
+    if batch.max_file_bytes == 0
+        || batch.max_lines == 0
+        || batch.max_active_per_key < 1
+        || batch.workers == 0
+        || batch.poll_ms == 0
+        || batch.lease_ms == 0
+    {
+        problems.push(ConfigError::new(
+            "batch",
+            "max_file_bytes, max_lines, max_active_per_key, workers, poll_ms and lease_ms must be \
+             at least 1",
+        ));
+    }
     let server = &config.server;
     if server.header_timeout_ms == 0
         || server.body_timeout_ms == 0

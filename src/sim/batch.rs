@@ -4,7 +4,8 @@
 //! `--batch-polls`-th `GET`, which runs every line through the simulator's own chat endpoint and
 //! ends it `completed`, with an output file (lines answered 200) and an error file (the rest)
 //! read at `/compatible-mode/v1/files/{id}/content`. A cancel makes it `cancelling`; the next
-//! `GET` says `cancelled`, with no results.
+//! `GET` says `cancelled`, with no results. A batch made with `metadata.sim_fault = "404"` is
+//! lost: every `GET` of it is a 404 `not_found`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -168,6 +169,15 @@ async fn show(
         let Some(batch) = batches.get_mut(&id) else {
             return not_found(&id);
         };
+        // `metadata.sim_fault = "404"`: the batch is lost, as if DashScope had dropped it.
+        if batch
+            .object
+            .pointer("/metadata/sim_fault")
+            .and_then(Value::as_str)
+            == Some("404")
+        {
+            return not_found(&id);
+        }
         batch.polls += 1;
         let status = batch.object["status"].as_str().unwrap_or("").to_string();
         match status.as_str() {

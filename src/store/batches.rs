@@ -207,6 +207,7 @@ impl Store {
     }
 
     /// The owner's batches, newest first, those created before `after`'s when it is given.
+    /// Ids are time-ordered (UUIDv7), so two made in one millisecond still list in order.
     pub async fn batches(
         &self,
         owner: &str,
@@ -219,8 +220,8 @@ impl Store {
                 sqlx::query(&format!(
                     "SELECT {COLUMNS} FROM batches WHERE owner = $1 AND (created_at < \
                      (SELECT created_at FROM batches WHERE id = $2) OR (created_at = \
-                     (SELECT created_at FROM batches WHERE id = $2) AND id > $2)) \
-                     ORDER BY created_at DESC, id LIMIT {limit}"
+                     (SELECT created_at FROM batches WHERE id = $2) AND id < $2)) \
+                     ORDER BY created_at DESC, id DESC LIMIT {limit}"
                 ))
                 .bind(owner)
                 .bind(after)
@@ -230,7 +231,7 @@ impl Store {
             None => {
                 sqlx::query(&format!(
                     "SELECT {COLUMNS} FROM batches WHERE owner = $1 \
-                     ORDER BY created_at DESC, id LIMIT {limit}"
+                     ORDER BY created_at DESC, id DESC LIMIT {limit}"
                 ))
                 .bind(owner)
                 .fetch_all(&self.pool)
@@ -297,6 +298,17 @@ impl Store {
              WHERE id = $1 AND lease_owner = $2",
         )
         .bind(id)
+        .bind(runner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Lets go of every lease a runner holds (it is stopping).
+    pub async fn release_batches(&self, runner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE batches SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+        )
         .bind(runner)
         .execute(&self.pool)
         .await?;

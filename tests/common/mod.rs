@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+pub mod batches;
 pub mod echo;
 pub mod reading;
 pub mod resumable;
