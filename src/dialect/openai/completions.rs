@@ -18,7 +18,7 @@ use crate::dialect::{self, StreamTracker, UsageSink, event_stream_response};
 use crate::error::GatewayError;
 use crate::provider::Api;
 use crate::relay;
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 
 /// `POST /v1/completions`: plain and fill-in-the-middle prompts (Qwen coder models), relayed
 /// to the upstream's OpenAI-compatible `/completions`.

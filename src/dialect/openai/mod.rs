@@ -31,7 +31,7 @@ use crate::error::{GatewayError, json_response};
 use crate::event::ChatEvent;
 use crate::provider::Api;
 use crate::relay::{Dialect, Next, Outcome, Request, SseEvents, StreamSource, Upstreamed};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 pub use completions::completions;
 pub use models::{model, models, native_models};
 use reply::{DONE, error_event, fill_meta};
