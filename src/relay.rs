@@ -16,7 +16,7 @@ use crate::dialect::sse;
 use crate::error::GatewayError;
 use crate::event::{ChatEvent, Meta, Reply, StreamError};
 use crate::provider::{self, Api, Upstream};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transform::{self, MediaStats, Prepared};
 
 // Moved out, named here still so the dialects' imports stay as they were.

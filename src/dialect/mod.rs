@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::event::ChatEvent;
 use crate::relay::Step;
-use crate::server::RouteInfo;
+use crate::state::RouteInfo;
 use crate::telemetry::Metrics;
 use crate::transform::MediaStats;
 
@@ -277,7 +277,7 @@ pub struct Entry<'a> {
 /// then the body within its size and time limits. From the key on, the request has a meter:
 /// a refused request is recorded too.
 pub async fn admit(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     headers: &HeaderMap,
     body: Body,
     entry: Entry<'_>,
@@ -293,7 +293,7 @@ pub async fn admit(
 }
 
 async fn admit_in(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     headers: &HeaderMap,
     body: Body,
     entry: Entry<'_>,

@@ -197,6 +197,17 @@ impl Router {
     }
 }
 
+/// An upstream's health as `/readyz` and the admin API show it.
+pub fn upstream_health(u: &Upstream) -> serde_json::Value {
+    serde_json::json!({
+        "name": u.config.name,
+        "models": u.config.models,
+        "circuit": u.slot.circuit.state().as_str(),
+        "in_flight": u.slot.in_flight(u.config.max_concurrency),
+        "max_concurrency": u.config.max_concurrency,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

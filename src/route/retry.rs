@@ -11,7 +11,7 @@ use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::provider::sse::Upstreamed;
 use crate::provider::{self, Api, Upstream};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Failures worth another try, before the first byte: the upstream was unreachable, slow,
 /// overloaded or failing; never a client's 4xx other than 429.

@@ -28,7 +28,7 @@ pub use tap::Shape;
 use crate::auth::Caller;
 use crate::chat::{Chat, Message, Role};
 use crate::error::GatewayError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{SessionRecord, Store, now_ms};
 
 /// The request header naming a session.

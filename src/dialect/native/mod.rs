@@ -31,7 +31,7 @@ use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::error::{GatewayError, json_response};
 use crate::provider::Api;
 use crate::relay::{Dialect, Next, Outcome, Request, SseEvents, StreamSource};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 use reply::{error_frame, result_frame};
 
 /// How the native client wants its reply.
