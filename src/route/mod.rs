@@ -73,11 +73,6 @@ impl Router {
         Self { upstreams }
     }
 
-    /// The upstreams serving `model`.
-    pub fn serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
-        self.candidates(model)
-    }
-
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
     }
@@ -178,7 +173,8 @@ impl Router {
         })
     }
 
-    fn candidates<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
+    /// The upstreams serving `model`.
+    pub fn serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
         self.upstreams.iter().filter(move |u| u.serves(model))
     }
 
@@ -193,7 +189,7 @@ impl Router {
     }
 
     pub fn serves(&self, model: &str) -> bool {
-        self.candidates(model).next().is_some()
+        self.serving(model).next().is_some()
     }
 }
 
