@@ -58,24 +58,20 @@ pub enum Outcome {
     Whole(Reply, String),
 }
 
-/// Where a stream client's events come from.
-pub enum StreamSource {
-    /// The upstream's own events, in the client's dialect.
-    Raw(Upstreamed),
-    /// Canonical steps to encode, and the upstream's name.
-    Steps(BoxStream<'static, Step>, String),
-}
-
 impl Outcome {
-    /// The outcome for a client that asked for a stream: a whole translated reply becomes steps.
-    pub fn into_stream_source(self) -> StreamSource {
+    /// A translated outcome as the steps of a stream (a whole reply becomes steps, for a client
+    /// that asked for a stream), with the upstream's name; a raw reply has no steps and comes
+    /// back as the error, like `Arc::try_unwrap`.
+    // Moved once per request, as `Outcome::Raw` itself is: boxing would only add an allocation.
+    #[allow(clippy::result_large_err)]
+    pub fn try_into_steps(self) -> Result<(BoxStream<'static, Step>, String), Upstreamed> {
         match self {
-            Outcome::Raw(upstreamed) => StreamSource::Raw(upstreamed),
-            Outcome::Steps(steps, name) => StreamSource::Steps(steps, name),
+            Outcome::Raw(upstreamed) => Err(upstreamed),
+            Outcome::Steps(steps, name) => Ok((steps, name)),
             Outcome::Whole(reply, name) => {
                 let mut steps = vec![Step::Meta(reply.meta.clone())];
                 steps.extend(reply.events().into_iter().map(Step::Event));
-                StreamSource::Steps(futures_util::stream::iter(steps).boxed(), name)
+                Ok((futures_util::stream::iter(steps).boxed(), name))
             }
         }
     }

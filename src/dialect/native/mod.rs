@@ -30,7 +30,7 @@ use super::sse;
 use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::error::{GatewayError, json_response};
 use crate::provider::Api;
-use crate::relay::{Dialect, Next, Outcome, Request, SseEvents, StreamSource};
+use crate::relay::{Dialect, Next, Outcome, Request, SseEvents};
 use crate::state::{AppState, RequestId};
 use reply::{error_frame, result_frame};
 
@@ -295,13 +295,13 @@ fn stream_of(
     meter: &UsageSink,
 ) -> (BoxStream<'static, Bytes>, String) {
     let usage = meter.clone();
-    let upstreamed = match outcome.into_stream_source() {
-        StreamSource::Steps(steps, name) => {
+    let upstreamed = match outcome.try_into_steps() {
+        Ok((steps, name)) => {
             usage.upstream(&name);
             let encoder = FrameEncoder::new(request_id, options);
             return (encode_steps(steps, encoder, usage).boxed(), name);
         }
-        StreamSource::Raw(upstreamed) => upstreamed,
+        Err(upstreamed) => upstreamed,
     };
     let name = upstreamed.lease.upstream.config.name.clone();
     usage.upstream(&name);

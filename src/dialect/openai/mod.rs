@@ -30,7 +30,7 @@ use crate::chat;
 use crate::error::{GatewayError, json_response};
 use crate::event::ChatEvent;
 use crate::provider::Api;
-use crate::relay::{Dialect, Next, Outcome, Request, SseEvents, StreamSource, Upstreamed};
+use crate::relay::{Dialect, Next, Outcome, Request, SseEvents, Upstreamed};
 use crate::state::{AppState, RequestId};
 pub use completions::completions;
 pub use models::{model, models, native_models};
@@ -243,13 +243,13 @@ fn stream_of(
     let model = model.to_string();
     move |meter| {
         let usage = meter.clone();
-        let upstreamed = match outcome.into_stream_source() {
-            StreamSource::Steps(steps, name) => {
+        let upstreamed = match outcome.try_into_steps() {
+            Ok((steps, name)) => {
                 usage.upstream(&name);
                 let encoder = ChunkEncoder::new(request_id, model, include_usage);
                 return (encode_steps(steps, encoder, usage).boxed(), name);
             }
-            StreamSource::Raw(upstreamed) => upstreamed,
+            Err(upstreamed) => upstreamed,
         };
         let name = upstreamed.lease.upstream.config.name.clone();
         usage.upstream(&name);
