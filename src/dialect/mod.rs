@@ -1,10 +1,11 @@
 //! What clients speak: `openai` (DashScope's compatible mode) and `native` (DashScope's own
-//! API). `sse` is the event framing both share.
+//! API). `sse` (re-exported from the crate root, where the providers read it too) is the event
+//! framing both share.
 
 pub mod native;
 pub mod openai;
 pub mod scan;
-pub mod sse;
+pub use crate::sse;
 
 use axum::http::HeaderValue;
 use axum::response::Response;

@@ -9,10 +9,10 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::dialect::sse::EventSplitter;
 use crate::error::GatewayError;
 use crate::provider::{self, ReadError, Upstream};
 use crate::route::Lease;
+use crate::sse::EventSplitter;
 
 /// An upstream's successful response head, with what the rest of the reply needs.
 pub struct Upstreamed {
