@@ -94,7 +94,7 @@ pub async fn send_with_retries(
         let span = attempt_span(&upstream, call, attempt, last_error.as_ref());
         let send = upstream.send(
             api,
-            provider::Call {
+            provider::Outgoing {
                 body,
                 stream: call.stream,
                 request_id: call.request_id,
