@@ -33,8 +33,9 @@ pub enum Dialect {
     Native,
 }
 
-/// A decoded client request on its way upstream.
-pub struct Request<'a> {
+/// A decoded client chat request on its way upstream (named apart from axum's `Request`, the
+/// raw HTTP one the handlers take).
+pub struct ChatRequest<'a> {
     pub dialect: Dialect,
     /// The client's endpoint; on the fast path the upstream gets the same one.
     pub api: Api,
@@ -102,7 +103,7 @@ fn wire_for(upstream: &Upstream, client: Dialect) -> Dialect {
 
 pub async fn dispatch(
     state: &AppState,
-    request: Request<'_>,
+    request: ChatRequest<'_>,
 ) -> Result<(Outcome, Option<MediaStats>), GatewayError> {
     request.caller.check_model(&request.chat.model)?;
     let call = Call {
@@ -289,7 +290,7 @@ fn variant_of(variants: &[Variant], upstream: &Upstream) -> usize {
 /// model (almost always one); a text-only request needs none.
 async fn prepare_media(
     state: &AppState,
-    request: &Request<'_>,
+    request: &ChatRequest<'_>,
 ) -> Result<Vec<Variant>, GatewayError> {
     let mut variants: Vec<Variant> = Vec::new();
     if !transform::has_media(&request.chat) {

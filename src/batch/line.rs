@@ -13,7 +13,7 @@ use super::validate::Line;
 use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::provider::Api;
-use crate::relay::{self, Dialect, Outcome, Request};
+use crate::relay::{self, ChatRequest, Dialect, Outcome};
 use crate::server::AppState;
 use crate::store::BatchResult;
 use crate::usage::Meter;
@@ -123,7 +123,7 @@ async fn answer(
     let chat = crate::chat::decode(&line.body)?;
     meter.request(&chat.model, false);
     let headers = HeaderMap::new();
-    let request = Request {
+    let request = ChatRequest {
         dialect: Dialect::OpenAi,
         api: Api::Chat,
         chat,

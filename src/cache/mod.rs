@@ -203,7 +203,7 @@ impl Consult {
     pub async fn dispatch(
         self,
         state: &AppState,
-        request: relay::Request<'_>,
+        request: relay::ChatRequest<'_>,
     ) -> Result<(Outcome, Option<MediaStats>), GatewayError> {
         let dialect = request.dialect;
         let Some(active) = self.active else {

@@ -30,7 +30,7 @@ use super::sse;
 use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::error::{GatewayError, json_response};
 use crate::provider::Api;
-use crate::relay::{Dialect, Next, Outcome, Request, SseEvents};
+use crate::relay::{ChatRequest, Dialect, Next, Outcome, SseEvents};
 use crate::state::{AppState, RequestId};
 use reply::{error_frame, result_frame};
 
@@ -159,7 +159,7 @@ async fn metered(
             meter.clone(),
         );
         let first = async move {
-            let request = Request {
+            let request = ChatRequest {
                 dialect: Dialect::Native,
                 api,
                 chat,
@@ -192,7 +192,7 @@ async fn metered(
         let response = crate::cache::tag(response, cache_label);
         return Ok(crate::session::finish(session, response, shape).await);
     }
-    let request = Request {
+    let request = ChatRequest {
         dialect: Dialect::Native,
         api,
         chat,

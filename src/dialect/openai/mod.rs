@@ -30,7 +30,7 @@ use crate::chat;
 use crate::error::{GatewayError, json_response};
 use crate::event::ChatEvent;
 use crate::provider::Api;
-use crate::relay::{Dialect, Next, Outcome, Request, SseEvents, Upstreamed};
+use crate::relay::{ChatRequest, Dialect, Next, Outcome, SseEvents, Upstreamed};
 use crate::state::{AppState, RequestId};
 pub use completions::completions;
 pub use models::{model, models, native_models};
@@ -118,7 +118,7 @@ async fn metered_chat(
             meter.clone(),
         );
         let first = async move {
-            let request = Request {
+            let request = ChatRequest {
                 dialect: Dialect::OpenAi,
                 api: Api::Chat,
                 chat,
@@ -147,7 +147,7 @@ async fn metered_chat(
         let response = crate::cache::tag(response, cache_label);
         return Ok(crate::session::finish(session, response, shape).await);
     }
-    let request = Request {
+    let request = ChatRequest {
         dialect: Dialect::OpenAi,
         api: Api::Chat,
         chat,
