@@ -12,10 +12,10 @@ use futures_util::{Stream, StreamExt};
 use crate::auth::Caller;
 use crate::chat::Chat;
 use crate::config::UpstreamDialect;
-use crate::dialect::sse;
 use crate::error::GatewayError;
 use crate::event::{ChatEvent, Meta, Reply, StreamError};
 use crate::provider::{self, Api, Upstream};
+use crate::sse;
 use crate::state::AppState;
 use crate::transform::{self, MediaStats, Prepared};
 
