@@ -34,7 +34,7 @@ use crate::relay::{ChatRequest, Dialect, Next, Outcome, SseEvents, Upstreamed};
 use crate::state::{AppState, RequestId};
 pub use completions::completions;
 pub use models::{model, models, native_models};
-use reply::{DONE, error_event, fill_meta};
+use reply::{DONE, data_event, fill_meta};
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -136,7 +136,7 @@ async fn metered_chat(
                 }
                 Err(error) => {
                     meter2.failed(200, error.code());
-                    Err(error_event(&error.openai_body(&request_id2)))
+                    Err(data_event(&error.openai_body(&request_id2)))
                 }
             }
         };
@@ -283,13 +283,13 @@ fn raw_stream(
                 if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
                     usage.usage(&u);
                 }
-                let mut event = error_event(&body).to_vec();
+                let mut event = data_event(&body).to_vec();
                 event.extend_from_slice(DONE);
                 Bytes::from(event)
             }
             Err(error) => {
                 usage.failed(200, error.code());
-                error_event(&error.openai_body(&request_id))
+                data_event(&error.openai_body(&request_id))
             }
         }
     });
@@ -353,7 +353,7 @@ fn raw_events(
                     Next::End => return Some((Bytes::from_static(DONE), None)),
                     Next::Fail(error) => {
                         usage.failed(200, error.code());
-                        return Some((error_event(&error.openai_body(&request_id)), None));
+                        return Some((data_event(&error.openai_body(&request_id)), None));
                     }
                 }
             }
