@@ -254,7 +254,6 @@ fn in_dialect_of(path: &str, error: GatewayError, id: &str) -> Response {
     }
 }
 
-/// Serves until `shutdown` is cancelled; requests in flight are allowed to finish.
 /// Serves until `shutdown` is cancelled, then drains: no new connections, readiness reports
 /// unavailable, requests in flight finish; after `drain_timeout_ms` streams still running end
 /// with an error event.
