@@ -93,7 +93,7 @@ pub async fn run(
             output: output_line(&request_id, &line.custom_id, 200, body),
         },
         Err(e) => {
-            meter.failed(e.status().as_u16(), e.code());
+            meter.failed(e.status().as_u16(), &e);
             failed(line, &request_id, &e)
         }
     };

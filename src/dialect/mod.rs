@@ -122,8 +122,8 @@ pub fn encode_steps<E: StepEncoder>(
                     Some(step) => {
                         match &step {
                             Step::Event(ChatEvent::Usage(u)) => usage.usage(u),
-                            Step::Event(ChatEvent::Error(e)) => usage.failed(200, &e.code),
-                            Step::Fail(e) => usage.failed(200, e.code()),
+                            Step::Event(ChatEvent::Error(e)) => usage.stream_error(&e.code),
+                            Step::Fail(e) => usage.failed(200, e),
                             _ => {}
                         }
                         if let Some(bytes) = encoder.step(step) {
@@ -336,7 +336,7 @@ async fn admit_in(
         }
         Err(error) => {
             span.record("error.type", error.code());
-            meter.failed(error.status().as_u16(), error.code());
+            meter.failed(error.status().as_u16(), &error);
             Err(error)
         }
     }

@@ -107,7 +107,7 @@ async fn reply(
     )
     .await;
     if let Err(error) = &result {
-        meter.failed(error.status().as_u16(), error.native_code());
+        meter.failed(error.status().as_u16(), error);
     }
     result
 }
@@ -179,7 +179,7 @@ async fn metered(
                     Ok(stream_of(outcome, request_id2.clone(), options, &meter2).0)
                 }
                 Err(error) => {
-                    meter2.failed(200, error.native_code());
+                    meter2.failed(200, &error);
                     let status = error.status().as_u16();
                     Err(error_frame(1, status, &error.native_body(&request_id2)))
                 }
@@ -326,7 +326,7 @@ fn stream_of(
                 result_frame(1, &data)
             }
             Err(error) => {
-                usage.failed(200, error.native_code());
+                usage.failed(200, &error);
                 error_frame(1, error.status().as_u16(), &error.native_body(&request_id))
             }
         }
@@ -374,7 +374,7 @@ fn raw_frames(
             let mut relay = state?;
             match relay.events.next().await {
                 Next::Event(event) if sse::error_status(&event).is_some() => {
-                    relay.usage.failed(200, "upstream_error");
+                    relay.usage.stream_error("upstream_error");
                     Some((relay.ids.apply(event), None))
                 }
                 Next::Event(event) => {
@@ -385,7 +385,7 @@ fn raw_frames(
                 }
                 Next::End => None,
                 Next::Fail(error) => {
-                    relay.usage.failed(200, error.native_code());
+                    relay.usage.failed(200, &error);
                     let frame = error_frame(
                         relay.sent + 1,
                         error.status().as_u16(),

@@ -50,7 +50,7 @@ async fn completion_reply(
     let result = metered_completion(state, request_id, headers, &caller, bytes, &meter, started);
     let result = result.await;
     if let Err(error) = &result {
-        meter.failed(error.status().as_u16(), error.code());
+        meter.failed(error.status().as_u16(), error);
     }
     result
 }

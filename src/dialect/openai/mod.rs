@@ -70,7 +70,7 @@ async fn chat_reply(
     let (caller, bytes, meter) = super::admit(state, headers, body, entry).await?;
     let result = metered_chat(state, request_id, headers, caller, bytes, &meter, started).await;
     if let Err(error) = &result {
-        meter.failed(error.status().as_u16(), error.code());
+        meter.failed(error.status().as_u16(), error);
     }
     result
 }
@@ -135,7 +135,7 @@ async fn metered_chat(
                     Ok(stream(&meter2).0)
                 }
                 Err(error) => {
-                    meter2.failed(200, error.code());
+                    meter2.failed(200, &error);
                     Err(data_event(&error.openai_body(&request_id2)))
                 }
             }
@@ -288,7 +288,7 @@ fn raw_stream(
                 Bytes::from(event)
             }
             Err(error) => {
-                usage.failed(200, error.code());
+                usage.failed(200, &error);
                 data_event(&error.openai_body(&request_id))
             }
         }
@@ -340,7 +340,7 @@ fn raw_events(
                 match events.next().await {
                     Next::Event(event) if sse::is_done(&event) => return Some((event, None)),
                     Next::Event(event) if sse::is_error(&event) => {
-                        usage.failed(200, "upstream_error");
+                        usage.stream_error("upstream_error");
                         return Some((event, None));
                     }
                     Next::Event(event) => {
@@ -352,7 +352,7 @@ fn raw_events(
                     }
                     Next::End => return Some((Bytes::from_static(DONE), None)),
                     Next::Fail(error) => {
-                        usage.failed(200, error.code());
+                        usage.failed(200, &error);
                         return Some((data_event(&error.openai_body(&request_id)), None));
                     }
                 }
