@@ -28,6 +28,32 @@ pub struct Lease {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Lease {
+    /// The one place a try's outcome reaches its circuit: the response head came (`Ok`), or
+    /// the try or its body failed; only failures that are word on the upstream's health count.
+    pub fn report(&self, outcome: Result<(), &GatewayError>) {
+        match outcome {
+            Ok(()) => self.circuit.record_success(),
+            Err(error) if counts_against(error) => self.circuit.record_failure(),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Failures that say the upstream is unhealthy for this model, and so count against its
+/// circuit: unreachable, slow, 502/503/504, a broken reply. A 429 is a busy upstream, and a
+/// 500 is DashScope's answer to one request (`InternalError.Algo`), not word on its health:
+/// neither counts (a 500 is still retried).
+fn counts_against(error: &GatewayError) -> bool {
+    match error {
+        GatewayError::UpstreamUnreachable { .. }
+        | GatewayError::UpstreamTimeout { .. }
+        | GatewayError::UpstreamProtocol { .. } => true,
+        GatewayError::UpstreamStatus { status, .. } => matches!(status, 502..=504),
+        _ => false,
+    }
+}
+
 /// Per-upstream admission state.
 pub struct Slot {
     pub circuit: Circuits,

@@ -24,20 +24,6 @@ fn retryable(error: &GatewayError) -> bool {
     }
 }
 
-/// Failures that say the upstream is unhealthy for this model, and so count against its
-/// circuit: unreachable, slow, 502/503/504, a broken reply. A 429 is a busy upstream, and a
-/// 500 is DashScope's answer to one request (`InternalError.Algo`), not word on its health:
-/// neither counts (a 500 is still retried).
-fn counts_against(error: &GatewayError) -> bool {
-    match error {
-        GatewayError::UpstreamUnreachable { .. }
-        | GatewayError::UpstreamTimeout { .. }
-        | GatewayError::UpstreamProtocol { .. } => true,
-        GatewayError::UpstreamStatus { status, .. } => matches!(status, 502..=504),
-        _ => false,
-    }
-}
-
 /// A short label for metrics and logs.
 fn reason(error: &GatewayError) -> &'static str {
     match error {
@@ -119,7 +105,7 @@ pub async fn send_with_retries(
                 if let Some(log) = crate::telemetry::access_log::current() {
                     log.upstream_chosen(provider_name(&upstream));
                 }
-                lease.circuit.record_success();
+                lease.report(Ok(()));
                 return Ok(Upstreamed {
                     response,
                     lease,
@@ -129,9 +115,7 @@ pub async fn send_with_retries(
             }
             Err(error) => error,
         };
-        if counts_against(&error) {
-            lease.circuit.record_failure();
-        }
+        lease.report(Err(&error));
         if !retryable(&error) || attempt == retry.attempts {
             return Err(error);
         }
