@@ -115,7 +115,7 @@ pub async fn dispatch(
         meter: request.meter,
         reserve: 0,
     };
-    let variants = if transform::has_media(&request.chat) {
+    let variants = if request.chat.has_media() {
         let span = tracing::trace_span!(
             target: crate::telemetry::otel::TARGET,
             "dashgate.media",
@@ -293,7 +293,7 @@ async fn prepare_media(
     request: &ChatRequest<'_>,
 ) -> Result<Vec<Variant>, GatewayError> {
     let mut variants: Vec<Variant> = Vec::new();
-    if !transform::has_media(&request.chat) {
+    if !request.chat.has_media() {
         return Ok(variants);
     }
     for upstream in state.router.serving(&request.chat.model) {

@@ -56,6 +56,14 @@ impl Chat {
             .and_then(|o| o.include_usage)
             .unwrap_or(false)
     }
+
+    /// Whether any part is not text: decides the media pipeline and DashScope's multimodal
+    /// endpoint alike.
+    pub fn has_media(&self) -> bool {
+        self.messages.iter().any(|m| {
+            matches!(&m.content, Some(Content::Parts(parts)) if parts.iter().any(|p| p.kind != "text"))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
