@@ -60,6 +60,9 @@ echo "PostgreSQL on $pg_port, Redis on $redis_port"
 step "format"
 cargo fmt --all -- --check
 
+step "import loops (the module graph from crate:: and super:: paths; known loop edges in scripts/import-cycles.baseline)"
+python3 scripts/import-cycles.py --baseline scripts/import-cycles.baseline
+
 step "lint"
 cargo clippy --locked --all-targets -- -D warnings
 

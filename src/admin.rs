@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::auth::{hash_key, key_prefix, mint_key};
 use crate::error::{GatewayError, json_response};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 use crate::store::{KeyChanges, NewKey, StoreError, UsageFilter};
 
 /// The admin routes, or `None` when no admin token is set.
@@ -290,7 +290,7 @@ async fn upstreams(State(state): State<Arc<AppState>>) -> Response {
         .upstreams()
         .iter()
         .map(|u| {
-            let mut detail = crate::server::upstream_health(u);
+            let mut detail = crate::route::upstream_health(u);
             detail["provider"] = json!(u.config.provider);
             detail["base_url"] = json!(u.config.base_url);
             detail["weight"] = json!(u.config.weight);

@@ -25,6 +25,8 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod sim;
+pub mod sse;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod transform;

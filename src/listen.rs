@@ -110,7 +110,7 @@ pub async fn serve(
             drop(tcp);
             continue;
         };
-        crate::server::no_delay(&mut tcp);
+        no_delay(&mut tcp);
         let service = TowerToHyperService::new(app.clone());
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
@@ -129,4 +129,12 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Small SSE writes must leave at once: with Nagle's algorithm on, an event waits for the
+/// client's delayed ACK (about 40 ms on Linux).
+pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
 }

@@ -12,11 +12,11 @@ use futures_util::{Stream, StreamExt};
 use crate::auth::Caller;
 use crate::chat::Chat;
 use crate::config::UpstreamDialect;
-use crate::dialect::sse;
 use crate::error::GatewayError;
 use crate::event::{ChatEvent, Meta, Reply, StreamError};
 use crate::provider::{self, Api, Upstream};
-use crate::server::AppState;
+use crate::sse;
+use crate::state::AppState;
 use crate::transform::{self, MediaStats, Prepared};
 
 // Moved out, named here still so the dialects' imports stay as they were.
@@ -33,8 +33,9 @@ pub enum Dialect {
     Native,
 }
 
-/// A decoded client request on its way upstream.
-pub struct Request<'a> {
+/// A decoded client chat request on its way upstream (named apart from axum's `Request`, the
+/// raw HTTP one the handlers take).
+pub struct ChatRequest<'a> {
     pub dialect: Dialect,
     /// The client's endpoint; on the fast path the upstream gets the same one.
     pub api: Api,
@@ -58,24 +59,20 @@ pub enum Outcome {
     Whole(Reply, String),
 }
 
-/// Where a stream client's events come from.
-pub enum StreamSource {
-    /// The upstream's own events, in the client's dialect.
-    Raw(Upstreamed),
-    /// Canonical steps to encode, and the upstream's name.
-    Steps(BoxStream<'static, Step>, String),
-}
-
 impl Outcome {
-    /// The outcome for a client that asked for a stream: a whole translated reply becomes steps.
-    pub fn into_stream_source(self) -> StreamSource {
+    /// A translated outcome as the steps of a stream (a whole reply becomes steps, for a client
+    /// that asked for a stream), with the upstream's name; a raw reply has no steps and comes
+    /// back as the error, like `Arc::try_unwrap`.
+    // Moved once per request, as `Outcome::Raw` itself is: boxing would only add an allocation.
+    #[allow(clippy::result_large_err)]
+    pub fn try_into_steps(self) -> Result<(BoxStream<'static, Step>, String), Upstreamed> {
         match self {
-            Outcome::Raw(upstreamed) => StreamSource::Raw(upstreamed),
-            Outcome::Steps(steps, name) => StreamSource::Steps(steps, name),
+            Outcome::Raw(upstreamed) => Err(upstreamed),
+            Outcome::Steps(steps, name) => Ok((steps, name)),
             Outcome::Whole(reply, name) => {
                 let mut steps = vec![Step::Meta(reply.meta.clone())];
                 steps.extend(reply.events().into_iter().map(Step::Event));
-                StreamSource::Steps(futures_util::stream::iter(steps).boxed(), name)
+                Ok((futures_util::stream::iter(steps).boxed(), name))
             }
         }
     }
@@ -106,7 +103,7 @@ fn wire_for(upstream: &Upstream, client: Dialect) -> Dialect {
 
 pub async fn dispatch(
     state: &AppState,
-    request: Request<'_>,
+    request: ChatRequest<'_>,
 ) -> Result<(Outcome, Option<MediaStats>), GatewayError> {
     request.caller.check_model(&request.chat.model)?;
     let call = Call {
@@ -118,7 +115,7 @@ pub async fn dispatch(
         meter: request.meter,
         reserve: 0,
     };
-    let variants = if transform::has_media(&request.chat) {
+    let variants = if request.chat.has_media() {
         let span = tracing::trace_span!(
             target: crate::telemetry::otel::TARGET,
             "dashgate.media",
@@ -293,10 +290,10 @@ fn variant_of(variants: &[Variant], upstream: &Upstream) -> usize {
 /// model (almost always one); a text-only request needs none.
 async fn prepare_media(
     state: &AppState,
-    request: &Request<'_>,
+    request: &ChatRequest<'_>,
 ) -> Result<Vec<Variant>, GatewayError> {
     let mut variants: Vec<Variant> = Vec::new();
-    if !transform::has_media(&request.chat) {
+    if !request.chat.has_media() {
         return Ok(variants);
     }
     for upstream in state.router.serving(&request.chat.model) {

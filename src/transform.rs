@@ -57,11 +57,6 @@ const AUDIO_FORMATS: &[&str] = &[
     "wav", "mp3", "aac", "amr", "flac", "m4a", "ogg", "opus", "webm", "pcm",
 ];
 
-/// Whether a request has any part that is not text.
-pub fn has_media(chat: &Chat) -> bool {
-    chat.messages.iter().any(|m| matches!(&m.content, Some(Content::Parts(parts)) if parts.iter().any(|p| p.kind != "text")))
-}
-
 fn bad(at: String, message: impl std::fmt::Display) -> GatewayError {
     let text = format!("`{at}`: {message}");
     GatewayError::param(at, text)

@@ -301,8 +301,19 @@ async fn every_request_leaves_one_record_with_its_figures(backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bad.status(), 400);
+    // A refused native one: its reply has DashScope's code, its record the same code as above.
+    let bad_native = gw
+        .http
+        .post(gw.url("/api/v1/services/aigc/text-generation/generation"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": "qwen-plus", "input": {"messages": "no"}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bad_native.status(), 400);
+    assert_eq!(json_of(bad_native).await["code"], "InvalidParameter");
 
-    let found = records(&env.store, &by_key("glass3"), 4).await;
+    let found = records(&env.store, &by_key("glass3"), 5).await;
     let find = |route: &str, stream: bool, status: u16| {
         found
             .iter()
@@ -346,6 +357,11 @@ async fn every_request_leaves_one_record_with_its_figures(backend: Backend) {
         Some("invalid_parameter_error")
     );
     assert_eq!(refused.total_tokens, 0);
+    let refused_native = find("native_text", false, 400);
+    assert_eq!(
+        refused_native.error_code.as_deref(),
+        Some("invalid_parameter_error")
+    );
 
     // The admin API sums them up.
     let usage = env
@@ -354,7 +370,7 @@ async fn every_request_leaves_one_record_with_its_figures(backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let usage = json_of(usage).await;
-    assert_eq!(usage["totals"]["requests"], 4);
+    assert_eq!(usage["totals"]["requests"], 5);
     let sum: u64 = found.iter().map(|r| r.total_tokens).sum();
     assert_eq!(usage["totals"]["total_tokens"].as_u64(), Some(sum));
     let models: Vec<&str> = usage["groups"]
@@ -371,7 +387,7 @@ async fn every_request_leaves_one_record_with_its_figures(backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let by_day = json_of(by_day).await;
-    assert_eq!(by_day["groups"][0]["requests"], 4, "{by_day}");
+    assert_eq!(by_day["groups"][0]["requests"], 5, "{by_day}");
     let bad = env
         .admin(reqwest::Method::GET, "/admin/api/usage?group_by=colour")
         .send()

@@ -13,7 +13,7 @@ use super::validate::Line;
 use crate::auth::Caller;
 use crate::error::{GatewayError, Limit};
 use crate::provider::Api;
-use crate::relay::{self, Dialect, Outcome, Request};
+use crate::relay::{self, ChatRequest, Dialect, Outcome};
 use crate::server::AppState;
 use crate::store::BatchResult;
 use crate::usage::Meter;
@@ -94,7 +94,7 @@ pub async fn run(
             output: output_line(&request_id, &line.custom_id, 200, body),
         },
         Err(e) => {
-            meter.failed(e.status().as_u16(), e.code());
+            meter.failed(e.status().as_u16(), &e);
             failed(line, &request_id, &e)
         }
     };
@@ -124,7 +124,7 @@ async fn answer(
     let chat = crate::chat::decode(&line.body)?;
     meter.request(&chat.model, false);
     let headers = HeaderMap::new();
-    let request = Request {
+    let request = ChatRequest {
         dialect: Dialect::OpenAi,
         api: Api::Chat,
         chat,

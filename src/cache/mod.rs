@@ -89,7 +89,7 @@ impl Cache {
         // the request, a pure function of the frame and the policy: keying on both is keying
         // on what goes upstream, without processing the frame again for a hit.
         let mut policies = String::new();
-        if crate::transform::has_media(chat) {
+        if chat.has_media() {
             for upstream in router.serving(&chat.model) {
                 let fetches = upstream.fetcher.is_some();
                 policies.push_str(&format!("{:?}/{fetches};", upstream.media));
@@ -203,7 +203,7 @@ impl Consult {
     pub async fn dispatch(
         self,
         state: &AppState,
-        request: relay::Request<'_>,
+        request: relay::ChatRequest<'_>,
     ) -> Result<(Outcome, Option<MediaStats>), GatewayError> {
         let dialect = request.dialect;
         let Some(active) = self.active else {

@@ -1,6 +1,6 @@
 //! `[auth]`, `[[keys]]` and `[devices]`: who may call the gateway.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Secret;
 
@@ -47,7 +47,7 @@ pub struct StaticKey {
     /// Tokens this key may use in all, or per `quota_period`.
     pub token_quota: Option<u64>,
     #[serde(default)]
-    pub quota_period: crate::store::QuotaPeriod,
+    pub quota_period: QuotaPeriod,
     /// The account (a customer of a device maker) this key belongs to; it may mint device
     /// tokens for that account.
     #[serde(default)]
@@ -73,6 +73,35 @@ impl Default for DevicesConfig {
             signing_keys: Vec::new(),
             max_ttl_seconds: 86_400,
             revocation_refresh_ms: 5_000,
+        }
+    }
+}
+
+/// The span a token quota counts over (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaPeriod {
+    #[default]
+    Total,
+    Day,
+    Month,
+}
+
+impl QuotaPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Total => "total",
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "total" => Some(Self::Total),
+            "day" => Some(Self::Day),
+            "month" => Some(Self::Month),
+            _ => None,
         }
     }
 }

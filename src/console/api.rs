@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::{TokenSource, random_hex};
 use crate::error::{GatewayError, json_response};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 use crate::store::{Bucket, KeyRecord, StoreError, UsageFilter, now_ms};
 
 pub fn routes() -> Router<Arc<AppState>> {

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{COOKIE, CSRF_HEADER, SESSION_TTL};
 use crate::error::json_response;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The console's files: name, content type, bytes.
 const ASSETS: &[(&str, &str, &[u8])] = &[

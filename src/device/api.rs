@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::token::{self, Claims};
 use crate::error::{GatewayError, json_response};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 use crate::store::{now_ms, rfc3339};
 
 #[derive(Deserialize)]

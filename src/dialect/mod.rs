@@ -1,10 +1,11 @@
 //! What clients speak: `openai` (DashScope's compatible mode) and `native` (DashScope's own
-//! API). `sse` is the event framing both share.
+//! API). `sse` (re-exported from the crate root, where the providers read it too) is the event
+//! framing both share.
 
 pub mod native;
 pub mod openai;
 pub mod scan;
-pub mod sse;
+pub use crate::sse;
 
 use axum::http::HeaderValue;
 use axum::response::Response;
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::event::ChatEvent;
 use crate::relay::Step;
-use crate::server::RouteInfo;
+use crate::state::RouteInfo;
 use crate::telemetry::Metrics;
 use crate::transform::MediaStats;
 
@@ -121,8 +122,8 @@ pub fn encode_steps<E: StepEncoder>(
                     Some(step) => {
                         match &step {
                             Step::Event(ChatEvent::Usage(u)) => usage.usage(u),
-                            Step::Event(ChatEvent::Error(e)) => usage.failed(200, &e.code),
-                            Step::Fail(e) => usage.failed(200, e.code()),
+                            Step::Event(ChatEvent::Error(e)) => usage.stream_error(&e.code),
+                            Step::Fail(e) => usage.failed(200, e),
                             _ => {}
                         }
                         if let Some(bytes) = encoder.step(step) {
@@ -277,7 +278,7 @@ pub struct Entry<'a> {
 /// then the body within its size and time limits. From the key on, the request has a meter:
 /// a refused request is recorded too.
 pub async fn admit(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     headers: &HeaderMap,
     body: Body,
     entry: Entry<'_>,
@@ -293,7 +294,7 @@ pub async fn admit(
 }
 
 async fn admit_in(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     headers: &HeaderMap,
     body: Body,
     entry: Entry<'_>,
@@ -335,7 +336,7 @@ async fn admit_in(
         }
         Err(error) => {
             span.record("error.type", error.code());
-            meter.failed(error.status().as_u16(), error.code());
+            meter.failed(error.status().as_u16(), &error);
             Err(error)
         }
     }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::extract;
 use crate::error::{GatewayError, json_response};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 use crate::store::{FileRecord, now_ms};
 
 pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {

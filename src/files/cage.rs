@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use super::metrics::ExtractMetrics;
 use super::worker::{REFUSED, Refusal, WorkerArgs};
 use crate::config::FilesConfig;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{FileRecord, StoredText};
 
 /// What came of an extraction.

@@ -11,7 +11,7 @@ use crate::chat::{Chat, Content, Role};
 use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::provider::Upstream;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::FileRecord;
 
 /// A system message that names files: where it is, and the ids in order.

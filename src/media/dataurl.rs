@@ -213,3 +213,6 @@ mod tests {
         assert!(decode_payload("aGVsbG8=", 5).is_ok());
     }
 }
+
+#[cfg(test)]
+mod props;

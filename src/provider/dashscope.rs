@@ -17,11 +17,7 @@ pub fn is_multimodal(chat: &Chat) -> bool {
         || model.starts_with("qvq")
         || model.contains("omni")
         || model.contains("audio");
-    media_model
-        || chat.messages.iter().any(|m| match &m.content {
-            Some(Content::Parts(parts)) => parts.iter().any(|p| p.kind != "text"),
-            _ => false,
-        })
+    media_model || chat.has_media()
 }
 
 /// An OpenAI content part as a native item (`{text}`, `{image}`, `{video}`, `{audio}`); the

@@ -163,7 +163,11 @@ impl Upstream {
 
     /// Posts a request and waits for the response head (the first byte, for LLMs the first
     /// token). Non-2xx answers come back as the matching `GatewayError`.
-    pub async fn send(&self, api: Api, call: Call<'_>) -> Result<UpstreamResponse, GatewayError> {
+    pub async fn send(
+        &self,
+        api: Api,
+        call: Outgoing<'_>,
+    ) -> Result<UpstreamResponse, GatewayError> {
         let uri =
             self.uris[api as usize]
                 .clone()
@@ -292,8 +296,9 @@ impl Upstream {
     }
 }
 
-/// One chat call: what to send and on whose behalf.
-pub struct Call<'a> {
+/// One try of a chat call, as it goes to the upstream: what to send and on whose behalf (the
+/// client's side, the same for every try, is `route::retry::Call`).
+pub struct Outgoing<'a> {
     pub body: Bytes,
     pub stream: bool,
     pub request_id: &'a str,

@@ -9,10 +9,10 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::dialect::sse::EventSplitter;
 use crate::error::GatewayError;
 use crate::provider::{self, ReadError, Upstream};
 use crate::route::Lease;
+use crate::sse::EventSplitter;
 
 /// An upstream's successful response head, with what the rest of the reply needs.
 pub struct Upstreamed {
@@ -36,8 +36,8 @@ impl Upstreamed {
     pub async fn read_whole(self) -> Result<Bytes, GatewayError> {
         let upstream = self.lease.upstream.clone();
         let body = read_whole(self.response, &upstream, self.deadline).await;
-        if body.is_err() {
-            self.lease.circuit.record_failure();
+        if let Err(error) = &body {
+            self.lease.report(Err(error));
         }
         body
     }
@@ -157,12 +157,14 @@ impl SseEvents {
                 Ok(None) => self.ended = true,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(upstream = %upstream.config.name, error = %e, "upstream stream broke");
-                    self.lease.circuit.record_failure();
-                    return Next::Fail(protocol_error(upstream, "the stream broke off"));
+                    let error = protocol_error(upstream, "the stream broke off");
+                    self.lease.report(Err(&error));
+                    return Next::Fail(error);
                 }
                 Err(_) => {
-                    self.lease.circuit.record_failure();
-                    return Next::Fail(upstream.timeout());
+                    let error = upstream.timeout();
+                    self.lease.report(Err(&error));
+                    return Next::Fail(error);
                 }
             }
         }

@@ -28,6 +28,32 @@ pub struct Lease {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Lease {
+    /// The one place a try's outcome reaches its circuit: the response head came (`Ok`), or
+    /// the try or its body failed; only failures that are word on the upstream's health count.
+    pub fn report(&self, outcome: Result<(), &GatewayError>) {
+        match outcome {
+            Ok(()) => self.circuit.record_success(),
+            Err(error) if counts_against(error) => self.circuit.record_failure(),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Failures that say the upstream is unhealthy for this model, and so count against its
+/// circuit: unreachable, slow, 502/503/504, a broken reply. A 429 is a busy upstream, and a
+/// 500 is DashScope's answer to one request (`InternalError.Algo`), not word on its health:
+/// neither counts (a 500 is still retried).
+fn counts_against(error: &GatewayError) -> bool {
+    match error {
+        GatewayError::UpstreamUnreachable { .. }
+        | GatewayError::UpstreamTimeout { .. }
+        | GatewayError::UpstreamProtocol { .. } => true,
+        GatewayError::UpstreamStatus { status, .. } => matches!(status, 502..=504),
+        _ => false,
+    }
+}
+
 /// Per-upstream admission state.
 pub struct Slot {
     pub circuit: Circuits,
@@ -71,11 +97,6 @@ pub struct Router {
 impl Router {
     pub fn new(upstreams: Vec<Arc<Upstream>>) -> Self {
         Self { upstreams }
-    }
-
-    /// The upstreams serving `model`.
-    pub fn serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
-        self.candidates(model)
     }
 
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
@@ -178,7 +199,8 @@ impl Router {
         })
     }
 
-    fn candidates<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
+    /// The upstreams serving `model`.
+    pub fn serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
         self.upstreams.iter().filter(move |u| u.serves(model))
     }
 
@@ -193,8 +215,19 @@ impl Router {
     }
 
     pub fn serves(&self, model: &str) -> bool {
-        self.candidates(model).next().is_some()
+        self.serving(model).next().is_some()
     }
+}
+
+/// An upstream's health as `/readyz` and the admin API show it.
+pub fn upstream_health(u: &Upstream) -> serde_json::Value {
+    serde_json::json!({
+        "name": u.config.name,
+        "models": u.config.models,
+        "circuit": u.slot.circuit.state().as_str(),
+        "in_flight": u.slot.in_flight(u.config.max_concurrency),
+        "max_concurrency": u.config.max_concurrency,
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::provider::sse::Upstreamed;
 use crate::provider::{self, Api, Upstream};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Failures worth another try, before the first byte: the upstream was unreachable, slow,
 /// overloaded or failing; never a client's 4xx other than 429.
@@ -20,20 +20,6 @@ fn retryable(error: &GatewayError) -> bool {
         GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. } => true,
         GatewayError::UpstreamStatus { status, .. } => matches!(status, 500 | 502 | 503 | 504),
         GatewayError::UpstreamRejected(r) => r.status == 429,
-        _ => false,
-    }
-}
-
-/// Failures that say the upstream is unhealthy for this model, and so count against its
-/// circuit: unreachable, slow, 502/503/504, a broken reply. A 429 is a busy upstream, and a
-/// 500 is DashScope's answer to one request (`InternalError.Algo`), not word on its health:
-/// neither counts (a 500 is still retried).
-fn counts_against(error: &GatewayError) -> bool {
-    match error {
-        GatewayError::UpstreamUnreachable { .. }
-        | GatewayError::UpstreamTimeout { .. }
-        | GatewayError::UpstreamProtocol { .. } => true,
-        GatewayError::UpstreamStatus { status, .. } => matches!(status, 502..=504),
         _ => false,
     }
 }
@@ -94,7 +80,7 @@ pub async fn send_with_retries(
         let span = attempt_span(&upstream, call, attempt, last_error.as_ref());
         let send = upstream.send(
             api,
-            provider::Call {
+            provider::Outgoing {
                 body,
                 stream: call.stream,
                 request_id: call.request_id,
@@ -119,7 +105,7 @@ pub async fn send_with_retries(
                 if let Some(log) = crate::telemetry::access_log::current() {
                     log.upstream_chosen(provider_name(&upstream));
                 }
-                lease.circuit.record_success();
+                lease.report(Ok(()));
                 return Ok(Upstreamed {
                     response,
                     lease,
@@ -129,9 +115,7 @@ pub async fn send_with_retries(
             }
             Err(error) => error,
         };
-        if counts_against(&error) {
-            lease.circuit.record_failure();
-        }
+        lease.report(Err(&error));
         if !retryable(&error) || attempt == retry.attempts {
             return Err(error);
         }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{Entry, check_id, owner_of, store_failed};
 use crate::error::{GatewayError, json_response};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 
 pub fn routes() -> Router<Arc<AppState>> {
     let mut router = Router::new();

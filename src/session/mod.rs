@@ -28,7 +28,7 @@ pub use tap::Shape;
 use crate::auth::Caller;
 use crate::chat::{Chat, Message, Role};
 use crate::error::GatewayError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{SessionRecord, Store, now_ms};
 
 /// The request header naming a session.
@@ -235,7 +235,7 @@ async fn clean_turn(
         ..chat.clone()
     };
     let mut per_image = 0;
-    if crate::transform::has_media(&turn) {
+    if turn.has_media() {
         let media = match state.router.serving(&chat.model).next() {
             Some(upstream) => upstream.media.clone(),
             None => state.config.media.clone(),

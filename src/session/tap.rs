@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::Turn;
 use crate::chat::{Content, Message, Role};
-use crate::dialect::sse::{self, EventSplitter};
 use crate::event::{ChatEvent, Reply};
+use crate::sse::{self, EventSplitter};
 
 /// The shape of the reply the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

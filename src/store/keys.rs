@@ -6,34 +6,8 @@ use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, now_ms};
 
-/// The span a token quota counts over (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QuotaPeriod {
-    #[default]
-    Total,
-    Day,
-    Month,
-}
-
-impl QuotaPeriod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Total => "total",
-            Self::Day => "day",
-            Self::Month => "month",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "total" => Some(Self::Total),
-            "day" => Some(Self::Day),
-            "month" => Some(Self::Month),
-            _ => None,
-        }
-    }
-}
+// Configured per key as well as stored with it: the type is the config's.
+pub use crate::config::QuotaPeriod;
 
 /// A key as the store holds it (never the key itself).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::{Ledger, UsageRecord};
 use crate::auth::{Caller, Limits};
 use crate::config::Price;
+use crate::error::GatewayError;
 use crate::event::{ChatEvent, Usage};
 use crate::limit::Limiter;
 use crate::telemetry::Metrics;
@@ -203,8 +204,21 @@ impl Meter {
         self.with(|s| s.no_record = true);
     }
 
-    /// The request failed with `status`, or its stream ended with an error event (status 200).
-    pub fn failed(&self, status: u16, code: &str) {
+    /// The request failed with `error`, answered with `status` (200 when its stream had begun).
+    /// Every failure of either dialect is recorded through here or `stream_error`, by the
+    /// gateway's own code: a native client's failure leaves the same code in the ledger as an
+    /// OpenAI client's (its reply still carries DashScope's native code).
+    pub fn failed(&self, status: u16, error: &GatewayError) {
+        self.record_failure(status, error.code());
+    }
+
+    /// A stream that had begun ended with an error event carrying `code` (the upstream's own
+    /// event relayed as it came is `upstream_error`).
+    pub fn stream_error(&self, code: &str) {
+        self.record_failure(200, code);
+    }
+
+    fn record_failure(&self, status: u16, code: &str) {
         self.with(|s| {
             s.record.status = status;
             s.record.error_code = Some(code.to_string());

@@ -30,8 +30,8 @@ use super::sse;
 use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
 use crate::error::{GatewayError, json_response};
 use crate::provider::Api;
-use crate::relay::{Dialect, Next, Outcome, Request, SseEvents, StreamSource};
-use crate::server::{AppState, RequestId};
+use crate::relay::{ChatRequest, Dialect, Next, Outcome, SseEvents};
+use crate::state::{AppState, RequestId};
 use reply::{error_frame, result_frame};
 
 /// How the native client wants its reply.
@@ -107,7 +107,7 @@ async fn reply(
     )
     .await;
     if let Err(error) = &result {
-        meter.failed(error.status().as_u16(), error.native_code());
+        meter.failed(error.status().as_u16(), error);
     }
     result
 }
@@ -159,7 +159,7 @@ async fn metered(
             meter.clone(),
         );
         let first = async move {
-            let request = Request {
+            let request = ChatRequest {
                 dialect: Dialect::Native,
                 api,
                 chat,
@@ -179,7 +179,7 @@ async fn metered(
                     Ok(stream_of(outcome, request_id2.clone(), options, &meter2).0)
                 }
                 Err(error) => {
-                    meter2.failed(200, error.native_code());
+                    meter2.failed(200, &error);
                     let status = error.status().as_u16();
                     Err(error_frame(1, status, &error.native_body(&request_id2)))
                 }
@@ -192,7 +192,7 @@ async fn metered(
         let response = crate::cache::tag(response, cache_label);
         return Ok(crate::session::finish(session, response, shape).await);
     }
-    let request = Request {
+    let request = ChatRequest {
         dialect: Dialect::Native,
         api,
         chat,
@@ -295,13 +295,13 @@ fn stream_of(
     meter: &UsageSink,
 ) -> (BoxStream<'static, Bytes>, String) {
     let usage = meter.clone();
-    let upstreamed = match outcome.into_stream_source() {
-        StreamSource::Steps(steps, name) => {
+    let upstreamed = match outcome.try_into_steps() {
+        Ok((steps, name)) => {
             usage.upstream(&name);
             let encoder = FrameEncoder::new(request_id, options);
             return (encode_steps(steps, encoder, usage).boxed(), name);
         }
-        StreamSource::Raw(upstreamed) => upstreamed,
+        Err(upstreamed) => upstreamed,
     };
     let name = upstreamed.lease.upstream.config.name.clone();
     usage.upstream(&name);
@@ -326,7 +326,7 @@ fn stream_of(
                 result_frame(1, &data)
             }
             Err(error) => {
-                usage.failed(200, error.native_code());
+                usage.failed(200, &error);
                 error_frame(1, error.status().as_u16(), &error.native_body(&request_id))
             }
         }
@@ -374,7 +374,7 @@ fn raw_frames(
             let mut relay = state?;
             match relay.events.next().await {
                 Next::Event(event) if sse::error_status(&event).is_some() => {
-                    relay.usage.failed(200, "upstream_error");
+                    relay.usage.stream_error("upstream_error");
                     Some((relay.ids.apply(event), None))
                 }
                 Next::Event(event) => {
@@ -385,7 +385,7 @@ fn raw_frames(
                 }
                 Next::End => None,
                 Next::Fail(error) => {
-                    relay.usage.failed(200, error.native_code());
+                    relay.usage.failed(200, &error);
                     let frame = error_frame(
                         relay.sent + 1,
                         error.status().as_u16(),

@@ -17,6 +17,7 @@ use futures_util::{Stream, StreamExt};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod completions;
 mod models;
 mod reply;
 
@@ -29,10 +30,11 @@ use crate::chat;
 use crate::error::{GatewayError, json_response};
 use crate::event::ChatEvent;
 use crate::provider::Api;
-use crate::relay::{self, Dialect, Next, Outcome, Request, SseEvents, StreamSource, Upstreamed};
-use crate::server::{AppState, RequestId};
+use crate::relay::{ChatRequest, Dialect, Next, Outcome, SseEvents, Upstreamed};
+use crate::state::{AppState, RequestId};
+pub use completions::completions;
 pub use models::{model, models, native_models};
-use reply::{DONE, error_event, fill_meta};
+use reply::{DONE, data_event, fill_meta};
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -68,7 +70,7 @@ async fn chat_reply(
     let (caller, bytes, meter) = super::admit(state, headers, body, entry).await?;
     let result = metered_chat(state, request_id, headers, caller, bytes, &meter, started).await;
     if let Err(error) = &result {
-        meter.failed(error.status().as_u16(), error.code());
+        meter.failed(error.status().as_u16(), error);
     }
     result
 }
@@ -116,7 +118,7 @@ async fn metered_chat(
             meter.clone(),
         );
         let first = async move {
-            let request = Request {
+            let request = ChatRequest {
                 dialect: Dialect::OpenAi,
                 api: Api::Chat,
                 chat,
@@ -133,8 +135,8 @@ async fn metered_chat(
                     Ok(stream(&meter2).0)
                 }
                 Err(error) => {
-                    meter2.failed(200, error.code());
-                    Err(error_event(&error.openai_body(&request_id2)))
+                    meter2.failed(200, &error);
+                    Err(data_event(&error.openai_body(&request_id2)))
                 }
             }
         };
@@ -145,7 +147,7 @@ async fn metered_chat(
         let response = crate::cache::tag(response, cache_label);
         return Ok(crate::session::finish(session, response, shape).await);
     }
-    let request = Request {
+    let request = ChatRequest {
         dialect: Dialect::OpenAi,
         api: Api::Chat,
         chat,
@@ -241,13 +243,13 @@ fn stream_of(
     let model = model.to_string();
     move |meter| {
         let usage = meter.clone();
-        let upstreamed = match outcome.into_stream_source() {
-            StreamSource::Steps(steps, name) => {
+        let upstreamed = match outcome.try_into_steps() {
+            Ok((steps, name)) => {
                 usage.upstream(&name);
                 let encoder = ChunkEncoder::new(request_id, model, include_usage);
                 return (encode_steps(steps, encoder, usage).boxed(), name);
             }
-            StreamSource::Raw(upstreamed) => upstreamed,
+            Err(upstreamed) => upstreamed,
         };
         let name = upstreamed.lease.upstream.config.name.clone();
         usage.upstream(&name);
@@ -281,13 +283,13 @@ fn raw_stream(
                 if let Some(u) = crate::provider::openai::usage_of_completion(&body) {
                     usage.usage(&u);
                 }
-                let mut event = error_event(&body).to_vec();
+                let mut event = data_event(&body).to_vec();
                 event.extend_from_slice(DONE);
                 Bytes::from(event)
             }
             Err(error) => {
-                usage.failed(200, error.code());
-                error_event(&error.openai_body(&request_id))
+                usage.failed(200, &error);
+                data_event(&error.openai_body(&request_id))
             }
         }
     });
@@ -338,7 +340,7 @@ fn raw_events(
                 match events.next().await {
                     Next::Event(event) if sse::is_done(&event) => return Some((event, None)),
                     Next::Event(event) if sse::is_error(&event) => {
-                        usage.failed(200, "upstream_error");
+                        usage.stream_error("upstream_error");
                         return Some((event, None));
                     }
                     Next::Event(event) => {
@@ -350,8 +352,8 @@ fn raw_events(
                     }
                     Next::End => return Some((Bytes::from_static(DONE), None)),
                     Next::Fail(error) => {
-                        usage.failed(200, error.code());
-                        return Some((error_event(&error.openai_body(&request_id)), None));
+                        usage.failed(200, &error);
+                        return Some((data_event(&error.openai_body(&request_id)), None));
                     }
                 }
             }
@@ -379,86 +381,4 @@ fn take_usage(event: &[u8], usage: &UsageSink) -> bool {
         }
     }
     only_usage
-}
-
-/// `POST /v1/completions`: plain and fill-in-the-middle prompts (Qwen coder models), relayed
-/// to the upstream's OpenAI-compatible `/completions`.
-pub async fn completions(
-    State(state): State<Arc<AppState>>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match completion_reply(&state, &request_id, &headers, body).await {
-        Ok(response) => response,
-        Err(error) => error_response(error, &request_id),
-    }
-}
-
-async fn completion_reply(
-    state: &Arc<AppState>,
-    request_id: &Arc<str>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, GatewayError> {
-    let started = Instant::now();
-    let entry = super::Entry {
-        route: "completions",
-        dialect: "openai",
-        request_id,
-    };
-    let (caller, bytes, meter) = super::admit(state, headers, body, entry).await?;
-    let result = metered_completion(state, request_id, headers, &caller, bytes, &meter, started);
-    let result = result.await;
-    if let Err(error) = &result {
-        meter.failed(error.status().as_u16(), error.code());
-    }
-    result
-}
-
-async fn metered_completion(
-    state: &Arc<AppState>,
-    request_id: &Arc<str>,
-    headers: &HeaderMap,
-    caller: &crate::auth::Caller,
-    bytes: Bytes,
-    meter: &UsageSink,
-    started: Instant,
-) -> Result<Response, GatewayError> {
-    let request = chat::decode_completion(&bytes)?;
-    meter.request(&request.model, request.is_stream());
-    caller.check_model(&request.model)?;
-    let stream = request.is_stream();
-    let ticket = crate::resume::Ticket::new(&state.resume, caller, "completions", &bytes, stream);
-    if stream && let Some(resumed) = crate::resume::reconnect(&ticket, headers, meter) {
-        return Ok(super::tagged(resumed?, &request.model, "-"));
-    }
-    let call = relay::Call {
-        model: &request.model,
-        stream,
-        caller,
-        headers,
-        request_id,
-        meter,
-        reserve: relay::reserve_for(state, bytes.len(), &Default::default(), request.max_tokens),
-    };
-    let upstreamed =
-        relay::send_with_retries(state, &call, |_| (Api::Completions, bytes.clone())).await?;
-    let name = upstreamed.lease.upstream.config.name.clone();
-    meter.upstream(&name);
-    let response = if stream && upstreamed.is_event_stream() {
-        let tracker = StreamTracker::new(state.metrics.clone(), "completions", started, meter)
-            .resumable(ticket);
-        let events = raw_events(
-            upstreamed.into_events(),
-            request_id.clone(),
-            meter.clone(),
-            true,
-            IdRewriter::completion(request_id),
-        );
-        event_stream_response(events, tracker)
-    } else {
-        whole_response(upstreamed, IdRewriter::completion(request_id), meter).await?
-    };
-    Ok(super::tagged(response, &request.model, &name))
 }

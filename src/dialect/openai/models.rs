@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
 use crate::error::{GatewayError, json_response};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 
 /// `GET /v1/models`.
 pub async fn models(

@@ -13,7 +13,9 @@ use crate::relay::Step;
 
 pub(super) const DONE: &[u8] = b"data: [DONE]\n\n";
 
-pub(super) fn error_event(json: &[u8]) -> Bytes {
+/// One SSE `data:` event around a JSON payload: a chunk, a whole reply sent as a stream, or an
+/// error.
+pub(super) fn data_event(json: &[u8]) -> Bytes {
     let mut event = Vec::with_capacity(json.len() + 8);
     event.extend_from_slice(b"data: ");
     event.extend_from_slice(json);
@@ -66,7 +68,7 @@ impl ChunkEncoder {
             "model": self.meta.model,
             "id": self.meta.id,
         });
-        error_event(&serde_json::to_vec(&chunk).unwrap_or_default())
+        data_event(&serde_json::to_vec(&chunk).unwrap_or_default())
     }
 }
 
@@ -101,11 +103,11 @@ impl StepEncoder for ChunkEncoder {
             }
             Step::Event(ChatEvent::Error(error)) => {
                 self.failed = true;
-                Some(error_event(&stream_error_json(&error, &self.request_id)))
+                Some(data_event(&stream_error_json(&error, &self.request_id)))
             }
             Step::Fail(error) => {
                 self.failed = true;
-                Some(error_event(&error.openai_body(&self.request_id)))
+                Some(data_event(&error.openai_body(&self.request_id)))
             }
         }
     }
@@ -166,7 +168,7 @@ fn with_search_info(event: &Bytes, info: &Value) -> Bytes {
         return event.clone();
     };
     chunk.insert("search_info".into(), info.clone());
-    error_event(&serde_json::to_vec(&chunk).unwrap_or_default())
+    data_event(&serde_json::to_vec(&chunk).unwrap_or_default())
 }
 
 /// Usage in the compatible-mode shape, details only where the upstream gave them.
