@@ -14,6 +14,11 @@
 #   LATENCY_MS   simulator's fixed delay per reply   [1]
 #   RATES        fixed arrival rates, req/s (open loop) ["2000 4000"]
 #   OPEN_STREAMS streams held open for the memory row [1000]
+#   ROUNDS       rounds of every run; the contestants' order rotates each round and every
+#                cell shows the median over rounds [min-max]; added latency is paired per
+#                round (contestant - direct in the same round) before the median   [1]
+#   MAX_TOTAL_SECONDS  no round starts after this long; the rounds done are reported  [1800]
+#   FRAME_REQUESTS     requests of the camera-frame run             [60]
 #   BEFORE       another dashgate binary (an older build) to run as a fourth contestant,
 #                for a before/after table                       [unset]
 #   NO_BUILD=1   skip the build
@@ -27,6 +32,9 @@ LATENCY_MS=${LATENCY_MS:-1}
 OPEN_STREAMS=${OPEN_STREAMS:-1000}
 RATES=${RATES:-"2000 4000"}
 BEFORE=${BEFORE:-}
+ROUNDS=${ROUNDS:-1}
+MAX_TOTAL_SECONDS=${MAX_TOTAL_SECONDS:-1800}
+FRAME_REQUESTS=${FRAME_REQUESTS:-60}
 
 if ! command -v nginx >/dev/null 2>&1; then
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
@@ -189,54 +197,97 @@ load() {
         'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "-" }')
 }
 
-declare -A P50 P99 RPS T50 T99 CPU
-measure() { # LABEL ARGS...: every contestant, the order rotated per row
+# Each run's figures, one value per round, space-separated: the medians below come from them.
+declare -A L50 L99 LRPS LT50 LT99 LCPU
+measure() { # LABEL ARGS...: every contestant, the order rotated per row and per round
     local label=$1 n=${#CONTESTANTS[@]} i
     shift
     for ((i = 0; i < n; i++)); do
-        local t=${CONTESTANTS[$(((i + ROW) % n))]}
+        local t=${CONTESTANTS[$(((i + ROW + ROUND) % n))]}
         load "$t" "$label" "$@"
-        P50[$t$label]=$(field "$OUT" p50_ms)
-        P99[$t$label]=$(field "$OUT" p99_ms)
-        RPS[$t$label]=$(field "$OUT" rps)
-        T50[$t$label]=$(field "$OUT" ttfb_p50_ms)
-        T99[$t$label]=$(field "$OUT" ttfb_p99_ms)
-        CPU[$t$label]=$CPU_US
+        L50[$t$label]+=" $(field "$OUT" p50_ms)"
+        L99[$t$label]+=" $(field "$OUT" p99_ms)"
+        LRPS[$t$label]+=" $(field "$OUT" rps)"
+        LT50[$t$label]+=" $(field "$OUT" ttfb_p50_ms)"
+        LT99[$t$label]+=" $(field "$OUT" ttfb_p99_ms)"
+        LCPU[$t$label]+=" $CPU_US"
     done
     ROW=$((ROW + 1))
 }
 
-ROW=0
-LABELS=()
-for conc in $CONCURRENCY; do
-    measure "json-c$conc" --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
-    LABELS+=("json-c$conc")
-done
-# Open loop: requests arrive at a fixed rate whatever the latency (at most 256 in flight).
-for rate in $RATES; do
-    measure "json-r$rate" --rate "$rate" --concurrency 256 --requests "$((rate * MAX_SECONDS / 2))" --max-seconds "$MAX_SECONDS" --warmup 500
-    LABELS+=("json-r$rate")
-done
-for conc in 16 64; do
-    measure "stream-c$conc" --stream --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
-    LABELS+=("stream-c$conc")
-done
-# Paced: the 20 events 1 ms apart, as a model emits tokens, so each arrives on its own (in the
-# rows above the simulator writes all 20 at once and they arrive as one burst).
 printf '{"model":"qwen-plus","messages":[{"role":"user","content":"%s"}],"sim":{"chunk_delay_ms":1}}' \
     "Benchmark prompt: please answer with a short friendly greeting, thank you." >"$WORK/paced.json"
-measure "paced-c64" --stream --concurrency 64 --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 200 --body "$WORK/paced.json"
-LABELS+=("paced-c64")
-# The same streams arriving at a fixed rate that leaves the core mostly idle (about four open
-# at a time): what the gateway adds to the first token when it is not queueing for the CPU.
-measure "paced-r200" --stream --rate 200 --concurrency 64 --requests 1000 --max-seconds "$MAX_SECONDS" --warmup 100 --body "$WORK/paced.json"
-LABELS+=("paced-r200")
-# A camera frame of about 5 MB as base64, within the pixel budget and without metadata: it
-# passes byte-identical after validation.
 target/release/examples/frame 3600 2700 >"$WORK/frame.json" 2>/dev/null
 FRAME_BYTES=$(stat -c %s "$WORK/frame.json")
-measure "frame" --concurrency 1 --requests 60 --max-seconds 60 --warmup 4 --body "$WORK/frame.json"
-LABELS+=("frame")
+# The paced stream run at 200/s lasts at most half the run time (1,000 streams at the default).
+PACED_RATE_REQUESTS=$((MAX_SECONDS * 100 < 1000 ? MAX_SECONDS * 100 : 1000))
+
+one_round() {
+    ROW=0
+    LABELS=()
+    for conc in $CONCURRENCY; do
+        measure "json-c$conc" --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
+        LABELS+=("json-c$conc")
+    done
+    # Open loop: requests arrive at a fixed rate whatever the latency (at most 256 in flight).
+    for rate in $RATES; do
+        measure "json-r$rate" --rate "$rate" --concurrency 256 --requests "$((rate * MAX_SECONDS / 2))" --max-seconds "$MAX_SECONDS" --warmup 500
+        LABELS+=("json-r$rate")
+    done
+    for conc in 16 64; do
+        measure "stream-c$conc" --stream --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
+        LABELS+=("stream-c$conc")
+    done
+    # Paced: the 20 events 1 ms apart, as a model emits tokens, so each arrives on its own (in
+    # the rows above the simulator writes all 20 at once and they arrive as one burst).
+    measure "paced-c64" --stream --concurrency 64 --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 200 --body "$WORK/paced.json"
+    LABELS+=("paced-c64")
+    # The same streams arriving at a fixed rate that leaves the core mostly idle (about four
+    # open at a time): what the gateway adds to the first token when it is not queueing.
+    measure "paced-r200" --stream --rate 200 --concurrency 64 --requests "$PACED_RATE_REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 100 --body "$WORK/paced.json"
+    LABELS+=("paced-r200")
+    # A camera frame of about 5 MB as base64, within the pixel budget and without metadata:
+    # it passes byte-identical after validation.
+    measure "frame" --concurrency 1 --requests "$FRAME_REQUESTS" --max-seconds 60 --warmup 4 --body "$WORK/frame.json"
+    LABELS+=("frame")
+}
+
+STARTED=$SECONDS
+ROUNDS_DONE=0
+for ((ROUND = 0; ROUND < ROUNDS; ROUND++)); do
+    if ((ROUND > 0 && SECONDS - STARTED > MAX_TOTAL_SECONDS)); then
+        echo "MAX_TOTAL_SECONDS ($MAX_TOTAL_SECONDS) reached: $ROUNDS_DONE of $ROUNDS rounds run" >&2
+        break
+    fi
+    one_round
+    ROUNDS_DONE=$((ROUND + 1))
+    echo "round $ROUNDS_DONE of $ROUNDS done after $((SECONDS - STARTED)) s" >&2
+done
+
+# stats VALUES...: "median min max" ("-" values, from runs that completed nothing, left out).
+stats() {
+    tr ' ' '\n' <<<"$*" | awk '$1 != "" && $1 != "-"' | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "- - -"; exit }
+            m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            print m, v[1], v[NR]
+        }'
+}
+median() { local s; s=$(stats "$@"); echo "${s%% *}"; }
+# cell VALUES...: the median, and with more than one round its spread "[min-max]".
+cell() {
+    local m lo hi
+    read -r m lo hi <<<"$(stats "$@")"
+    if ((ROUNDS_DONE > 1)) && [[ $m != - ]]; then echo "$m [$lo–$hi]"; else echo "$m"; fi
+}
+# paired A_VALUES B_VALUES: per-round differences a - b, space-separated.
+paired() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) if (x[i] != "-" && y[i] != "-") printf "%.3f ", x[i] - y[i]
+    }'
+}
 
 LOADED_GW=$(rss_kib "$GATEWAY_PID")
 LOADED_NGINX=$(rss_kib "$NGINX_MASTER" $NGINX_PIDS)
@@ -264,23 +315,31 @@ ratio() { # GATEWAY_ADDED NGINX_ADDED
 }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 is_stream() { [[ $1 == stream-* || $1 == paced-* ]]; }
-# added CONTESTANT LABEL [P50 P99]: "p50 / p99" over direct, from P50/P99 (or the arrays named)
+# added CONTESTANT LABEL [L50 L99]: "p50 / p99" over direct, paired per round, from the
+# per-round lists L50/L99 (or the ones named)
 added() {
-    local -n a50=${3:-P50} a99=${4:-P99}
-    echo "$(minus "${a50[$1$2]}" "${a50[direct$2]}") / $(minus "${a99[$1$2]}" "${a99[direct$2]}")"
+    local -n a50=${3:-L50} a99=${4:-L99}
+    echo "$(cell "$(paired "${a50[$1$2]}" "${a50[direct$2]}")") / $(cell "$(paired "${a99[$1$2]}" "${a99[direct$2]}")")"
+}
+# added_median CONTESTANT LABEL LIST: the median of the paired per-round differences
+added_median() {
+    local -n list=$3
+    median "$(paired "${list[$1$2]}" "${list[direct$2]}")"
 }
 
 echo
 echo "simulator --latency-ms $LATENCY_MS; $REQUESTS requests or ${MAX_SECONDS}s per run; contestant + simulator on core 1, loadgen on core 0"
 echo "frame body: $FRAME_BYTES bytes; added = contestant - direct; ratio = dashgate added / nginx added"
+if ((ROUNDS_DONE > 1)); then
+    echo "$ROUNDS_DONE rounds, contestants rotated each round: median [min–max] over rounds; added paired per round; ratio of the medians"
+fi
 echo
 echo "| run | direct p50 / p99 ms | nginx added p50 / p99 ms | dashgate added p50 / p99 ms | ratio p50 / p99 | rps direct / nginx / dashgate |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 for l in "${LABELS[@]}"; do
-    d50=${P50[direct$l]} d99=${P99[direct$l]}
-    n50=$(minus "${P50[nginx$l]}" "$d50") n99=$(minus "${P99[nginx$l]}" "$d99")
-    g50=$(minus "${P50[dashgate$l]}" "$d50") g99=$(minus "${P99[dashgate$l]}" "$d99")
-    echo "| $l | $d50 / $d99 | $n50 / $n99 | $g50 / $g99 | $(ratio "$g50" "$n50") / $(ratio "$g99" "$n99") | ${RPS[direct$l]} / ${RPS[nginx$l]} / ${RPS[dashgate$l]} |"
+    n50=$(added_median nginx "$l" L50) n99=$(added_median nginx "$l" L99)
+    g50=$(added_median dashgate "$l" L50) g99=$(added_median dashgate "$l" L99)
+    echo "| $l | $(cell "${L50[direct$l]}") / $(cell "${L99[direct$l]}") | $(added nginx "$l") | $(added dashgate "$l") | $(ratio "$g50" "$n50") / $(ratio "$g99" "$n99") | $(cell "${LRPS[direct$l]}") / $(cell "${LRPS[nginx$l]}") / $(cell "${LRPS[dashgate$l]}") |"
 done
 echo
 echo "CPU per request, µs (the process's own; direct = the simulator's)"
@@ -288,14 +347,14 @@ echo
 echo "| run | direct | nginx | dashgate |"
 echo "| --- | ---: | ---: | ---: |"
 for l in "${LABELS[@]}"; do
-    echo "| $l | ${CPU[direct$l]} | ${CPU[nginx$l]} | ${CPU[dashgate$l]} |"
+    echo "| $l | $(cell "${LCPU[direct$l]}") | $(cell "${LCPU[nginx$l]}") | $(cell "${LCPU[dashgate$l]}") |"
 done
 echo
 echo "| stream TTFB | direct p50 / p99 ms | nginx added p50 / p99 ms | dashgate added p50 / p99 ms |"
 echo "| --- | ---: | ---: | ---: |"
 for l in "${LABELS[@]}"; do
     is_stream "$l" || continue
-    echo "| $l | ${T50[direct$l]} / ${T99[direct$l]} | $(added nginx "$l" T50 T99) | $(added dashgate "$l" T50 T99) |"
+    echo "| $l | $(cell "${LT50[direct$l]}") / $(cell "${LT99[direct$l]}") | $(added nginx "$l" LT50 LT99) | $(added dashgate "$l" LT50 LT99) |"
 done
 echo
 per_stream() { awk -v o="$1" -v l="$2" -v n="$OPEN_STREAMS" 'BEGIN { printf "%.1f", (o - l) / n }'; }
@@ -313,7 +372,7 @@ if [[ -n $BEFORE ]]; then
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     for l in "${LABELS[@]}"; do
         ttfb="-"
-        is_stream "$l" && ttfb="$(minus "${T50[before$l]}" "${T50[direct$l]}") / $(minus "${T50[dashgate$l]}" "${T50[direct$l]}")"
-        echo "| $l | $(added before "$l") | $(added dashgate "$l") | ${RPS[before$l]} / ${RPS[dashgate$l]} | ${CPU[before$l]} / ${CPU[dashgate$l]} | $ttfb |"
+        is_stream "$l" && ttfb="$(cell "$(paired "${LT50[before$l]}" "${LT50[direct$l]}")") / $(cell "$(paired "${LT50[dashgate$l]}" "${LT50[direct$l]}")")"
+        echo "| $l | $(added before "$l") | $(added dashgate "$l") | $(cell "${LRPS[before$l]}") / $(cell "${LRPS[dashgate$l]}") | $(cell "${LCPU[before$l]}") / $(cell "${LCPU[dashgate$l]}") | $ttfb |"
     done
 fi

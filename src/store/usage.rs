@@ -1,6 +1,7 @@
 //! The usage ledger in the store: batched inserts, totals and groupings for the admin API.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -58,11 +59,33 @@ const COLUMNS: &str = "id, at, day, request_id, key_id, key_name, model, upstrea
     image_tokens_after, cost, cache_hit, cache_prompt_tokens, cache_completion_tokens, account, \
     device";
 const PER_ROW: usize = 36;
-/// Rows per INSERT statement: one statement per batch is one trip to the database (for SQLite,
-/// one hand-off to its worker thread), well within both databases' parameter limits.
-const ROWS_PER_STATEMENT: usize = 100;
+/// Rows per INSERT statement: a power of two up to this many, so a batch of any size is made
+/// of at most seven statement shapes, each prepared once per connection and then reused from
+/// sqlx's statement cache (a batch of 53 rows is 32 + 16 + 4 + 1). One statement is one trip
+/// to the database (for SQLite, one hand-off to its worker thread), within both databases'
+/// parameter limits.
+const MAX_ROWS_PER_STATEMENT: usize = 64;
+const SHAPES: usize = MAX_ROWS_PER_STATEMENT.trailing_zeros() as usize + 1;
 
-/// `INSERT ... VALUES ($1, ...), ($32, ...), ...` for `rows` rows; SQLite gets anonymous `?`
+/// The INSERT for `rows` rows (a power of two up to the maximum), built once per backend.
+fn insert_sql_cached(rows: usize, backend: Backend) -> &'static str {
+    static SQLITE: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
+    static POSTGRES: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
+    let cells = match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    };
+    cells[rows.trailing_zeros() as usize].get_or_init(|| insert_sql(rows, backend))
+}
+
+/// The rows of the next statement: the largest power of two up to the maximum that `left`
+/// rows hold.
+fn statement_rows(left: usize) -> usize {
+    let capped = left.min(MAX_ROWS_PER_STATEMENT);
+    1 << (usize::BITS - 1 - capped.leading_zeros())
+}
+
+/// `INSERT ... VALUES ($1, ...), ($37, ...), ...` for `rows` rows; SQLite gets anonymous `?`
 /// placeholders, which it binds in order (its lookup of numbered names is linear in their
 /// count, so a long numbered statement binds in quadratic time).
 fn insert_sql(rows: usize, backend: Backend) -> String {
@@ -184,9 +207,11 @@ impl Store {
     /// Writes records in one transaction; a record already there (same id) is skipped.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let sql = insert_sql(chunk.len(), self.backend);
-            let mut query = sqlx::query(&sql);
+        let mut left = records;
+        while !left.is_empty() {
+            let (chunk, rest) = left.split_at(statement_rows(left.len()));
+            left = rest;
+            let mut query = sqlx::query(insert_sql_cached(chunk.len(), self.backend));
             for r in chunk {
                 query = query
                     .bind(&r.id)
@@ -361,4 +386,37 @@ fn record_of(row: &AnyRow) -> Result<UsageRecord, StoreError> {
         account: row.try_get("account")?,
         device: row.try_get("device")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_into_few_statement_shapes() {
+        let cut = |mut left: usize| {
+            let mut parts = Vec::new();
+            while left > 0 {
+                let rows = statement_rows(left);
+                parts.push(rows);
+                left -= rows;
+            }
+            parts
+        };
+        assert_eq!(cut(53), [32, 16, 4, 1]);
+        assert_eq!(cut(64), [64]);
+        assert_eq!(cut(130), [64, 64, 2]);
+        let mut shapes: Vec<usize> = (1..=1000).flat_map(cut).collect();
+        shapes.sort_unstable();
+        shapes.dedup();
+        assert_eq!(shapes, [1, 2, 4, 8, 16, 32, 64]);
+        for rows in shapes {
+            let sql = insert_sql_cached(rows, Backend::Sqlite);
+            assert_eq!(sql.matches('?').count(), rows * PER_ROW);
+            assert_eq!(
+                insert_sql_cached(rows, Backend::Postgres),
+                insert_sql(rows, Backend::Postgres)
+            );
+        }
+    }
 }

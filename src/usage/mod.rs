@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ pub use meter::{Meter, MeterContext};
 pub use record::UsageRecord;
 
 use crate::config::UsageConfig;
-use crate::store::Store;
+use crate::store::{Backend, Store};
 use crate::telemetry::{LedgerOutcome, Metrics};
 
 /// The writer reads the journal this many bytes at a time at most.
@@ -37,7 +37,8 @@ pub struct Ledger {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     closing: CancellationToken,
-    writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Resolved when the writer has stopped (an error: it panicked).
+    writer: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl Ledger {
@@ -53,6 +54,7 @@ impl Ledger {
         let journal = Arc::new(journal);
         let wake = Arc::new(Notify::new());
         let closing = CancellationToken::new();
+        let store_backend = store.backend();
         let writer = Writer {
             store,
             journal: journal.clone(),
@@ -64,7 +66,7 @@ impl Ledger {
             metrics: metrics.clone(),
             failures: 0,
         };
-        let handle = tokio::spawn(writer.run(closing.clone()));
+        let handle = spawn_writer(writer, store_backend, closing.clone())?;
         if config.journal_fsync_ms > 0 {
             let (journal, every) = (
                 journal.clone(),
@@ -122,15 +124,56 @@ impl Ledger {
     /// stays in the journal for the next start. For shutdown, after the last request is done.
     pub async fn close(&self) {
         self.closing.cancel();
-        if let Some(handle) = self.writer.lock().await.take() {
-            if let Err(e) = handle.await {
-                tracing::error!(error = %e, "usage writer failed");
+        if let Some(stopped) = self.writer.lock().await.take() {
+            if stopped.await.is_err() {
+                tracing::error!("usage writer failed");
             }
         }
         let journal = self.journal.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || journal.sync()).await {
             tracing::error!(error = %e, "usage journal fsync failed");
         }
+    }
+}
+
+/// SQLite: the writer runs on a thread of its own, in a runtime of its own. Its work between
+/// trips to the database (parsing journal lines, binding 36 values a row) is CPU, and a gateway
+/// pinned to one core has one runtime worker: on it, a batch would hold up every request behind
+/// it, where the kernel interleaves a thread with them. (The pool's SQLite connections are
+/// threads of their own already, tied to no runtime.) Postgres connections are sockets
+/// registered with the runtime that opened them, so its writer stays a task of the main runtime.
+fn spawn_writer(
+    writer: Writer,
+    backend: Backend,
+    closing: CancellationToken,
+) -> Result<oneshot::Receiver<()>, String> {
+    let (stopped, on_stop) = oneshot::channel();
+    if backend == Backend::Postgres {
+        tokio::spawn(async move {
+            writer.run(closing).await;
+            let _ = stopped.send(());
+        });
+        return Ok(on_stop);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("the usage writer's runtime: {e}"))?;
+    std::thread::Builder::new()
+        .name("usage-writer".into())
+        .spawn(move || {
+            runtime.block_on(writer.run(closing));
+            let _ = stopped.send(());
+        })
+        .map_err(|e| format!("the usage writer's thread: {e}"))?;
+    Ok(on_stop)
+}
+
+/// A ledger dropped without `close` (a test's gateway, a runtime torn down) still stops its
+/// writer thread, after the same final write `close` gives it.
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.closing.cancel();
     }
 }
 
