@@ -118,6 +118,18 @@ def leading_keepalives(raw: bytes) -> int:
     return count
 
 
+def event_id(event: str) -> tuple[str, str]:
+    """An event's `id:` (every event the gateway sends carries one, for resuming) and the rest."""
+    first, _, rest = event.partition("\n")
+    assert first.startswith("id:"), event
+    return first.removeprefix("id:").strip(), rest
+
+
+def sequence_of(event_id_text: str) -> str:
+    """The sequence number an id ends with: the first event of a stream is number 1."""
+    return event_id_text.rsplit(".", 1)[-1]
+
+
 # ---------------------------------------------------------------------------------------------
 # On the wire
 
@@ -137,7 +149,7 @@ def test_openai_stream_body_starts_with_keepalive_comments(
     # One at once, then one per period until the first token: with the first token 300 ms
     # away and a 20 ms period, more than one is certain.
     assert leading_keepalives(raw) >= 2, raw[:200]
-    events = raw.decode().split("\n\n")
+    events = [event_id(e)[1] for e in raw.decode().split("\n\n") if e and not e.startswith(":")]
     data = [e.removeprefix("data: ") for e in events if e.startswith("data: ")]
     assert data[-1] == "[DONE]"
     content = "".join(
@@ -163,7 +175,9 @@ def test_native_stream_body_starts_with_keepalive_comments(
 
     assert leading_keepalives(raw) >= 2, raw[:200]
     frames = [f for f in raw.decode().split("\n\n") if f and not f.startswith(":")]
-    assert frames[0].startswith("id:1\nevent:result\n"), frames[0]
+    first_id, first = event_id(frames[0])
+    assert sequence_of(first_id) == "1", frames[0]
+    assert first.startswith("event:result\n"), frames[0]
 
 
 def test_openai_error_before_first_byte_follows_the_keepalives(
@@ -173,7 +187,7 @@ def test_openai_error_before_first_byte_follows_the_keepalives(
     raw = raw_stream(keepalive_http, CHAT_PATH, body)
 
     assert leading_keepalives(raw) >= 1, raw[:200]
-    events = [e for e in raw.decode().split("\n\n") if e and not e.startswith(":")]
+    events = [event_id(e)[1] for e in raw.decode().split("\n\n") if e and not e.startswith(":")]
     assert len(events) == 1, events
     assert events[0].startswith("data: ")
     assert json.loads(events[0].removeprefix("data: "))["error"]["code"] == "upstream_overloaded"
@@ -192,8 +206,10 @@ def test_native_error_before_first_byte_follows_the_keepalives(
     assert leading_keepalives(raw) >= 1, raw[:200]
     frames = [f for f in raw.decode().split("\n\n") if f and not f.startswith(": keep-alive")]
     assert len(frames) == 1, frames
-    head, _, data = frames[0].partition("\ndata:")
-    assert head == "id:1\nevent:error\n:HTTP_STATUS/503\nstatus:503", frames[0]
+    first_id, first = event_id(frames[0])
+    assert sequence_of(first_id) == "1", frames[0]
+    head, _, data = first.partition("\ndata:")
+    assert head == "event:error\n:HTTP_STATUS/503\nstatus:503", frames[0]
     error = json.loads(data)
     assert error["code"] == "UpstreamOverloaded"
     assert error["request_id"] and error["message"]
@@ -347,6 +363,6 @@ def test_keepalives_continue_until_the_upstreams_first_event(
     }
     raw = raw_stream(keepalive_http, CHAT_PATH, body)
 
-    events = [e for e in raw.decode().split("\n\n") if e and not e.startswith(":")]
+    events = [event_id(e)[1] for e in raw.decode().split("\n\n") if e and not e.startswith(":")]
     assert json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "upstream_timeout"
     assert leading_keepalives(raw) >= 2, raw[:200]

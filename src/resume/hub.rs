@@ -435,9 +435,22 @@ impl Reader {
                 let mut buf = self.entry.lock();
                 let at = *buf.readers.get(&self.id)?;
                 let index = at.saturating_sub(buf.base) as usize;
-                if let Some((_, item)) = buf.items.get(index) {
-                    let item = item.clone();
-                    let next = buf.base + index as u64 + 1;
+                if index < buf.items.len() {
+                    // Everything buffered goes out as one chunk: an upstream burst of events
+                    // stays one write to the client, as it was before the ids.
+                    let item = match buf.items.len() - index {
+                        1 => buf.items[index].1.clone(),
+                        _ => {
+                            let ready = buf.items.range(index..);
+                            let size = ready.clone().map(|(_, b)| b.len()).sum();
+                            let mut joined = bytes::BytesMut::with_capacity(size);
+                            for (_, bytes) in ready {
+                                joined.extend_from_slice(bytes);
+                            }
+                            joined.freeze()
+                        }
+                    };
+                    let next = buf.base + buf.items.len() as u64;
                     buf.readers.insert(self.id, next);
                     if !buf.resumable {
                         trim(&self.hub, &mut buf);
