@@ -19,6 +19,8 @@
 #                round (contestant - direct in the same round) before the median   [1]
 #   MAX_TOTAL_SECONDS  no round starts after this long; the rounds done are reported  [1800]
 #   FRAME_REQUESTS     requests of the camera-frame run             [60]
+#   GATEWAY_TOML more TOML for the current build's gateway only, e.g. "[resume]\ngrace_seconds = 0"
+#                with BEFORE=target/release/dashgate: what one setting costs   [unset]
 #   BEFORE       another dashgate binary (an older build) to run as a fourth contestant,
 #                for a before/after table                       [unset]
 #   NO_BUILD=1   skip the build
@@ -124,6 +126,9 @@ base_url = "http://$SIM"
 api_key = "sk-upstream"
 models = ["*"]
 EOF
+# GATEWAY_TOML: more TOML for the current build's gateway only (not BEFORE's), to measure what
+# one setting costs with BEFORE set to the same binary.
+[[ -n ${GATEWAY_TOML:-} ]] && cp "$WORK/gateway.toml" "$WORK/gateway-base.toml" && printf '\n%b\n' "$GATEWAY_TOML" >>"$WORK/gateway.toml"
 # A store key with limits: auth goes through the key cache, every request through the limiter
 # and into the ledger.
 KEY=$("$DASHGATE" keys create --config "$WORK/gateway.toml" --name bench --rpm 100000000 --tpm 100000000000 2>/dev/null)
@@ -134,7 +139,7 @@ CONTESTANTS=(direct nginx dashgate)
 if [[ -n $BEFORE ]]; then
     # The same set-up in its own store.
     sed "s#$WORK/gateway.db#$WORK/before.db#; s#$WORK/usage.spill#$WORK/before.spill#" \
-        "$WORK/gateway.toml" >"$WORK/before.toml"
+        "$WORK/gateway${GATEWAY_TOML:+-base}.toml" >"$WORK/before.toml"
     BEFORE_KEY=$("$BEFORE" keys create --config "$WORK/before.toml" --name bench --rpm 100000000 --tpm 100000000000 2>/dev/null)
     start before 5 "${SERVER_PIN[@]}" "$BEFORE" serve --config "$WORK/before.toml" --listen 127.0.0.1:0
     BEFORE_GATEWAY=$ADDR
