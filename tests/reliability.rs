@@ -396,7 +396,10 @@ async fn shutdown_lets_streams_finish_then_cuts_the_rest_with_an_error_event() {
         "max_body_bytes = 65536",
         "max_body_bytes = 65536\ndrain_timeout_ms = 300",
     );
-    let config = dashgate::config::parse(&toml, "t", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let mut config =
+        dashgate::config::parse(&toml, "t", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    keep_in(&mut config, dir.path());
     let shutdown = CancellationToken::new();
     let addr = dashgate::server::spawn(config, shutdown.clone())
         .await

@@ -93,30 +93,35 @@ models = ["qwen-plus", "qwen-vl-plus", "qwen-max"]
     )
 }
 
+/// Points what `config` leaves at its defaults (paths relative to the working directory: the
+/// store, the usage spill and journal, the files) into `dir`, so a test never writes into the
+/// checkout.
+pub fn keep_in(config: &mut config::Config, dir: &std::path::Path) {
+    let defaults = config::Config::default();
+    if config.store.url == defaults.store.url {
+        config.store.url = format!("sqlite://{}/dashgate.db", dir.display());
+    }
+    if config.usage.spill_path == defaults.usage.spill_path {
+        config.usage.spill_path = dir.join("usage.spill");
+    }
+    if config.usage.journal_path == defaults.usage.journal_path {
+        config.usage.journal_path = dir.join("usage.journal");
+    }
+    if config.files.dir == defaults.files.dir {
+        config.files.dir = dir.join("files");
+    }
+    // In process, this executable is the test: the worker is the dashgate binary.
+    if config.files.extract_worker.is_none() {
+        config.files.extract_worker = Some(env!("CARGO_BIN_EXE_dashgate").into());
+    }
+}
+
 impl Gateway {
     pub async fn start(toml: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut config =
             config::parse(toml, "test.toml", &|_| None).unwrap_or_else(|e| panic!("config: {e}"));
-        // What the config leaves at its defaults (relative to the working directory) goes
-        // into the gateway's own directory.
-        let defaults = config::Config::default();
-        if config.store.url == defaults.store.url {
-            config.store.url = format!("sqlite://{}/dashgate.db", dir.path().display());
-        }
-        if config.usage.spill_path == defaults.usage.spill_path {
-            config.usage.spill_path = dir.path().join("usage.spill");
-        }
-        if config.usage.journal_path == defaults.usage.journal_path {
-            config.usage.journal_path = dir.path().join("usage.journal");
-        }
-        if config.files.dir == defaults.files.dir {
-            config.files.dir = dir.path().join("files");
-        }
-        // In process, this executable is the test: the worker is the dashgate binary.
-        if config.files.extract_worker.is_none() {
-            config.files.extract_worker = Some(env!("CARGO_BIN_EXE_dashgate").into());
-        }
+        keep_in(&mut config, dir.path());
         config::validate(&config).unwrap_or_else(|e| panic!("config: {e}"));
         let shutdown = CancellationToken::new();
         let addr = server::spawn(config, shutdown.clone())
