@@ -107,6 +107,25 @@ pub fn data_of(event: &[u8]) -> Option<&[u8]> {
         .map(|d| d.strip_suffix(b"\r").unwrap_or(d))
 }
 
+/// The HTTP response for a stream of SSE events (a fresh stream, or a resumed one's rest).
+pub fn sse_response(
+    events: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    use futures_util::StreamExt;
+    let events = events.map(Ok::<_, std::convert::Infallible>);
+    let mut response = axum::response::Response::new(axum::body::Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream;charset=UTF-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells a reverse proxy in front of the gateway not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -338,7 +338,7 @@ impl GatewayError {
     pub fn into_native_response(self, request_id: &str) -> Response {
         // The upstream's refusal names the gateway's request id, as every other reply does.
         let body = self.upstream_body(ErrorShape::Native).map(|b| {
-            crate::dialect::scan::IdRewriter::native(request_id)
+            crate::ids::IdRewriter::native(request_id)
                 .apply(bytes::Bytes::from(b))
                 .to_vec()
         });

@@ -80,19 +80,12 @@ pub fn last_event_id(headers: &HeaderMap) -> Option<&str> {
 
 /// For a stream request with `Last-Event-ID`: the rest of the stream it names, or an error
 /// saying it cannot be resumed (never a second upstream call: the client already showed part
-/// of an answer, and a new one would not continue it). `None` without the header. The
-/// reconnect's meter makes no record: the stream's own request makes the one record.
-pub fn reconnect(
-    ticket: &Ticket,
-    headers: &HeaderMap,
-    meter: &crate::usage::Meter,
-) -> Option<Result<Response, GatewayError>> {
+/// of an answer, and a new one would not continue it). `None` without the header. The caller
+/// keeps a resumed reconnect from making a usage record: the stream's own request makes it.
+pub fn reconnect(ticket: &Ticket, headers: &HeaderMap) -> Option<Result<Response, GatewayError>> {
     let last = last_event_id(headers)?;
     Some(match ticket.hub.resume(ticket.owner, last) {
-        Ok(rest) => {
-            meter.no_record();
-            Ok(crate::dialect::sse_response(rest))
-        }
+        Ok(rest) => Ok(crate::sse::sse_response(rest)),
         Err(Refusal::Elsewhere) => {
             let instance = EventId::parse(last).map(|id| id.instance);
             Err(GatewayError::StreamOnOtherGateway {

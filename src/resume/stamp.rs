@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::dialect::sse::EventSplitter;
+use crate::sse::EventSplitter;
 
 /// An event id, read back from `Last-Event-ID`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -256,7 +256,7 @@ impl Drop for Inner {
         }
         let usage = state.usage.or_else(|| {
             let frame = state.last_native_frame?;
-            let data = crate::dialect::sse::data_of(&frame)?;
+            let data = crate::sse::data_of(&frame)?;
             let decoded = crate::provider::dashscope::Decoder::default().decode(data);
             // Mid-stream frames carry the usage so far on their delta; the last one on its own.
             decoded.ok()?.1.into_iter().find_map(|event| match event {

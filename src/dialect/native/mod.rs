@@ -2,22 +2,22 @@
 //! {text,multimodal}-generation/generation` with `{model, input: {messages | prompt},
 //! parameters}`; SSE when `X-DashScope-SSE: enable`, framed `id:` / `event:result` /
 //! `:HTTP_STATUS/200` / `data:`; replies `{output, usage, request_id}`; errors
-//! `{request_id, code, message}`.
+//! `{request_id, code, message}`. Requests run through [`crate::pipeline::handle`];
+//! [`Native`] is this dialect's face.
 
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{Stream, StreamExt};
 use serde_json::Value;
-use std::time::Duration;
-use tokio::time::Instant;
 
+mod relay;
 mod reply;
 mod request;
 mod shadow;
@@ -25,13 +25,15 @@ mod shadow;
 pub use reply::{FrameEncoder, encode_reply, usage_json};
 pub use request::decode;
 
-use super::scan::IdRewriter;
-use super::sse;
-use super::{StreamTracker, UsageSink, encode_steps, event_stream_response};
+use crate::chat::Chat;
 use crate::error::{GatewayError, json_response};
+use crate::event::{Reply, Usage};
+use crate::pipeline::ClientDialect;
 use crate::provider::Api;
-use crate::relay::{ChatRequest, Dialect, Next, Outcome, SseEvents};
+use crate::relay::{Dialect, SseEvents};
+use crate::session::Shape;
 use crate::state::{AppState, RequestId};
+use crate::usage::Meter;
 use reply::{error_frame, result_frame};
 
 /// How the native client wants its reply.
@@ -54,7 +56,8 @@ pub async fn text_generation(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generation(&state, &request_id, &headers, body, Api::NativeText).await
+    let face = Native(Api::NativeText);
+    crate::pipeline::handle(state, request_id, headers, body, face).await
 }
 
 /// `POST /api/v1/services/aigc/multimodal-generation/generation`.
@@ -64,274 +67,85 @@ pub async fn multimodal_generation(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generation(&state, &request_id, &headers, body, Api::NativeMultimodal).await
+    let face = Native(Api::NativeMultimodal);
+    crate::pipeline::handle(state, request_id, headers, body, face).await
 }
 
-async fn generation(
-    state: &Arc<AppState>,
-    request_id: &Arc<str>,
-    headers: &HeaderMap,
-    body: Body,
-    api: Api,
-) -> Response {
-    match reply(state, request_id, headers, body, api).await {
-        Ok(response) => response,
-        Err(error) => {
-            let upstream = error.upstream_name().unwrap_or("-").to_string();
-            super::tagged(error.into_native_response(request_id), "-", &upstream)
+/// The native face, for one of its two generation endpoints.
+#[derive(Clone, Copy)]
+pub struct Native(pub Api);
+
+impl ClientDialect for Native {
+    type Options = Options;
+    type Encoder = FrameEncoder;
+
+    fn route(&self) -> &'static str {
+        if self.0 == Api::NativeMultimodal {
+            "native_multimodal"
+        } else {
+            "native_text"
         }
     }
-}
 
-async fn reply(
-    state: &Arc<AppState>,
-    request_id: &Arc<str>,
-    headers: &HeaderMap,
-    body: Body,
-    api: Api,
-) -> Result<Response, GatewayError> {
-    let started = Instant::now();
-    let route = if api == Api::NativeMultimodal {
-        "native_multimodal"
-    } else {
-        "native_text"
-    };
-    let entry = super::Entry {
-        route,
-        dialect: "native",
-        request_id,
-    };
-    let (caller, bytes, meter) = super::admit(state, headers, body, entry).await?;
-    let result = metered(
-        state, request_id, headers, caller, bytes, api, &meter, started,
-    )
-    .await;
-    if let Err(error) = &result {
-        meter.failed(error.status().as_u16(), error);
+    fn label(&self) -> &'static str {
+        "native"
     }
-    result
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn metered(
-    state: &Arc<AppState>,
-    request_id: &Arc<str>,
-    headers: &HeaderMap,
-    caller: crate::auth::Caller,
-    bytes: Bytes,
-    api: Api,
-    meter: &UsageSink,
-    started: Instant,
-) -> Result<Response, GatewayError> {
-    let route = if api == Api::NativeMultimodal {
-        "native_multimodal"
-    } else {
-        "native_text"
-    };
-    let (mut chat, options) = decode(&bytes, wants_stream(headers), api)?;
-    let stream = chat.is_stream();
-    let model = chat.model.clone();
-    meter.request(&model, stream);
-    let ticket = crate::resume::Ticket::new(&state.resume, &caller, route, &bytes, stream);
-    if stream && let Some(resumed) = crate::resume::reconnect(&ticket, headers, meter) {
-        return Ok(super::tagged(resumed?, &model, "-"));
+    fn wire(&self) -> (Dialect, Api) {
+        (Dialect::Native, self.0)
     }
-    let session = state
-        .sessions
-        .begin(state, &caller, headers, &mut chat)
-        .await?;
-    let bytes = match &session {
-        Some(_) => crate::session::rewrite_body(&bytes, &chat, true)?,
-        None => bytes,
-    };
-    let shape = crate::session::Shape::Native {
-        cumulative: !options.incremental,
-    };
-    let cache = crate::cache::consult(state, &caller, headers, &chat, meter).await?;
-    let cache_label = cache.label();
-    let keepalive = state.config.server.sse_keepalive_ms;
-    if stream && keepalive > 0 {
-        // The head goes out now; the call runs inside the stream, which the client can drop.
-        let (state2, request_id2, headers, meter2) = (
-            state.clone(),
-            request_id.clone(),
-            headers.clone(),
-            meter.clone(),
-        );
-        let first = async move {
-            let request = ChatRequest {
-                dialect: Dialect::Native,
-                api,
-                chat,
-                original: bytes,
-                caller: &caller,
-                headers: &headers,
-                request_id: &request_id2,
-                meter: &meter2,
-            };
-            match cache
-                .dispatch(&state2, request)
-                .await
-                .map_err(request::native_names)
-            {
-                Ok((outcome, media)) => {
-                    meter2.media(media);
-                    Ok(stream_of(outcome, request_id2.clone(), options, &meter2).0)
-                }
-                Err(error) => {
-                    meter2.failed(200, &error);
-                    let status = error.status().as_u16();
-                    Err(error_frame(1, status, &error.native_body(&request_id2)))
-                }
-            }
-        };
-        let events = super::with_keepalive(first, Duration::from_millis(keepalive));
-        let tracker = StreamTracker::new(state.metrics.clone(), route, started, meter);
-        let tracker = tracker.resumable(ticket);
-        let response = super::tagged(event_stream_response(events, tracker), &model, "-");
-        let response = crate::cache::tag(response, cache_label);
-        return Ok(crate::session::finish(session, response, shape).await);
-    }
-    let request = ChatRequest {
-        dialect: Dialect::Native,
-        api,
-        chat,
-        original: bytes,
-        caller: &caller,
-        headers,
-        request_id,
-        meter,
-    };
-    let (outcome, media) = cache
-        .dispatch(state, request)
-        .await
-        .map_err(request::native_names)?;
-    meter.media(media);
-    let reply = Reply {
-        request_id,
-        started,
-        model: &model,
-        stream,
-        options,
-        route,
-        meter,
-        ticket,
-    };
-    let response = reply_for(state, outcome, reply).await?;
-    let response = super::with_media_headers(response, media);
-    let response = crate::cache::tag(response, cache_label);
-    Ok(crate::session::finish(session, response, shape).await)
-}
 
-/// What the reply to a generation request is made with.
-struct Reply<'a> {
-    request_id: &'a Arc<str>,
-    started: Instant,
-    model: &'a str,
-    stream: bool,
-    options: Options,
-    route: &'static str,
-    meter: &'a UsageSink,
-    ticket: crate::resume::Ticket,
-}
-
-async fn reply_for(
-    state: &Arc<AppState>,
-    outcome: Outcome,
-    reply: Reply<'_>,
-) -> Result<Response, GatewayError> {
-    let Reply {
-        request_id,
-        started,
-        model,
-        stream,
-        options,
-        route,
-        meter,
-        ticket,
-    } = reply;
-    let model = model.to_string();
-    let as_stream = |outcome| {
-        let (events, name) = stream_of(outcome, request_id.clone(), options, meter);
-        let tracker = StreamTracker::new(state.metrics.clone(), route, started, meter);
-        let tracker = tracker.resumable(ticket);
-        super::tagged(event_stream_response(events, tracker), &model, &name)
-    };
-    if stream {
-        return Ok(as_stream(outcome));
+    fn decode(&self, body: &[u8], headers: &HeaderMap) -> Result<(Chat, Options), GatewayError> {
+        decode(body, wants_stream(headers), self.0)
     }
-    Ok(match outcome {
-        Outcome::Raw(upstreamed) => {
-            let name = upstreamed.lease.upstream.config.name.clone();
-            meter.upstream(&name);
-            let body = IdRewriter::native(request_id).apply(upstreamed.read_whole().await?);
-            if let Some(u) = crate::provider::dashscope::decode_reply(&body)
-                .ok()
-                .and_then(|r| r.usage)
-            {
-                meter.usage(&u);
-            }
-            meter.sent(&body);
-            super::tagged(json_response(StatusCode::OK, body.to_vec()), &model, &name)
-        }
-        Outcome::Whole(reply, name) => {
-            meter.upstream(&name);
-            if let Some(usage) = &reply.usage {
-                meter.usage(usage);
-            }
-            let body = encode_reply(&reply, options, request_id);
-            meter.sent(&body);
-            super::tagged(json_response(StatusCode::OK, body), &model, &name)
-        }
-        outcome @ Outcome::Steps(..) => as_stream(outcome),
-    })
-}
 
-/// The client's frames for an upstream's answer to a stream request, and the upstream's name.
-fn stream_of(
-    outcome: Outcome,
-    request_id: Arc<str>,
-    options: Options,
-    meter: &UsageSink,
-) -> (BoxStream<'static, Bytes>, String) {
-    let usage = meter.clone();
-    let upstreamed = match outcome.try_into_steps() {
-        Ok((steps, name)) => {
-            usage.upstream(&name);
-            let encoder = FrameEncoder::new(request_id, options);
-            return (encode_steps(steps, encoder, usage).boxed(), name);
-        }
-        Err(upstreamed) => upstreamed,
-    };
-    let name = upstreamed.lease.upstream.config.name.clone();
-    usage.upstream(&name);
-    if upstreamed.is_event_stream() {
-        return (
-            raw_frames(upstreamed.into_events(), request_id, usage).boxed(),
-            name,
-        );
+    fn dispatch_error(&self, error: GatewayError) -> GatewayError {
+        request::native_names(error)
     }
-    // Asked for a stream, the upstream answered whole: its reply as one frame.
-    let events = futures_util::stream::once(async move {
-        match upstreamed.read_whole().await {
-            Ok(body) => {
-                let body = IdRewriter::native(&request_id).apply(body);
-                if let Some(u) = crate::provider::dashscope::decode_reply(&body)
-                    .ok()
-                    .and_then(|r| r.usage)
-                {
-                    usage.usage(&u);
-                }
-                let data: Value = serde_json::from_slice(&body).unwrap_or_default();
-                result_frame(1, &data)
-            }
-            Err(error) => {
-                usage.failed(200, &error);
-                error_frame(1, error.status().as_u16(), &error.native_body(&request_id))
-            }
-        }
-    });
-    (events.boxed(), name)
+
+    fn session(&self, options: Options) -> (bool, Shape) {
+        let cumulative = !options.incremental;
+        (true, Shape::Native { cumulative })
+    }
+
+    fn error_response(&self, error: GatewayError, request_id: &str) -> Response {
+        error.into_native_response(request_id)
+    }
+
+    fn error_event(&self, error: &GatewayError, request_id: &str, seq: u64) -> Bytes {
+        error_frame(seq, error.status().as_u16(), &error.native_body(request_id))
+    }
+
+    fn encoder(&self, request_id: Arc<str>, _: String, options: Options) -> FrameEncoder {
+        FrameEncoder::new(request_id, options)
+    }
+
+    fn encode_whole(&self, reply: &mut Reply, id: &str, _: &str, options: Options) -> Vec<u8> {
+        encode_reply(reply, options, id)
+    }
+
+    fn relay_whole(&self, body: Bytes, request_id: &str) -> (Bytes, Option<Usage>) {
+        relay::whole_body(body, request_id)
+    }
+
+    fn whole_response(&self, body: Bytes, _: HeaderValue) -> Response {
+        json_response(StatusCode::OK, body.to_vec())
+    }
+
+    fn whole_event(&self, body: &Bytes) -> Bytes {
+        let data: Value = serde_json::from_slice(body).unwrap_or_default();
+        result_frame(1, &data)
+    }
+
+    fn relay_stream(
+        &self,
+        events: SseEvents,
+        request_id: Arc<str>,
+        meter: Meter,
+        _: Options,
+    ) -> BoxStream<'static, Bytes> {
+        relay::raw_frames(events, request_id, meter).boxed()
+    }
 }
 
 /// Native clients ask for a stream by header (the official SDKs send both).
@@ -345,55 +159,4 @@ fn wants_stream(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     sse_header || accepts_sse
-}
-
-/// The fast path for streams: native frames go to the client as they are. The stream ends
-/// when the upstream closes it, after an error frame, or with the gateway's own error frame.
-/// Every frame carries the usage so far: the meter keeps the last one and reads it at the end,
-/// also when the client hangs up.
-fn raw_frames(
-    events: SseEvents,
-    request_id: Arc<str>,
-    usage: UsageSink,
-) -> impl Stream<Item = Bytes> {
-    struct Relay {
-        events: SseEvents,
-        sent: u64,
-        usage: UsageSink,
-        ids: IdRewriter,
-    }
-    let relay = Relay {
-        events,
-        sent: 0,
-        usage,
-        ids: IdRewriter::native(&request_id),
-    };
-    futures_util::stream::unfold(Some(relay), move |state| {
-        let request_id = request_id.clone();
-        async move {
-            let mut relay = state?;
-            match relay.events.next().await {
-                Next::Event(event) if sse::error_status(&event).is_some() => {
-                    relay.usage.stream_error("upstream_error");
-                    Some((relay.ids.apply(event), None))
-                }
-                Next::Event(event) => {
-                    relay.sent += 1;
-                    let event = relay.ids.apply(event);
-                    relay.usage.native_frame(&event);
-                    Some((event, Some(relay)))
-                }
-                Next::End => None,
-                Next::Fail(error) => {
-                    relay.usage.failed(200, &error);
-                    let frame = error_frame(
-                        relay.sent + 1,
-                        error.status().as_u16(),
-                        &error.native_body(&request_id),
-                    );
-                    Some((frame, None))
-                }
-            }
-        }
-    })
 }

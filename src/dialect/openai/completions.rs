@@ -1,5 +1,7 @@
 //! `/v1/completions`: plain and fill-in-the-middle prompts, relayed to the upstream's
 //! OpenAI-compatible `/completions` (no translation: only OpenAI-wire upstreams serve it).
+//! Not a [`crate::pipeline::ClientDialect`] (there is no chat to decode, cache or keep in a
+//! session), it takes the pipeline's admission, context, outcome and relays.
 
 use std::sync::Arc;
 
@@ -8,17 +10,19 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{error_response, raw_events, whole_response};
+use super::{Compat, relay};
 use crate::chat;
-use crate::dialect::scan::IdRewriter;
-use crate::dialect::{self, StreamTracker, UsageSink, event_stream_response};
 use crate::error::GatewayError;
+use crate::ids::IdRewriter;
+use crate::pipeline::reply::upstream_name;
+use crate::pipeline::{self, Admitted, Entry, RequestContext, event_stream_response, outcome};
 use crate::provider::Api;
-use crate::relay;
+use crate::relay::{Call, reserve_for, send_with_retries};
 use crate::state::{AppState, RequestId};
+
+const ROUTE: &str = "completions";
 
 /// `POST /v1/completions`: plain and fill-in-the-middle prompts (Qwen coder models), relayed
 /// to the upstream's OpenAI-compatible `/completions`.
@@ -28,76 +32,82 @@ pub async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match completion_reply(&state, &request_id, &headers, body).await {
-        Ok(response) => response,
-        Err(error) => error_response(error, &request_id),
-    }
-}
-
-async fn completion_reply(
-    state: &Arc<AppState>,
-    request_id: &Arc<str>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, GatewayError> {
     let started = Instant::now();
-    let entry = dialect::Entry {
-        route: "completions",
+    let entry = Entry {
+        route: ROUTE,
         dialect: "openai",
-        request_id,
+        request_id: &request_id,
     };
-    let (caller, bytes, meter) = dialect::admit(state, headers, body, entry).await?;
-    let result = metered_completion(state, request_id, headers, &caller, bytes, &meter, started);
-    let result = result.await;
-    if let Err(error) = &result {
-        meter.failed(error.status().as_u16(), error);
-    }
-    result
+    let result = match pipeline::admit(&state, &headers, body, entry).await {
+        Ok(admitted) => {
+            let meter = admitted.meter.clone();
+            let result = walk(&state, &request_id, &headers, admitted, started).await;
+            outcome::ended(&meter, &result);
+            result
+        }
+        Err(error) => Err(error),
+    };
+    result.unwrap_or_else(|error| outcome::error_response(&Compat, error, &request_id))
 }
 
-async fn metered_completion(
+async fn walk(
     state: &Arc<AppState>,
     request_id: &Arc<str>,
     headers: &HeaderMap,
-    caller: &crate::auth::Caller,
-    bytes: Bytes,
-    meter: &UsageSink,
+    admitted: Admitted,
     started: Instant,
 ) -> Result<Response, GatewayError> {
-    let request = chat::decode_completion(&bytes)?;
-    meter.request(&request.model, request.is_stream());
-    caller.check_model(&request.model)?;
+    let Admitted {
+        caller,
+        body,
+        meter,
+    } = admitted;
+    let request = chat::decode_completion(&body)?;
     let stream = request.is_stream();
-    let ticket = crate::resume::Ticket::new(&state.resume, caller, "completions", &bytes, stream);
-    if stream && let Some(resumed) = crate::resume::reconnect(&ticket, headers, meter) {
-        return Ok(dialect::tagged(resumed?, &request.model, "-"));
+    let ctx = RequestContext::new(
+        state,
+        request_id.clone(),
+        started,
+        ROUTE,
+        caller,
+        meter,
+        &body,
+        &request.model,
+        stream,
+    );
+    ctx.caller.check_model(&request.model)?;
+    if let Some(resumed) = ctx.reconnect(headers) {
+        return resumed;
     }
-    let call = relay::Call {
+    let call = Call {
         model: &request.model,
         stream,
-        caller,
+        caller: &ctx.caller,
         headers,
         request_id,
-        meter,
-        reserve: relay::reserve_for(state, bytes.len(), &Default::default(), request.max_tokens),
+        meter: &ctx.meter,
+        reserve: reserve_for(state, body.len(), &Default::default(), request.max_tokens),
     };
-    let upstreamed =
-        relay::send_with_retries(state, &call, |_| (Api::Completions, bytes.clone())).await?;
-    let name = upstreamed.lease.upstream.config.name.clone();
-    meter.upstream(&name);
+    let upstreamed = send_with_retries(state, &call, |_| (Api::Completions, body.clone())).await?;
+    let name = upstream_name(&upstreamed);
+    ctx.meter.upstream(&name);
     let response = if stream && upstreamed.is_event_stream() {
-        let tracker = StreamTracker::new(state.metrics.clone(), "completions", started, meter)
-            .resumable(ticket);
-        let events = raw_events(
+        let events = relay::raw_events(
             upstreamed.into_events(),
             request_id.clone(),
-            meter.clone(),
+            ctx.meter.clone(),
             true,
             IdRewriter::completion(request_id),
         );
-        event_stream_response(events, tracker)
+        event_stream_response(events, ctx.tracker(state))
     } else {
-        whole_response(upstreamed, IdRewriter::completion(request_id), meter).await?
+        pipeline::reply::relay_whole(
+            upstreamed,
+            |body| relay::whole_body(body, IdRewriter::completion(request_id)),
+            relay::whole_response,
+            &ctx.meter,
+        )
+        .await?
     };
-    Ok(dialect::tagged(response, &request.model, &name))
+    Ok(pipeline::tagged(response, &request.model, &name))
 }

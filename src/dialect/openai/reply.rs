@@ -161,7 +161,7 @@ fn delta_json(delta: &Delta) -> Value {
 /// A chunk event with DashScope's `search_info` added at the top level (OpenAI has no place
 /// for it; the SDKs keep unknown fields).
 fn with_search_info(event: &Bytes, info: &Value) -> Bytes {
-    let Some(data) = crate::dialect::sse::data_of(event) else {
+    let Some(data) = crate::sse::data_of(event) else {
         return event.clone();
     };
     let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(data) else {

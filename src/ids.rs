@@ -84,7 +84,7 @@ impl IdRewriter {
     }
 
     fn upstream_id(&self, event: &[u8]) -> Option<Vec<u8>> {
-        let json = match crate::dialect::sse::data_of(event) {
+        let json = match crate::sse::data_of(event) {
             Some(data) => data,
             None => event,
         };
