@@ -33,3 +33,4 @@ pub mod store;
 pub mod telemetry;
 pub mod transform;
 pub mod usage;
+pub mod wire;

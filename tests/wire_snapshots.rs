@@ -196,3 +196,121 @@ fn native_stream_in_both_dialects() {
     insta::assert_snapshot!("native_stream_as_openai", openai_chunks(decoded(&chunks)));
     insta::assert_snapshot!("native_stream_as_native", native_frames(decoded(&chunks)));
 }
+
+#[test]
+fn openai_media_request_to_each_upstream() {
+    let chat = dashgate::chat::decode(&fixture("openai_request_media.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    insta::assert_snapshot!(to_each_upstream(&chat));
+}
+
+#[test]
+fn native_media_request_to_each_upstream() {
+    let (chat, _) = native::decode(
+        &fixture("native_request_media.json"),
+        true,
+        Api::NativeMultimodal,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    insta::assert_snapshot!(to_each_upstream(&chat));
+}
+
+/// The native reply in the shapes a native client can ask for: text format, the multimodal
+/// endpoint's item lists, several choices (each with its `index`).
+#[test]
+fn native_reply_in_each_native_shape() {
+    let reply =
+        dashscope::decode_reply(&fixture("native_reply.json")).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    for (name, text_format, multimodal, choices) in [
+        ("text format", true, false, 1),
+        ("multimodal", false, true, 1),
+        ("two choices", false, false, 2),
+    ] {
+        let options = Options {
+            text_format,
+            incremental: false,
+            multimodal,
+            choices,
+        };
+        let body = native::encode_reply(&reply, options, REQUEST_ID);
+        out.push_str(&format!("# {name}\n{}\n", pretty(&body)));
+    }
+    insta::assert_snapshot!(out);
+}
+
+/// Cumulative (`incremental_output: false`), text-format and multimodal frames of both
+/// upstream streams.
+#[test]
+fn streams_in_each_native_shape() {
+    let openai = data_events(&fixture("openai_stream.sse"));
+    let native_chunks = data_events(&fixture("native_stream.sse"));
+    let mut out = String::new();
+    for (name, text_format, incremental, multimodal) in [
+        ("cumulative", false, false, false),
+        ("text format", true, true, false),
+        ("multimodal", false, true, true),
+    ] {
+        let options = Options {
+            text_format,
+            incremental,
+            multimodal,
+            choices: 1,
+        };
+        let decode = |d: &[u8]| openai::decode_chunk(d).unwrap_or_else(|e| panic!("{e}"));
+        let from_openai = encode(
+            steps(&openai, decode),
+            FrameEncoder::new(Arc::from(REQUEST_ID), options),
+        );
+        let mut decoder = dashscope::Decoder::default();
+        let from_native = encode(
+            steps(&native_chunks, |d| {
+                decoder.decode(d).unwrap_or_else(|e| panic!("{e}"))
+            }),
+            FrameEncoder::new(Arc::from(REQUEST_ID), options),
+        );
+        out.push_str(&format!(
+            "# {name}, from an OpenAI-compatible upstream\n{from_openai}# {name}, from a native upstream\n{from_native}"
+        ));
+    }
+    insta::assert_snapshot!(out);
+}
+
+/// Errors in both dialects: the gateway's own (as a body and mid-stream) and an upstream's
+/// mid-stream error event.
+#[test]
+fn errors_in_both_dialects() {
+    let own = dashgate::error::GatewayError::param("temperature", "`temperature` must be below 2");
+    let upstream = ChatEvent::Error(dashgate::event::StreamError {
+        status: 400,
+        code: "data_inspection_failed".into(),
+        kind: Some("data_inspection_failed".into()),
+        message: "Output data may contain inappropriate content.".into(),
+    });
+    let native_upstream = ChatEvent::Error(dashgate::event::StreamError {
+        status: 400,
+        code: "DataInspectionFailed".into(),
+        kind: None,
+        message: "Output data may contain inappropriate content.".into(),
+    });
+    let stream = |encoder: &mut dyn FnMut(Step) -> Option<bytes::Bytes>| {
+        let events: Vec<_> = [
+            Step::Event(upstream.clone()),
+            Step::Event(native_upstream.clone()),
+            Step::Fail(dashgate::error::GatewayError::param("stop", "bad stop")),
+        ]
+        .into_iter()
+        .filter_map(encoder)
+        .collect();
+        text_of(&events)
+    };
+    let mut chunks = ChunkEncoder::new(Arc::from(REQUEST_ID), "qwen-plus".into(), true);
+    let mut frames = FrameEncoder::new(Arc::from(REQUEST_ID), message_options(true));
+    insta::assert_snapshot!(format!(
+        "# OpenAI-compatible body\n{}\n# native body\n{}\n# OpenAI-compatible stream\n{}# native stream\n{}",
+        pretty(&own.openai_body(REQUEST_ID)),
+        pretty(&own.native_body(REQUEST_ID)),
+        stream(&mut |s| chunks.step(s)),
+        stream(&mut |s| frames.step(s)),
+    ));
+}

@@ -200,7 +200,7 @@ async fn record_usage(state: &AppState, batch: &BatchRecord, output: &[u8]) {
             continue;
         };
         let body_bytes = serde_json::to_vec(body).unwrap_or_default();
-        let Some(usage) = crate::provider::openai::usage_of_completion(&body_bytes) else {
+        let Some(usage) = crate::wire::openai::usage_of_completion(&body_bytes) else {
             continue;
         };
         let request_id = (parsed

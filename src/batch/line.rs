@@ -140,7 +140,7 @@ async fn answer(
         Outcome::Raw(upstreamed) => {
             meter.upstream(&upstreamed.lease.upstream.config.name);
             let body = upstreamed.read_whole().await?;
-            if let Some(usage) = crate::provider::openai::usage_of_completion(&body) {
+            if let Some(usage) = crate::wire::openai::usage_of_completion(&body) {
                 meter.usage(&usage);
             }
             body.to_vec()
@@ -154,7 +154,7 @@ async fn answer(
             if reply.meta.model.is_empty() {
                 reply.meta.model = meter.model();
             }
-            crate::dialect::openai::encode_completion(&reply)
+            crate::wire::openai::encode_completion(&reply)
         }
         // Only a stream request is answered in steps, and batch lines never stream.
         Outcome::Steps(_, name) => {

@@ -102,15 +102,13 @@ impl Cache {
             Mode::On => self.backend.get(&key).await,
             _ => None,
         };
-        let hit = found.and_then(
-            |body| match crate::provider::openai::decode_completion(&body) {
-                Ok(reply) => Some((reply, body.len())),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cache: unreadable entry, treated as a miss");
-                    None
-                }
-            },
-        );
+        let hit = found.and_then(|body| match crate::wire::openai::decode_completion(&body) {
+            Ok(reply) => Some((reply, body.len())),
+            Err(e) => {
+                tracing::warn!(error = %e, "cache: unreadable entry, treated as a miss");
+                None
+            }
+        });
         let hit = match hit {
             Some((reply, bytes)) => {
                 self.metrics.hit(bytes);
@@ -135,7 +133,7 @@ impl Cache {
         if reply.choices.is_empty() || reply.choices.iter().any(|c| c.finish_reason.is_none()) {
             return; // cut short: not an answer to give again
         }
-        let body = crate::dialect::openai::encode_completion(reply);
+        let body = crate::wire::openai::encode_completion(reply);
         if body.len() > self.config.max_entry_bytes {
             self.metrics.too_large();
             return;

@@ -1,20 +1,31 @@
-//! Canonical replies encoded as native JSON and native stream frames.
+//! Canonical steps encoded as native stream frames (the shapes are in `wire::dashscope`).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
 
 use super::Options;
 use crate::dialect::StepEncoder;
 use crate::error::native_of_openai;
-use crate::event::{ChatEvent, Choice, Delta, Reply, ToolCall, ToolCallDelta, Usage};
+use crate::event::{ChatEvent, Delta, Reply, ToolCallDelta, Usage};
 use crate::relay::Step;
+use crate::wire::Fragments;
+use crate::wire::dashscope::{ErrorBody, Frame, FrameOutput, FrameStep, Shape};
+// The shapes live with the wire format; this path stays for existing callers.
+pub use crate::wire::dashscope::usage_json;
 
-pub(super) fn result_frame(id: u64, data: &Value) -> Bytes {
-    Bytes::from(format!(
-        "id:{id}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n"
-    ))
+pub(super) fn result_frame(id: u64, data: &serde_json::Value) -> Bytes {
+    result_frame_of(id, data.to_string().as_bytes())
+}
+
+/// A result frame around JSON already written.
+fn result_frame_of(id: u64, data: &[u8]) -> Bytes {
+    let head = format!("id:{id}\nevent:result\n:HTTP_STATUS/200\ndata:");
+    let mut frame = Vec::with_capacity(head.len() + data.len() + 2);
+    frame.extend_from_slice(head.as_bytes());
+    frame.extend_from_slice(data);
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
 }
 
 /// DashScope's error frame; `status:` repeats the status where the official SDKs read it.
@@ -25,152 +36,18 @@ pub(super) fn error_frame(id: u64, status: u16, data: &[u8]) -> Bytes {
     ))
 }
 
-/// Usage in the native shape.
-pub fn usage_json(usage: &Usage) -> Value {
-    let mut out = Map::new();
-    out.insert("total_tokens".into(), json!(usage.total_tokens));
-    out.insert("output_tokens".into(), json!(usage.completion_tokens));
-    out.insert("input_tokens".into(), json!(usage.prompt_tokens));
-    if let Some(cached) = usage.cached_tokens {
-        out.insert(
-            "prompt_tokens_details".into(),
-            json!({"cached_tokens": cached}),
-        );
+/// The wire shape of the client's options.
+fn shape(options: Options) -> Shape {
+    Shape {
+        text_format: options.text_format,
+        multimodal: options.multimodal,
+        choices: options.choices,
     }
-    let mut output = Map::new();
-    for (name, value) in [
-        ("reasoning_tokens", usage.reasoning_tokens),
-        ("audio_tokens", usage.output_audio_tokens),
-    ] {
-        if let Some(value) = value {
-            output.insert(name.into(), json!(value));
-        }
-    }
-    if !output.is_empty() {
-        out.insert("output_tokens_details".into(), Value::Object(output));
-    }
-    if let Some(image) = usage.image_tokens {
-        out.insert("image_tokens".into(), json!(image));
-    }
-    if let Some(audio) = usage.audio_tokens {
-        out.insert("audio_tokens".into(), json!(audio));
-    }
-    Value::Object(out)
-}
-
-/// Tool calls as a whole reply lists them.
-fn whole_calls_json(calls: &[ToolCall]) -> Value {
-    calls
-        .iter()
-        .enumerate()
-        .map(|(i, t)| json!({"function": {"name": t.name, "arguments": t.arguments}, "index": i, "id": t.id, "type": "function"}))
-        .collect()
-}
-
-/// Tool calls as a stream frame carries them: fragments (name only on the first) when
-/// incremental, the calls so far otherwise.
-fn frame_calls_json(calls: &[ToolCallDelta]) -> Value {
-    calls
-        .iter()
-        .map(|c| {
-            let mut function = Map::new();
-            if let Some(name) = &c.name {
-                function.insert("name".into(), json!(name));
-            }
-            function.insert("arguments".into(), json!(c.arguments.as_deref().unwrap_or("")));
-            json!({"index": c.index, "id": c.id.as_deref().unwrap_or(""), "type": "function", "function": function})
-        })
-        .collect()
-}
-
-/// The `output` of a whole native reply, keys in DashScope's order; with several choices
-/// each carries its `index`.
-fn whole_output(options: Options, choices: &[Choice]) -> Value {
-    let first = choices.first().cloned().unwrap_or_default();
-    if options.text_format {
-        let finish = first.finish_reason.as_deref().unwrap_or("stop");
-        return json!({"finish_reason": finish, "text": first.content});
-    }
-    let choices: Vec<Value> = choices
-        .iter()
-        .map(|choice| {
-            let finish = choice.finish_reason.as_deref().unwrap_or("stop");
-            let mut message = Map::new();
-            message.insert("role".into(), json!("assistant"));
-            message.insert("content".into(), content_json(options, &choice.content));
-            if let Some(reasoning) = &choice.reasoning {
-                message.insert("reasoning_content".into(), json!(reasoning));
-            }
-            if !choice.tool_calls.is_empty() {
-                message.insert("tool_calls".into(), whole_calls_json(&choice.tool_calls));
-            }
-            if let Some(audio) = choice.audio_json() {
-                message.insert("audio".into(), audio);
-            }
-            let mut out = Map::new();
-            out.insert("finish_reason".into(), json!(finish));
-            if options.choices > 1 {
-                out.insert("index".into(), json!(choice.index));
-            }
-            out.insert("message".into(), Value::Object(message));
-            if let Some(logprobs) = &choice.logprobs {
-                out.insert("logprobs".into(), json!({"content": logprobs}));
-            }
-            Value::Object(out)
-        })
-        .collect();
-    json!({"choices": choices})
-}
-
-fn content_json(options: Options, content: &str) -> Value {
-    if options.multimodal {
-        json!([{"text": content}])
-    } else {
-        json!(content)
-    }
-}
-
-/// The `output` of a stream frame, keys in DashScope's order.
-fn frame_output(
-    options: Options,
-    index: u32,
-    content: &str,
-    reasoning: Option<&str>,
-    calls: &[ToolCallDelta],
-    finish: &str,
-) -> Value {
-    if options.text_format {
-        return json!({"finish_reason": finish, "text": content});
-    }
-    let mut message = Map::new();
-    message.insert("content".into(), content_json(options, content));
-    if let Some(reasoning) = reasoning {
-        message.insert("reasoning_content".into(), json!(reasoning));
-    }
-    message.insert("role".into(), json!("assistant"));
-    if !calls.is_empty() {
-        message.insert("tool_calls".into(), frame_calls_json(calls));
-    }
-    let mut choice = json!({"message": message, "finish_reason": finish});
-    if options.choices > 1 {
-        choice["index"] = json!(index);
-    }
-    json!({"choices": [choice]})
 }
 
 /// A whole reply in the native shape.
 pub fn encode_reply(reply: &Reply, options: Options, request_id: &str) -> Vec<u8> {
-    let mut output = whole_output(options, &reply.choices);
-    if let Some(info) = &reply.search_info {
-        output["search_info"] = info.clone();
-    }
-    let body = json!({
-        "output": output,
-        "usage": reply.usage.as_ref().map(usage_json).unwrap_or(json!({})),
-        // The gateway's id, also when the upstream named its own: one id per request.
-        "request_id": request_id,
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+    crate::wire::dashscope::encode_reply(reply, shape(options), request_id)
 }
 
 /// Encodes canonical steps as native frames, incremental or cumulative.
@@ -205,26 +82,30 @@ impl FrameEncoder {
         self.sofar.apply(&ChatEvent::Delta(delta.clone()));
         self.frames += 1;
         let finish = delta.finish_reason.as_deref().unwrap_or("null");
-        let output = if self.options.incremental {
-            let content = delta.content.as_deref().unwrap_or("");
-            frame_output(
-                self.options,
-                delta.index,
-                content,
-                delta.reasoning.as_deref(),
-                &delta.tool_calls,
+        // What a step carries beside text and tools rides on the frame either way: its
+        // `logprobs` on the choice, Omni `audio` in the message, `search_info` on the output.
+        let (logprobs, audio, search_info) = (
+            delta.logprobs.as_ref(),
+            delta.audio.as_ref(),
+            delta.search_info.as_ref(),
+        );
+        let cumulative: Vec<ToolCallDelta>;
+        let step = if self.options.incremental {
+            FrameStep {
+                index: delta.index,
+                content: delta.content.as_deref().unwrap_or(""),
+                reasoning: delta.reasoning.as_deref(),
+                calls: Fragments(&delta.tool_calls),
                 finish,
-            )
+                logprobs,
+                audio,
+                search_info,
+            }
         } else {
-            let choice = self
-                .sofar
-                .choices
-                .iter()
-                .find(|c| c.index == delta.index)
-                .cloned()
-                .unwrap_or_default();
-            let calls: Vec<ToolCallDelta> = choice
-                .tool_calls
+            let choice = self.sofar.choices.iter().find(|c| c.index == delta.index);
+            cumulative = choice
+                .map(|c| &c.tool_calls[..])
+                .unwrap_or_default()
                 .iter()
                 .enumerate()
                 .map(|(i, t)| ToolCallDelta {
@@ -234,17 +115,17 @@ impl FrameEncoder {
                     arguments: Some(t.arguments.clone()),
                 })
                 .collect();
-            frame_output(
-                self.options,
-                delta.index,
-                &choice.content,
-                choice.reasoning.as_deref(),
-                &calls,
+            FrameStep {
+                index: delta.index,
+                content: choice.map_or("", |c| c.content.as_str()),
+                reasoning: choice.and_then(|c| c.reasoning.as_deref()),
+                calls: Fragments(&cumulative),
                 finish,
-            )
+                logprobs,
+                audio,
+                search_info,
+            }
         };
-        let mut output = output;
-        with_step_extras(&mut output, delta);
         if delta.content.as_deref().is_some_and(|c| !c.is_empty())
             || delta.reasoning.as_deref().is_some_and(|r| !r.is_empty())
             || delta.audio.is_some()
@@ -258,34 +139,18 @@ impl FrameEncoder {
             total_tokens: self.tokens_so_far,
             ..Usage::default()
         };
-        let mut data = Map::new();
-        data.insert("output".into(), output);
-        data.insert("usage".into(), usage_json(usage.unwrap_or(&running)));
-        data.insert("request_id".into(), json!(self.request_id));
-        result_frame(self.frames, &Value::Object(data))
+        let frame = Frame {
+            output: FrameOutput::new(shape(self.options), step),
+            usage: usage.unwrap_or(&running).into(),
+            request_id: &self.request_id,
+        };
+        result_frame_of(self.frames, &serde_json::to_vec(&frame).unwrap_or_default())
     }
 
     fn flush_held(&mut self) -> Option<Bytes> {
         let held = self.held.take()?;
         let usage = self.usage.clone();
         Some(self.frame(&held, usage.as_ref()))
-    }
-}
-
-/// What a step carries beside text and tools: its `logprobs` on the choice, Omni `audio` in
-/// the message, `search_info` on the output.
-fn with_step_extras(output: &mut Value, delta: &Delta) {
-    if let Some(info) = &delta.search_info {
-        output["search_info"] = info.clone();
-    }
-    let Some(choice) = output.get_mut("choices").and_then(|c| c.get_mut(0)) else {
-        return;
-    };
-    if let Some(audio) = &delta.audio {
-        choice["message"]["audio"] = audio.clone();
-    }
-    if let Some(logprobs) = &delta.logprobs {
-        choice["logprobs"] = logprobs.clone();
     }
 }
 
@@ -322,8 +187,11 @@ impl StepEncoder for FrameEncoder {
                     Some(_) => native_of_openai(&error.code, error.status),
                     None => &error.code,
                 };
-                let body =
-                    json!({"request_id": self.request_id, "code": code, "message": error.message});
+                let body = ErrorBody {
+                    request_id: &self.request_id,
+                    code,
+                    message: &error.message,
+                };
                 let data = serde_json::to_vec(&body).unwrap_or_default();
                 Some(join(
                     earlier,

@@ -7,6 +7,7 @@ use super::Options;
 use crate::chat::{self, Chat};
 use crate::error::GatewayError;
 use crate::provider::Api;
+use crate::wire::parts::part_of_item;
 
 #[derive(Deserialize)]
 struct NativeRequest {
@@ -143,69 +144,13 @@ fn openai_message(message: Value) -> Value {
         return message;
     };
     if let Some(Value::Array(items)) = message.get_mut("content") {
-        let parts: Vec<Value> = std::mem::take(items).into_iter().map(openai_part).collect();
+        let parts: Vec<Value> = std::mem::take(items)
+            .into_iter()
+            .map(part_of_item)
+            .collect();
         *items = parts;
     }
     Value::Object(message)
-}
-
-fn openai_part(item: Value) -> Value {
-    let Value::Object(mut item) = item else {
-        return item;
-    };
-    if item.contains_key("type") {
-        return Value::Object(item); // already a typed part
-    }
-    let mut part = Map::new();
-    if let Some(text) = item.remove("text") {
-        part.insert("type".into(), json!("text"));
-        part.insert("text".into(), text);
-    } else if let Some(image) = item.remove("image") {
-        part.insert("type".into(), json!("image_url"));
-        part.insert("image_url".into(), json!({"url": image}));
-    } else if let Some(video) = item.remove("video") {
-        if video.is_array() {
-            part.insert("type".into(), json!("video"));
-            part.insert("video".into(), video);
-        } else {
-            part.insert("type".into(), json!("video_url"));
-            part.insert("video_url".into(), json!({"url": video}));
-        }
-    } else if let Some(audio) = item.remove("audio") {
-        part.insert("type".into(), json!("input_audio"));
-        // Compatible mode wants the `format` beside the data; a native item says it only in its
-        // data URL's type or its URL's extension.
-        let format = audio.as_str().and_then(audio_format);
-        let input = match format {
-            Some(format) => json!({"data": audio, "format": format}),
-            None => json!({"data": audio}),
-        };
-        part.insert("input_audio".into(), input);
-    }
-    part.extend(item);
-    Value::Object(part)
-}
-
-/// The audio format a native `{audio}` item names: `data:audio/wav;base64,...` or `.../a.mp3`.
-fn audio_format(audio: &str) -> Option<String> {
-    const KNOWN: &[&str] = &[
-        "wav", "mp3", "aac", "amr", "flac", "m4a", "ogg", "opus", "webm", "pcm",
-    ];
-    let named = if let Some(rest) = audio.strip_prefix("data:") {
-        let mime = rest.split([';', ',']).next().unwrap_or("");
-        let sub = mime.strip_prefix("audio/")?;
-        match sub.to_ascii_lowercase().as_str() {
-            "mpeg" | "mp3" => "mp3".to_string(),
-            "x-wav" | "wave" | "wav" => "wav".to_string(),
-            "mp4" | "x-m4a" => "m4a".to_string(),
-            other => other.to_string(),
-        }
-    } else {
-        let path = audio.split(['?', '#']).next().unwrap_or("");
-        let name = path.rsplit('/').next().unwrap_or("");
-        name.rsplit_once('.')?.1.to_ascii_lowercase()
-    };
-    KNOWN.contains(&named.as_str()).then_some(named)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
+use crate::wire::parts::{ITEM_KEYS, PART_FIELDS};
 
 /// Names a native parameter may not have: they are the request's own structure, read from
 /// elsewhere by the upstream. (`stream` is not among them: DashScope and the gateway both go by
@@ -59,17 +60,6 @@ pub fn refuse_shadows(
     Ok(())
 }
 
-/// The keys that make a native content item one kind (typed OpenAI parts included).
-const KINDS: [&str; 7] = [
-    "text",
-    "image",
-    "video",
-    "audio",
-    "image_url",
-    "video_url",
-    "input_audio",
-];
-
 /// Refuses a content item that carries more than one kind of content.
 pub fn refuse_mixed_items(messages: &[Value]) -> Result<(), GatewayError> {
     for (i, message) in messages.iter().enumerate() {
@@ -80,7 +70,11 @@ pub fn refuse_mixed_items(messages: &[Value]) -> Result<(), GatewayError> {
             let Value::Object(item) = item else {
                 continue;
             };
-            let mut kinds = KINDS.iter().filter(|k| item.contains_key(**k));
+            // The keys that make an item one kind: native item keys, then typed OpenAI parts'.
+            let mut kinds = ITEM_KEYS
+                .iter()
+                .chain(PART_FIELDS.iter().filter(|k| !ITEM_KEYS.contains(k)))
+                .filter(|k| item.contains_key(**k));
             if let (Some(first), Some(second)) = (kinds.next(), kinds.next()) {
                 let param = format!("input.messages[{i}].content[{j}].{second}");
                 return Err(GatewayError::param(

@@ -1,15 +1,17 @@
-//! Canonical replies encoded as compatible-mode JSON and chunks, in the key order DashScope uses.
+//! Canonical steps encoded as compatible-mode chunks (the shapes are in `wire::openai`).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
 
 use crate::dialect::StepEncoder;
 use crate::error::openai_of_native;
-use crate::event::{ChatEvent, Delta, Meta, Reply, StreamError, Usage};
+use crate::event::{ChatEvent, Meta, StreamError};
 use crate::relay::Step;
+use crate::wire::openai::{Chunk, ChunkChoice, ErrorBody, ErrorDetail};
+// The encoding itself lives with the wire format; these paths stay for existing callers.
+pub use crate::wire::openai::{encode_completion, usage_json};
 
 pub(super) const DONE: &[u8] = b"data: [DONE]\n\n";
 
@@ -58,17 +60,8 @@ impl ChunkEncoder {
         }
     }
 
-    fn chunk(&self, choices: Value, usage: Value) -> Bytes {
-        let chunk = json!({
-            "choices": choices,
-            "object": "chat.completion.chunk",
-            "usage": usage,
-            "created": self.meta.created,
-            "system_fingerprint": null,
-            "model": self.meta.model,
-            "id": self.meta.id,
-        });
-        data_event(&serde_json::to_vec(&chunk).unwrap_or_default())
+    fn chunk(&self, chunk: &Chunk<'_>) -> Bytes {
+        data_event(&serde_json::to_vec(chunk).unwrap_or_default())
     }
 }
 
@@ -84,22 +77,14 @@ impl StepEncoder for ChunkEncoder {
                 if self.meta.id.is_empty() {
                     fill_meta(&mut self.meta, &self.request_id, &self.model);
                 }
-                let choice = json!({
-                    "delta": delta_json(&delta),
-                    "finish_reason": delta.finish_reason,
-                    "index": delta.index,
-                    "logprobs": delta.logprobs,
-                });
-                let chunk = self.chunk(json!([choice]), Value::Null);
-                Some(match &delta.search_info {
-                    Some(info) => with_search_info(&chunk, info),
-                    None => chunk,
-                })
+                let choice = [ChunkChoice::of(&delta)];
+                let search_info = delta.search_info.as_ref();
+                Some(self.chunk(&Chunk::step(&self.meta, &choice, search_info)))
             }
             Step::Event(ChatEvent::Usage(usage)) => {
                 // The gateway always asks for usage; a client that did not ask does not see it.
                 self.include_usage
-                    .then(|| self.chunk(json!([]), usage_json(&usage)))
+                    .then(|| self.chunk(&Chunk::usage(&self.meta, &usage)))
             }
             Step::Event(ChatEvent::Error(error)) => {
                 self.failed = true;
@@ -117,152 +102,20 @@ impl StepEncoder for ChunkEncoder {
     }
 }
 
-/// The `delta` of a chunk: `content` when there is some (or `null` beside a role), then
-/// `reasoning_content`, `tool_calls`, `role`, as DashScope orders them.
-fn delta_json(delta: &Delta) -> Value {
-    let mut out = Map::new();
-    match &delta.content {
-        Some(content) => {
-            out.insert("content".into(), json!(content));
-        }
-        // DashScope sends `"content":null` beside a role or reasoning that comes without text.
-        None if delta.role || delta.reasoning.is_some() => {
-            out.insert("content".into(), Value::Null);
-        }
-        None => {}
-    }
-    if let Some(reasoning) = &delta.reasoning {
-        out.insert("reasoning_content".into(), json!(reasoning));
-    }
-    if !delta.tool_calls.is_empty() {
-        let calls: Vec<Value> = delta
-            .tool_calls
-            .iter()
-            .map(|call| {
-                let mut function = Map::new();
-                if let Some(name) = &call.name {
-                    function.insert("name".into(), json!(name));
-                }
-                function.insert("arguments".into(), json!(call.arguments.as_deref().unwrap_or("")));
-                json!({"index": call.index, "id": call.id.as_deref().unwrap_or(""), "type": "function", "function": function})
-            })
-            .collect();
-        out.insert("tool_calls".into(), Value::Array(calls));
-    }
-    if let Some(audio) = &delta.audio {
-        out.insert("audio".into(), audio.clone());
-    }
-    if delta.role {
-        out.insert("role".into(), json!("assistant"));
-    }
-    Value::Object(out)
-}
-
-/// A chunk event with DashScope's `search_info` added at the top level (OpenAI has no place
-/// for it; the SDKs keep unknown fields).
-fn with_search_info(event: &Bytes, info: &Value) -> Bytes {
-    let Some(data) = crate::sse::data_of(event) else {
-        return event.clone();
-    };
-    let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(data) else {
-        return event.clone();
-    };
-    chunk.insert("search_info".into(), info.clone());
-    data_event(&serde_json::to_vec(&chunk).unwrap_or_default())
-}
-
-/// Usage in the compatible-mode shape, details only where the upstream gave them.
-pub fn usage_json(usage: &Usage) -> Value {
-    let mut out = Map::new();
-    out.insert("prompt_tokens".into(), json!(usage.prompt_tokens));
-    out.insert("completion_tokens".into(), json!(usage.completion_tokens));
-    out.insert("total_tokens".into(), json!(usage.total_tokens));
-    let mut prompt = Map::new();
-    for (name, value) in [
-        ("cached_tokens", usage.cached_tokens),
-        ("image_tokens", usage.image_tokens),
-        ("audio_tokens", usage.audio_tokens),
-    ] {
-        if let Some(value) = value {
-            prompt.insert(name.into(), json!(value));
-        }
-    }
-    if !prompt.is_empty() {
-        out.insert("prompt_tokens_details".into(), Value::Object(prompt));
-    }
-    let mut completion = Map::new();
-    for (name, value) in [
-        ("reasoning_tokens", usage.reasoning_tokens),
-        ("audio_tokens", usage.output_audio_tokens),
-    ] {
-        if let Some(value) = value {
-            completion.insert(name.into(), json!(value));
-        }
-    }
-    if !completion.is_empty() {
-        out.insert(
-            "completion_tokens_details".into(),
-            Value::Object(completion),
-        );
-    }
-    Value::Object(out)
-}
-
 /// An upstream's mid-stream error as DashScope's compatible mode sends one.
 fn stream_error_json(error: &StreamError, request_id: &str) -> Vec<u8> {
     let (code, kind) = match &error.kind {
         Some(kind) => (error.code.as_str(), kind.as_str()),
         None => openai_of_native(&error.code),
     };
-    let body = json!({
-        "error": {"message": error.message, "type": kind, "param": null, "code": code},
-        "request_id": request_id,
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
-}
-
-/// A whole reply in the compatible-mode shape.
-pub fn encode_completion(reply: &Reply) -> Vec<u8> {
-    let choices: Vec<Value> = reply
-        .choices
-        .iter()
-        .map(|c| {
-            let mut message = if c.tool_calls.is_empty() {
-                json!({"role": "assistant", "content": c.content})
-            } else {
-                let calls: Vec<Value> = c
-                    .tool_calls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        json!({"function": {"arguments": t.arguments, "name": t.name}, "id": t.id, "index": i, "type": "function"})
-                    })
-                    .collect();
-                json!({"content": c.content, "role": "assistant", "tool_calls": calls})
-            };
-            // Thinking models reason before a tool call too: the reasoning stays with it.
-            if let Some(reasoning) = &c.reasoning {
-                message["reasoning_content"] = json!(reasoning);
-            }
-            if let Some(audio) = c.audio_json() {
-                message["audio"] = audio;
-            }
-            let logprobs = c.logprobs.as_ref().map(|l| json!({"content": l}));
-            json!({"message": message, "finish_reason": c.finish_reason, "index": c.index, "logprobs": logprobs})
-        })
-        .collect();
-    let body = json!({
-        "choices": choices,
-        "object": "chat.completion",
-        "usage": reply.usage.as_ref().map(usage_json),
-        "created": reply.meta.created,
-        "system_fingerprint": null,
-        "model": reply.meta.model,
-        "id": reply.meta.id,
-    });
-    let mut body = body;
-    if let Some(info) = &reply.search_info {
-        body["search_info"] = info.clone();
-    }
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message: &error.message,
+            kind,
+            param: None,
+            code,
+        },
+        request_id,
+    };
     serde_json::to_vec(&body).unwrap_or_default()
 }
