@@ -287,10 +287,9 @@ async fn usage_records(
 async fn upstreams(State(state): State<Arc<AppState>>) -> Response {
     let data: Vec<_> = state
         .router
-        .upstreams()
-        .iter()
-        .map(|u| {
-            let mut detail = crate::route::upstream_health(u);
+        .with_slots()
+        .map(|(u, slot)| {
+            let mut detail = crate::route::upstream_health(u, slot);
             detail["provider"] = json!(u.config.provider);
             detail["base_url"] = json!(u.config.base_url);
             detail["weight"] = json!(u.config.weight);

@@ -20,9 +20,10 @@ use crate::state::AppState;
 use crate::transform::{self, MediaStats, Prepared};
 
 // Moved out, named here still so the dialects' imports stay as they were.
+pub use crate::provider::sse::Next;
 use crate::provider::sse::protocol_error;
-pub use crate::provider::sse::{Next, SseEvents, Upstreamed};
 pub use crate::route::retry::{Call, send_with_retries};
+pub use crate::route::{SseEvents, Upstreamed};
 
 /// The two dialects of DashScope, as clients and upstreams speak them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

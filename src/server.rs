@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::dialect::{native, openai};
 use crate::error::{GatewayError, json_response};
-use crate::route;
 
 pub use crate::listen::no_delay;
 pub use crate::route::upstream_health;
@@ -189,17 +188,10 @@ async fn healthz() -> Response {
 
 /// Ready when some upstream can take traffic; the detail lists each upstream's circuit.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let upstreams: Vec<_> = state
-        .router
-        .upstreams()
-        .iter()
-        .map(|u| upstream_health(u))
+    let upstreams: Vec<_> = (state.router.with_slots())
+        .map(|(u, slot)| upstream_health(u, slot))
         .collect();
-    let ready = state
-        .router
-        .upstreams()
-        .iter()
-        .any(|u| u.slot.circuit.state() != route::CircuitState::Open);
+    let ready = state.router.any_admitting();
     let status = if state.draining.is_cancelled() || !ready {
         "unavailable"
     } else {

@@ -56,7 +56,7 @@ impl AppState {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u.clone(), &config.circuit, &config.media).map(Arc::new))
+            .map(|u| Upstream::new(u.clone(), &config.media).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let store = Store::open(&config.store.url)
             .await
@@ -106,7 +106,7 @@ impl AppState {
             limiter,
             meters,
             model_lists: Default::default(),
-            router: route::Router::new(upstreams),
+            router: route::Router::new(upstreams, &config.circuit),
             body_timeout: Duration::from_millis(config.server.body_timeout_ms),
             metrics,
             draining: CancellationToken::new(),

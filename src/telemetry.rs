@@ -315,17 +315,17 @@ impl Metrics {
 
     /// The Prometheus text, with the upstream gauges read fresh from the router.
     pub fn render(&self, router: &Router) -> String {
-        for upstream in router.upstreams() {
+        for (upstream, slot) in router.with_slots() {
             let labels = UpstreamLabels {
                 upstream: upstream.config.name.clone(),
             };
-            let state = match upstream.slot.circuit.state() {
+            let state = match slot.circuit.state() {
                 CircuitState::Closed => 0,
                 CircuitState::HalfOpen => 1,
                 CircuitState::Open => 2,
             };
             self.circuit.get_or_create(&labels).set(state);
-            let in_flight = upstream.slot.in_flight(upstream.config.max_concurrency);
+            let in_flight = slot.in_flight(upstream.config.max_concurrency);
             self.upstream_in_flight
                 .get_or_create(&labels)
                 .set(i64::from(in_flight));
@@ -366,7 +366,7 @@ mod tests {
                 ..Usage::default()
             },
         );
-        let text = metrics.render(&Router::new(Vec::new()));
+        let text = metrics.render(&Router::new(Vec::new(), &Default::default()));
         assert!(text.contains(r#"dashgate_requests_total{route="chat",model="qwen-plus",upstream="bailian",status="200"} 1"#), "{text}");
         assert!(
             text.contains(r#"dashgate_upstream_retries_total{upstream="bailian",reason="503"} 1"#),

@@ -145,13 +145,10 @@ fn the_dashboard_names_only_metrics_the_gateway_has() {
     observed.ledger_written(0);
     observed.image_saved("m", 1, 1);
     let upstream = UpstreamConfig::new("u", ProviderKind::Dashscope, "http://127.0.0.1:9");
-    let upstream = dashgate::provider::Upstream::new(
-        upstream,
-        &config::CircuitConfig::default(),
-        &config::MediaConfig::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let router = dashgate::route::Router::new(vec![Arc::new(upstream)]);
+    let upstream = dashgate::provider::Upstream::new(upstream, &config::MediaConfig::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let router =
+        dashgate::route::Router::new(vec![Arc::new(upstream)], &config::CircuitConfig::default());
     let exposed = metrics.render(&router);
     let mut names = 0;
     for expr in &exprs {

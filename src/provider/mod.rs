@@ -57,8 +57,6 @@ pub struct Upstream {
     pub media: crate::config::MediaConfig,
     /// Fetches image URLs for an upstream that cannot (`fetch_image_urls`).
     pub fetcher: Option<crate::fetch::Fetcher>,
-    /// Circuit state and concurrency cap.
-    pub slot: crate::route::Slot,
     /// For chat calls, the hot path.
     pool: std::sync::Arc<pool::Pool>,
     /// For file uploads (multipart).
@@ -78,11 +76,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const USER_AGENT: &str = concat!("dashgate/", env!("CARGO_PKG_VERSION"));
 
 impl Upstream {
-    pub fn new(
-        config: UpstreamConfig,
-        circuit: &crate::config::CircuitConfig,
-        media: &crate::config::MediaConfig,
-    ) -> Result<Self, String> {
+    pub fn new(config: UpstreamConfig, media: &crate::config::MediaConfig) -> Result<Self, String> {
         let base = config.base_url.trim_end_matches('/');
         let paths: [Option<String>; 4] = match config.provider {
             ProviderKind::Dashscope => [
@@ -141,7 +135,6 @@ impl Upstream {
         let scrubber = scrub::Scrubber::new(config.api_key.as_ref().map(|k| k.expose()));
         Ok(Self {
             scrubber,
-            slot: crate::route::Slot::new(config.max_concurrency, circuit),
             media,
             fetcher,
             config,

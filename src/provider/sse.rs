@@ -11,30 +11,37 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
 use crate::provider::{self, ReadError, Upstream};
-use crate::route::Lease;
 use crate::sse::EventSplitter;
 
+/// What holds an upstream for one reply and hears how reading it went: the router's lease
+/// (`route::Lease`, its concurrency slot and circuit). The provider reads the reply; what a
+/// failure means for the upstream's health is routing's call.
+pub trait Held {
+    fn upstream(&self) -> &std::sync::Arc<Upstream>;
+    fn report(&self, outcome: Result<(), &GatewayError>);
+}
+
 /// An upstream's successful response head, with what the rest of the reply needs.
-pub struct Upstreamed {
+pub struct Upstreamed<L> {
     pub response: provider::UpstreamResponse,
     /// Holds the upstream's concurrency slot until the reply is done.
-    pub lease: Lease,
+    pub lease: L,
     pub deadline: Instant,
     /// Cancelled when the shutdown drain time is over.
     pub abort: CancellationToken,
 }
 
-impl Upstreamed {
+impl<L: Held> Upstreamed<L> {
     pub fn is_event_stream(&self) -> bool {
         is_event_stream(&self.response)
     }
 
-    pub fn into_events(self) -> SseEvents {
+    pub fn into_events(self) -> SseEvents<L> {
         SseEvents::new(self)
     }
 
     pub async fn read_whole(self) -> Result<Bytes, GatewayError> {
-        let upstream = self.lease.upstream.clone();
+        let upstream = self.lease.upstream().clone();
         let body = read_whole(self.response, &upstream, self.deadline).await;
         if let Err(error) = &body {
             self.lease.report(Err(error));
@@ -75,8 +82,8 @@ pub async fn read_whole(
 }
 
 /// An upstream SSE body, event by event, with the idle and whole-request timeouts applied.
-pub struct SseEvents {
-    lease: Lease,
+pub struct SseEvents<L> {
+    lease: L,
     body: provider::PooledBody,
     splitter: EventSplitter,
     deadline: Instant,
@@ -97,9 +104,9 @@ pub enum Next {
     Fail(GatewayError),
 }
 
-impl SseEvents {
-    fn new(upstreamed: Upstreamed) -> Self {
-        let idle = upstreamed.lease.upstream.config.idle_timeout();
+impl<L: Held> SseEvents<L> {
+    fn new(upstreamed: Upstreamed<L>) -> Self {
+        let idle = upstreamed.lease.upstream().config.idle_timeout();
         let now = Instant::now();
         let deadline = upstreamed.deadline;
         Self {
@@ -116,12 +123,12 @@ impl SseEvents {
     }
 
     pub fn upstream(&self) -> &Upstream {
-        &self.lease.upstream
+        self.lease.upstream()
     }
 
     pub async fn next(&mut self) -> Next {
         loop {
-            let scrubber = &self.lease.upstream.scrubber;
+            let scrubber = &self.lease.upstream().scrubber;
             if let Some(event) = self.splitter.next_event() {
                 return Next::Event(scrubber.scrub(event));
             }
@@ -147,7 +154,7 @@ impl SseEvents {
             if read.is_ok() {
                 self.last_read = Instant::now();
             }
-            let upstream = &self.lease.upstream;
+            let upstream = self.lease.upstream();
             match read {
                 Ok(Some(Ok(frame))) => {
                     if let Some(chunk) = frame.data_ref() {

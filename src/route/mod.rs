@@ -18,6 +18,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::CircuitConfig;
 use crate::error::GatewayError;
 use crate::provider::Upstream;
+use crate::provider::sse::Held;
+
+/// An upstream's reply read under a [`Lease`].
+pub type Upstreamed = crate::provider::sse::Upstreamed<Lease>;
+/// An upstream's SSE reply, event by event, under a [`Lease`].
+pub type SseEvents = crate::provider::sse::SseEvents<Lease>;
 
 /// An upstream taken for one request: holds its concurrency slot until dropped.
 pub struct Lease {
@@ -37,6 +43,16 @@ impl Lease {
             Err(error) if counts_against(error) => self.circuit.record_failure(),
             Err(_) => {}
         }
+    }
+}
+
+impl Held for Lease {
+    fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    fn report(&self, outcome: Result<(), &GatewayError>) {
+        Lease::report(self, outcome);
     }
 }
 
@@ -90,17 +106,41 @@ impl Slot {
     }
 }
 
+/// The upstreams and, beside each, its admission state: the router owns the circuits, the
+/// provider only talks to its upstream.
 pub struct Router {
     upstreams: Vec<Arc<Upstream>>,
+    slots: Vec<Slot>,
 }
 
 impl Router {
-    pub fn new(upstreams: Vec<Arc<Upstream>>) -> Self {
-        Self { upstreams }
+    pub fn new(upstreams: Vec<Arc<Upstream>>, circuit: &CircuitConfig) -> Self {
+        let slots = upstreams
+            .iter()
+            .map(|u| Slot::new(u.config.max_concurrency, circuit))
+            .collect();
+        Self { upstreams, slots }
     }
 
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
+    }
+
+    /// Each upstream with its admission state, in configured order.
+    pub fn with_slots(&self) -> impl Iterator<Item = (&Arc<Upstream>, &Slot)> {
+        self.upstreams.iter().zip(&self.slots)
+    }
+
+    /// The admission state of the upstream at `index` (a `Lease::index`).
+    pub fn slot(&self, index: usize) -> Option<&Slot> {
+        self.slots.get(index)
+    }
+
+    /// Whether some upstream's circuit is not open (`/readyz`).
+    pub fn any_admitting(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.circuit.state() != CircuitState::Open)
     }
 
     /// Takes an upstream for `model`, preferring those not in `tried`. None serving it is 404
@@ -118,14 +158,14 @@ impl Router {
     ) -> Result<Lease, GatewayError> {
         let serving: Vec<(usize, Arc<Circuit>)> = (0..self.upstreams.len())
             .filter(|&i| self.upstreams[i].serves(model))
-            .map(|i| (i, self.upstreams[i].slot.circuit.for_model(model)))
+            .map(|i| (i, self.slots[i].circuit.for_model(model)))
             .collect();
         if serving.is_empty() {
             return Err(GatewayError::ModelNotFound(model.to_string()));
         }
         let usable = |k: &usize| {
             let (i, circuit) = &serving[*k];
-            circuit.may_admit() && self.upstreams[*i].slot.has_room()
+            circuit.may_admit() && self.slots[*i].has_room()
         };
         let mut pool: Vec<usize> = (0..serving.len())
             .filter(|&k| !tried.contains(&serving[k].0))
@@ -152,7 +192,7 @@ impl Router {
             }
             let (index, circuit) = &serving[pool[at]];
             let upstream = &self.upstreams[*index];
-            match upstream.slot.permit() {
+            match self.slots[*index].permit() {
                 Some(permit) if circuit.admit() => {
                     return Ok(Lease {
                         index: *index,
@@ -174,7 +214,7 @@ impl Router {
             by_age.sort_by_key(|(_, c)| c.last_failure.load(Ordering::Acquire));
             for (index, circuit) in by_age {
                 let upstream = &self.upstreams[*index];
-                if let Some(permit) = upstream.slot.permit() {
+                if let Some(permit) = self.slots[*index].permit() {
                     return Ok(Lease {
                         index: *index,
                         upstream: upstream.clone(),
@@ -190,12 +230,11 @@ impl Router {
     /// Whether an upstream not in `tried` could take `model` now (so a retry can fail over
     /// without waiting).
     pub fn has_fresh(&self, model: &str, tried: &[usize]) -> bool {
-        (0..self.upstreams.len()).any(|i| {
-            let u = &self.upstreams[i];
+        self.with_slots().enumerate().any(|(i, (u, slot))| {
             !tried.contains(&i)
                 && u.serves(model)
-                && u.slot.has_room()
-                && u.slot.circuit.for_model(model).may_admit()
+                && slot.has_room()
+                && slot.circuit.for_model(model).may_admit()
         })
     }
 
@@ -220,12 +259,12 @@ impl Router {
 }
 
 /// An upstream's health as `/readyz` and the admin API show it.
-pub fn upstream_health(u: &Upstream) -> serde_json::Value {
+pub fn upstream_health(u: &Upstream, slot: &Slot) -> serde_json::Value {
     serde_json::json!({
         "name": u.config.name,
         "models": u.config.models,
-        "circuit": u.slot.circuit.state().as_str(),
-        "in_flight": u.slot.in_flight(u.config.max_concurrency),
+        "circuit": slot.circuit.state().as_str(),
+        "in_flight": slot.in_flight(u.config.max_concurrency),
         "max_concurrency": u.config.max_concurrency,
     })
 }
@@ -239,15 +278,16 @@ mod tests {
         let mut config = UpstreamConfig::new(name, ProviderKind::Openai, "http://127.0.0.1:1/v1");
         config.models = models.iter().map(|m| m.to_string()).collect();
         config.weight = weight;
-        Arc::new(
-            Upstream::new(config, &CircuitConfig::default(), &Default::default())
-                .unwrap_or_else(|e| panic!("{e}")),
-        )
+        Arc::new(Upstream::new(config, &Default::default()).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn router_of(upstreams: Vec<Arc<Upstream>>) -> Router {
+        Router::new(upstreams, &CircuitConfig::default())
     }
 
     #[test]
     fn weights_split_the_tickets() {
-        let router = Router::new(vec![
+        let router = router_of(vec![
             upstream("a", &["qwen-plus"], 3),
             upstream("b", &["*"], 1),
         ]);
@@ -275,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_retry_fails_over_to_an_upstream_not_yet_tried() {
-        let router = Router::new(vec![upstream("a", &["*"], 1), upstream("b", &["*"], 1)]);
+        let router = router_of(vec![upstream("a", &["*"], 1), upstream("b", &["*"], 1)]);
         let first = router.take_with("m", &[0], |_| 0).map(|l| l.index).ok();
         assert_eq!(first, Some(1));
         let again = router.take_with("m", &[0, 1], |_| 0).map(|l| l.index).ok();
@@ -288,7 +328,7 @@ mod tests {
 
     #[test]
     fn no_match_is_model_not_found() {
-        let router = Router::new(vec![upstream("a", &["qwen-plus"], 1)]);
+        let router = router_of(vec![upstream("a", &["qwen-plus"], 1)]);
         assert!(
             matches!(router.take("qwen-max", &[]), Err(GatewayError::ModelNotFound(m)) if m == "qwen-max")
         );
@@ -302,11 +342,9 @@ mod tests {
     fn open_circuits_and_full_caps_give_503s() {
         let mut config = UpstreamConfig::new("a", ProviderKind::Openai, "http://127.0.0.1:1/v1");
         config.max_concurrency = 1;
-        let capped = Arc::new(
-            Upstream::new(config, &CircuitConfig::default(), &Default::default())
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let router = Router::new(vec![capped]);
+        let capped =
+            Arc::new(Upstream::new(config, &Default::default()).unwrap_or_else(|e| panic!("{e}")));
+        let router = router_of(vec![capped]);
         let held = router.take("m", &[]);
         assert!(held.is_ok());
         assert!(matches!(
@@ -317,50 +355,50 @@ mod tests {
         assert!(router.take("m", &[]).is_ok());
     }
 
-    fn open(upstream: &Upstream, model: &str) {
+    fn open(router: &Router, index: usize, model: &str) {
         for _ in 0..CircuitConfig::default().failure_threshold {
-            upstream.slot.circuit.for_model(model).record_failure();
+            router.slots[index]
+                .circuit
+                .for_model(model)
+                .record_failure();
         }
     }
 
     #[test]
     fn a_failing_model_opens_only_its_own_circuit() {
-        let shared = upstream("a", &["*"], 1);
-        open(&shared, "broken");
+        let router = router_of(vec![upstream("a", &["*"], 1)]);
+        open(&router, 0, "broken");
+        let slot = &router.slots[0];
+        assert_eq!(slot.circuit.for_model("broken").state(), CircuitState::Open);
         assert_eq!(
-            shared.slot.circuit.for_model("broken").state(),
-            CircuitState::Open
-        );
-        assert_eq!(
-            shared.slot.circuit.for_model("healthy").state(),
+            slot.circuit.for_model("healthy").state(),
             CircuitState::Closed
         );
-        assert_eq!(shared.slot.circuit.state(), CircuitState::Closed);
-        let router = Router::new(vec![shared]);
+        assert_eq!(slot.circuit.state(), CircuitState::Closed);
         let lease = router.take("healthy", &[]).map(|l| l.circuit.state()).ok();
         assert_eq!(lease, Some(CircuitState::Closed));
     }
 
     #[test]
     fn open_circuits_shift_traffic_and_panic_mode_tries_the_oldest_failure() {
-        let a = upstream("a", &["*"], 1);
-        let b = upstream("b", &["*"], 1);
-        open(&b, "m");
-        let router = Router::new(vec![a.clone(), b.clone()]);
+        let (a, b) = (upstream("a", &["*"], 1), upstream("b", &["*"], 1));
+        let router = router_of(vec![a, b.clone()]);
+        open(&router, 1, "m");
         for draw in [0, 1] {
             let name = router
                 .take_with("m", &[], |_| draw)
                 .map(|l| l.upstream.config.name.clone());
             assert_eq!(name.ok().as_deref(), Some("a"), "traffic shifts to a");
         }
-        open(&a, "m");
+        open(&router, 0, "m");
         // Both open: b failed longest ago, so b goes (not a 503).
         let name = router
             .take("m", &[])
             .map(|l| l.upstream.config.name.clone());
         assert_eq!(name.ok().as_deref(), Some("b"));
         // A single upstream with its circuit open still takes the model.
-        let alone = Router::new(vec![b]);
+        let alone = router_of(vec![b]);
+        open(&alone, 0, "m");
         assert!(alone.take("m", &[]).is_ok());
     }
 }

@@ -9,9 +9,10 @@ use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::GatewayError;
-use crate::provider::sse::Upstreamed;
 use crate::provider::{self, Api, Upstream};
 use crate::state::AppState;
+
+use super::Upstreamed;
 
 /// Failures worth another try, before the first byte: the upstream was unreachable, slow,
 /// overloaded or failing; never a client's 4xx other than 429.
@@ -77,7 +78,8 @@ pub async fn send_with_retries(
         let upstream = lease.upstream.clone();
         let (api, body) = body_for(&upstream);
         let started = Instant::now();
-        let span = attempt_span(&upstream, call, attempt, last_error.as_ref());
+        let circuit = (state.router.slot(lease.index)).map(|s| s.circuit.state());
+        let span = attempt_span(&upstream, call, attempt, circuit, last_error.as_ref());
         let send = upstream.send(
             api,
             provider::Outgoing {
@@ -151,6 +153,7 @@ fn attempt_span(
     upstream: &Upstream,
     call: &Call<'_>,
     attempt: u32,
+    circuit: Option<super::CircuitState>,
     previous: Option<&GatewayError>,
 ) -> tracing::Span {
     use tracing::field::Empty;
@@ -161,7 +164,7 @@ fn attempt_span(
         otel.status_code = Empty,
         dashgate.upstream = %upstream.config.name,
         dashgate.attempt = i64::from(attempt),
-        dashgate.circuit_state = upstream.slot.circuit.state().as_str(),
+        dashgate.circuit_state = circuit.map_or("", |c| c.as_str()),
         dashgate.retry_reason = Empty,
         gen_ai.system = provider_name(upstream),
         gen_ai.operation.name = "chat",
