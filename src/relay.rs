@@ -159,7 +159,7 @@ pub async fn dispatch(
         ),
         ..call
     };
-    let upstreamed = send_with_retries(state, &call, |upstream| {
+    let upstreamed = send_with_retries(&state.attempts(), &call, |upstream| {
         let wire = wire_for(upstream, request.dialect);
         let at = variant_of(&variants, upstream).min(variants.len());
         let (chat, prepared) = match variants.get(at) {

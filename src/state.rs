@@ -51,6 +51,18 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The parts an upstream call's tries draw on (`route::retry::send_with_retries`).
+    pub fn attempts(&self) -> route::retry::Attempts<'_> {
+        route::retry::Attempts {
+            retry: &self.config.retry,
+            router: &self.router,
+            limiter: &self.limiter,
+            mode: self.auth.mode(),
+            abort: &self.abort,
+            metrics: &self.metrics,
+        }
+    }
+
     /// Opens the store (applying its migrations) and starts the usage writer.
     pub async fn new(config: Config) -> Result<Self, String> {
         let upstreams = config

@@ -7,12 +7,27 @@ use axum::http::HeaderMap;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::auth::Caller;
-use crate::error::GatewayError;
-use crate::provider::{self, Api, Upstream};
-use crate::state::AppState;
+use tokio_util::sync::CancellationToken;
 
-use super::Upstreamed;
+use crate::auth::Caller;
+use crate::config::{AuthMode, RetryConfig};
+use crate::error::GatewayError;
+use crate::limit::Limiter;
+use crate::provider::{self, Api, Upstream};
+use crate::telemetry::Metrics;
+
+use super::{Router, Upstreamed};
+
+/// What the tries of one call draw on: the gateway's shared parts, borrowed (built by
+/// `AppState::attempts`).
+pub struct Attempts<'a> {
+    pub retry: &'a RetryConfig,
+    pub router: &'a Router,
+    pub limiter: &'a Limiter,
+    pub mode: AuthMode,
+    pub abort: &'a CancellationToken,
+    pub metrics: &'a Metrics,
+}
 
 /// Failures worth another try, before the first byte: the upstream was unreachable, slow,
 /// overloaded or failing; never a client's 4xx other than 429.
@@ -52,11 +67,11 @@ pub struct Call<'a> {
 /// Sends to an upstream for `call.model`, retrying and failing over before the first byte:
 /// `body_for` gives the endpoint and body for the upstream taken.
 pub async fn send_with_retries(
-    state: &AppState,
+    state: &Attempts<'_>,
     call: &Call<'_>,
     mut body_for: impl FnMut(&Upstream) -> (Api, Bytes),
 ) -> Result<Upstreamed, GatewayError> {
-    let retry = &state.config.retry;
+    let retry = state.retry;
     let budget_end = Instant::now() + retry.budget();
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<GatewayError> = None;
@@ -86,7 +101,7 @@ pub async fn send_with_retries(
                 body,
                 stream: call.stream,
                 request_id: call.request_id,
-                mode: state.auth.mode(),
+                mode: state.mode,
                 passthrough_token: call.caller.passthrough_token.as_deref(),
                 client_headers: call.headers,
             },
@@ -212,7 +227,7 @@ fn provider_name(upstream: &Upstream) -> &'static str {
 }
 
 /// Full-jitter exponential backoff.
-fn backoff(retry: &crate::config::RetryConfig, attempt: u32) -> Duration {
+fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     let ceiling = retry
         .backoff_ms
         .saturating_mul(1u64 << (attempt - 1).min(16))

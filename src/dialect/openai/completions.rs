@@ -88,7 +88,10 @@ async fn walk(
         meter: &ctx.meter,
         reserve: reserve_for(state, body.len(), &Default::default(), request.max_tokens),
     };
-    let upstreamed = send_with_retries(state, &call, |_| (Api::Completions, body.clone())).await?;
+    let upstreamed = send_with_retries(&state.attempts(), &call, |_| {
+        (Api::Completions, body.clone())
+    })
+    .await?;
     let name = upstream_name(&upstreamed);
     ctx.meter.upstream(&name);
     let response = if stream && upstreamed.is_event_stream() {
