@@ -263,6 +263,17 @@ impl Reply {
     }
 }
 
+/// One step of a translated stream.
+// Events are nearly every step: boxing them would allocate per event.
+#[allow(clippy::large_enum_variant)]
+pub enum Step {
+    /// The reply's id, model and time, once, before its first event.
+    Meta(Meta),
+    Event(ChatEvent),
+    /// The gateway gave up on the upstream mid-stream (timeout, broken connection).
+    Fail(crate::error::GatewayError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

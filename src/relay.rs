@@ -13,13 +13,14 @@ use crate::auth::Caller;
 use crate::chat::Chat;
 use crate::config::UpstreamDialect;
 use crate::error::GatewayError;
-use crate::event::{ChatEvent, Meta, Reply, StreamError};
+use crate::event::{ChatEvent, Reply, StreamError};
 use crate::provider::{self, Api, Upstream};
 use crate::sse;
 use crate::state::AppState;
 use crate::transform::{self, MediaStats, Prepared};
 
 // Moved out, named here still so the dialects' imports stay as they were.
+pub use crate::event::Step;
 pub use crate::provider::sse::Next;
 use crate::provider::sse::protocol_error;
 pub use crate::route::retry::{Call, send_with_retries};
@@ -77,17 +78,6 @@ impl Outcome {
             }
         }
     }
-}
-
-/// One step of a translated stream.
-// Events are nearly every step: boxing them would allocate per event.
-#[allow(clippy::large_enum_variant)]
-pub enum Step {
-    /// The reply's id, model and time, once, before its first event.
-    Meta(Meta),
-    Event(ChatEvent),
-    /// The gateway gave up on the upstream mid-stream (timeout, broken connection).
-    Fail(GatewayError),
 }
 
 /// The dialect an upstream is spoken to for a client of `client` dialect.

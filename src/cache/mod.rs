@@ -21,10 +21,8 @@ pub use metrics::CacheMetrics;
 use crate::auth::Caller;
 use crate::chat::Chat;
 use crate::error::GatewayError;
+use crate::event::Step;
 use crate::event::{ChatEvent, Reply};
-use crate::relay::{self, Outcome, Step};
-use crate::server::AppState;
-use crate::transform::MediaStats;
 use crate::usage::Meter;
 
 pub const HEADER: &str = "x-dashgate-cache";
@@ -48,7 +46,9 @@ impl Cache {
         }))
     }
 
-    async fn consult(
+    /// Looks the request up, where the config and the request allow it; a hit is marked on
+    /// the meter (no upstream tokens; the original usage kept for reference).
+    pub async fn consult(
         self: &Arc<Self>,
         caller: &Caller,
         headers: &HeaderMap,
@@ -163,21 +163,6 @@ enum Mode {
     Refresh,
 }
 
-/// Looks the request up, where the config and the request allow it; a hit is marked on the
-/// meter (no upstream tokens; the original usage kept for reference).
-pub async fn consult(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    chat: &Chat,
-    meter: &Meter,
-) -> Result<Consult, GatewayError> {
-    let cache = &state.cache;
-    cache
-        .consult(caller, headers, chat, meter, &state.router)
-        .await
-}
-
 /// What the cache said about one request.
 pub struct Consult {
     active: Option<Active>,
@@ -196,37 +181,37 @@ impl Consult {
         Some(if active.hit.is_some() { "hit" } else { "miss" })
     }
 
-    /// The request's outcome: the kept reply on a hit; otherwise the upstream's through
-    /// [`relay::dispatch`], kept as it goes by (a stream once it ended whole).
-    pub async fn dispatch(
-        self,
-        state: &AppState,
-        request: relay::ChatRequest<'_>,
-    ) -> Result<(Outcome, Option<MediaStats>), GatewayError> {
-        let dialect = request.dialect;
-        let Some(active) = self.active else {
-            return relay::dispatch(state, request).await;
-        };
-        if let Some(mut reply) = active.hit {
-            // This request's own id and time, not the original's.
-            reply.meta.id.clear();
-            reply.meta.request_id = None;
-            reply.meta.created = 0;
-            return Ok((Outcome::Whole(reply, UPSTREAM.to_string()), None));
+    /// The kept reply on a hit, with this request's own id and time, not the original's.
+    pub fn take_hit(&mut self) -> Option<Reply> {
+        let mut reply = self.active.as_mut()?.hit.take()?;
+        reply.meta.id.clear();
+        reply.meta.request_id = None;
+        reply.meta.created = 0;
+        Some(reply)
+    }
+
+    /// Whether the upstream's reply is to be kept (consulted, and a miss): it must then come
+    /// as canonical steps or a whole reply, so a miss is answered the way a hit will be.
+    pub fn keeps(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.hit.is_none())
+    }
+
+    /// Keeps a whole reply, when [`Consult::keeps`].
+    pub fn keep_whole(&self, reply: &Reply) {
+        if let Some(active) = self.active.as_ref().filter(|_| self.keeps()) {
+            active.cache.keep(active.key, reply);
         }
-        let (outcome, media) = relay::dispatch(state, request).await?;
-        // Only canonical replies are kept, so a miss is answered the way a hit will be.
-        let outcome = relay::canonical(outcome, dialect).await?;
-        let (cache, key) = (active.cache, active.key);
-        let outcome = match outcome {
-            Outcome::Whole(reply, name) => {
-                cache.keep(key, &reply);
-                Outcome::Whole(reply, name)
-            }
-            Outcome::Steps(steps, name) => Outcome::Steps(tee(steps, cache, key).boxed(), name),
-            raw @ Outcome::Raw(_) => raw,
-        };
-        Ok((outcome, media))
+    }
+
+    /// Passes a stream's steps on, kept once it ends whole, when [`Consult::keeps`].
+    pub fn keep_steps(
+        self,
+        steps: futures_util::stream::BoxStream<'static, Step>,
+    ) -> futures_util::stream::BoxStream<'static, Step> {
+        match self.active {
+            Some(active) if active.hit.is_none() => tee(steps, active.cache, active.key).boxed(),
+            _ => steps,
+        }
     }
 }
 

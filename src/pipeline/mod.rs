@@ -4,6 +4,7 @@
 //! [`outcome`]. The walk, file by file, is written out in docs/architecture.md.
 
 pub mod admit;
+pub mod cached;
 pub mod context;
 pub mod face;
 pub mod outcome;
@@ -96,7 +97,7 @@ async fn walk<D: ClientDialect>(
         Some(_) => crate::session::rewrite_body(&body, &chat, native_body)?,
         None => body,
     };
-    let cache = crate::cache::consult(state, &ctx.caller, headers, &chat, &ctx.meter).await?;
+    let cache = cached::consult(state, &ctx.caller, headers, &chat, &ctx.meter).await?;
     let cache_label = cache.label();
     let keepalive = state.config.server.sse_keepalive_ms;
     let response = if stream && keepalive > 0 {
@@ -114,8 +115,7 @@ async fn walk<D: ClientDialect>(
             request_id,
             meter: &ctx.meter,
         };
-        let (outcome, media) = cache
-            .dispatch(state, request)
+        let (outcome, media) = cached::dispatch(state, cache, request)
             .await
             .map_err(|e| face.dispatch_error(e))?;
         ctx.meter.media(media);

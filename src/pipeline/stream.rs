@@ -68,7 +68,7 @@ pub fn keepalive_response<D: ClientDialect>(
             request_id: &ctx.request_id,
             meter: &ctx.meter,
         };
-        match cache.dispatch(&state, request).await {
+        match super::cached::dispatch(&state, cache, request).await {
             Ok((outcome, media)) => {
                 ctx.meter.media(media);
                 Ok(stream_of(&face, outcome, &ctx, options).0)
