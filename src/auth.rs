@@ -83,6 +83,33 @@ pub struct Authenticator {
 }
 
 impl Caller {
+    /// A device's caller: named `account/device` (its limiter counters and ledger key name),
+    /// with the account's shared limits counted under `account:NAME` beside its own.
+    fn of_device(claims: crate::device::token::Claims) -> Caller {
+        let account_limits = Limits {
+            rpm: claims.account_rpm,
+            tpm: claims.account_tpm,
+            ..Limits::default()
+        };
+        let account: Arc<str> = Arc::from(claims.account.as_str());
+        Caller {
+            name: Arc::from(format!("{}/{}", claims.account, claims.device)),
+            id: None,
+            models: claims.models.map(Arc::from),
+            limits: Limits {
+                rpm: claims.rpm,
+                tpm: claims.tpm,
+                ..Limits::default()
+            },
+            passthrough_token: None,
+            account_limits: account_limits
+                .any()
+                .then(|| (Arc::from(format!("account:{account}")), account_limits)),
+            account: Some(account),
+            device: Some(Arc::from(claims.device.as_str())),
+        }
+    }
+
     fn of_record(key: &KeyRecord) -> Caller {
         Caller {
             name: Arc::from(key.name.as_str()),
@@ -192,7 +219,7 @@ impl Authenticator {
         }
         if token.starts_with(crate::device::token::PREFIX) {
             return match &self.devices {
-                Some(devices) => devices.authenticate(token, now_ms()),
+                Some(devices) => devices.verify(token, now_ms()).map(Caller::of_device),
                 None => Err(GatewayError::InvalidApiKey),
             };
         }

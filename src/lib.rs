@@ -33,4 +33,5 @@ pub mod store;
 pub mod telemetry;
 pub mod transform;
 pub mod usage;
+pub mod usage_record;
 pub mod wire;

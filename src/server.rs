@@ -211,7 +211,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());
     let (text, content_type) =
-        crate::prom_text::negotiate(state.metrics.render(&state.router), accept);
+        crate::prom_text::negotiate(state.metrics.render(&state.router.gauges()), accept);
     let mut response = Response::new(axum::body::Body::from(text));
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
@@ -265,7 +265,7 @@ pub async fn serve(
     });
     let app = router(state.clone());
     let batches = crate::batch::start(state.clone());
-    let connections = state.metrics.connections.clone();
+    let connections = state.connections.clone();
     let served =
         crate::listen::serve(listener, app, &state.config.server, connections, shutdown).await;
     // Batch lines in flight finish (within the drain time) before the ledger closes.

@@ -23,6 +23,10 @@ pub struct AppState {
     pub router: route::Router,
     pub body_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Client connections: open, and refused at the cap (`listen.rs`).
+    pub connections: crate::listen::ConnectionMetrics,
+    /// The Batch API's counters (`crate::batch`).
+    pub batch_metrics: crate::telemetry::batch::BatchMetrics,
     /// Cancelled when shutdown begins.
     pub draining: CancellationToken,
     /// Images decoded at once, across all requests: bounds the memory camera frames take.
@@ -76,7 +80,21 @@ impl AppState {
         let configured = (config.upstreams.iter().flat_map(|u| u.models.iter()))
             .chain(config.keys.iter().flat_map(|k| k.models.iter().flatten()))
             .chain(config.prices.keys());
-        let metrics = Arc::new(Metrics::new().with_models(configured.map(String::as_str)));
+        let mut metrics = Metrics::new().with_models(configured.map(String::as_str));
+        // Each module's metrics, registered in this order (the order `/metrics` lists them).
+        let registry = metrics.registry_mut();
+        let connections = crate::listen::ConnectionMetrics::register(registry);
+        let cache_metrics = crate::cache::CacheMetrics::default();
+        cache_metrics.register(registry);
+        let extract_metrics = crate::files::metrics::ExtractMetrics::default();
+        extract_metrics.register(registry);
+        let session_metrics = crate::session::SessionMetrics::default();
+        session_metrics.register(registry);
+        let batch_metrics = crate::telemetry::batch::BatchMetrics::default();
+        batch_metrics.register(registry);
+        let resume_metrics = crate::resume::ResumeMetrics::default();
+        resume_metrics.register(registry);
+        let metrics = Arc::new(metrics);
         let limiter = Arc::new(Limiter::new(
             &config.limits,
             store.clone(),
@@ -93,10 +111,10 @@ impl AppState {
         let console = crate::console::Console::open(&config, &store)
             .await
             .map_err(|e| format!("store.url: {e}"))?;
-        let cache = crate::cache::Cache::new(&config.cache, metrics.cache.clone())?;
+        let cache = crate::cache::Cache::new(&config.cache, cache_metrics)?;
         let devices = Arc::new(crate::device::Devices::open(&config.devices, &store).await?);
         crate::device::keep_refreshing(&devices, &store, config.devices.revocation_refresh_ms);
-        let resume = crate::resume::Hub::new(config.resume.clone(), metrics.resume.clone())?;
+        let resume = crate::resume::Hub::new(config.resume.clone(), resume_metrics)?;
         Ok(Self {
             resume,
             cache,
@@ -109,18 +127,17 @@ impl AppState {
             )
             .with_devices(devices.clone()),
             devices,
-            sessions: crate::session::Sessions::new(
-                config.sessions.clone(),
-                metrics.sessions.clone(),
-            ),
+            sessions: crate::session::Sessions::new(config.sessions.clone(), session_metrics),
             store,
-            files: crate::files::Files::new(&config.files, metrics.extract.clone())?,
+            files: crate::files::Files::new(&config.files, extract_metrics)?,
             limiter,
             meters,
             model_lists: Default::default(),
             router: route::Router::new(upstreams, &config.circuit),
             body_timeout: Duration::from_millis(config.server.body_timeout_ms),
             metrics,
+            connections,
+            batch_metrics,
             draining: CancellationToken::new(),
             media_limiter: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -1,7 +1,10 @@
 //! Metrics in Prometheus text (`GET /metrics`). One registry per gateway instance. Labels name
-//! routes, models, upstreams and statuses; never a key.
+//! routes, models, upstreams and statuses; never a key. The request path's own metrics are
+//! here; every other module owns its metrics and registers them into this registry when the
+//! gateway's state is built (`Metrics::registry_mut`), so this module imports none of them.
 
 pub mod access_log;
+pub mod batch;
 pub mod observed;
 pub mod otel;
 
@@ -15,7 +18,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::event::Usage;
-use crate::route::{CircuitState, Router};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -56,8 +58,6 @@ fn latency_histogram() -> Histogram {
 }
 
 pub struct Metrics {
-    /// Client connections: open, and refused at the cap (`listen.rs`).
-    pub connections: crate::listen::ConnectionMetrics,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -75,14 +75,14 @@ pub struct Metrics {
     models: std::collections::HashSet<String>,
     /// Token latency per model, attempts, ledger queue, image savings (#20).
     pub observed: observed::Observed,
-    /// The response cache's counters (`crate::cache`).
-    pub cache: crate::cache::CacheMetrics,
-    /// Text extraction's counters (`crate::files::cage`).
-    pub extract: crate::files::metrics::ExtractMetrics,
-    pub sessions: crate::session::SessionMetrics,
-    /// The Batch API's counters (`crate::batch`).
-    pub batch: crate::batch::BatchMetrics,
-    pub resume: crate::resume::ResumeMetrics,
+}
+
+/// One upstream's gauges, read from the router when `/metrics` is asked for.
+pub struct UpstreamGauges<'a> {
+    pub upstream: &'a str,
+    /// 0 closed, 1 half-open, 2 open.
+    pub circuit: i64,
+    pub in_flight: i64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,25 +179,8 @@ impl Metrics {
             ledger.clone(),
         );
         let observed = observed::Observed::register(&mut registry);
-        let connections = crate::listen::ConnectionMetrics::register(&mut registry);
-        let cache = crate::cache::CacheMetrics::default();
-        cache.register(&mut registry);
-        let extract = crate::files::metrics::ExtractMetrics::default();
-        extract.register(&mut registry);
-        let sessions = crate::session::SessionMetrics::default();
-        sessions.register(&mut registry);
-        let batch = crate::batch::BatchMetrics::default();
-        batch.register(&mut registry);
-        let resume = crate::resume::ResumeMetrics::default();
-        resume.register(&mut registry);
         Self {
-            batch,
             observed,
-            connections,
-            cache,
-            extract,
-            sessions,
-            resume,
             limiter_errors,
             ledger,
             models: Default::default(),
@@ -212,6 +195,11 @@ impl Metrics {
             upstream_in_flight,
             streams,
         }
+    }
+
+    /// Where the other modules register their metrics, before the state is shared.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     pub fn request(
@@ -313,22 +301,17 @@ impl Metrics {
         self.retries.get_or_create(&labels).inc();
     }
 
-    /// The Prometheus text, with the upstream gauges read fresh from the router.
-    pub fn render(&self, router: &Router) -> String {
-        for (upstream, slot) in router.with_slots() {
+    /// The Prometheus text, with the upstream gauges as read fresh from the router
+    /// (`route::Router::gauges`).
+    pub fn render(&self, upstreams: &[UpstreamGauges]) -> String {
+        for gauges in upstreams {
             let labels = UpstreamLabels {
-                upstream: upstream.config.name.clone(),
+                upstream: gauges.upstream.to_string(),
             };
-            let state = match slot.circuit.state() {
-                CircuitState::Closed => 0,
-                CircuitState::HalfOpen => 1,
-                CircuitState::Open => 2,
-            };
-            self.circuit.get_or_create(&labels).set(state);
-            let in_flight = slot.in_flight(upstream.config.max_concurrency);
+            self.circuit.get_or_create(&labels).set(gauges.circuit);
             self.upstream_in_flight
                 .get_or_create(&labels)
-                .set(i64::from(in_flight));
+                .set(gauges.in_flight);
         }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
@@ -366,7 +349,7 @@ mod tests {
                 ..Usage::default()
             },
         );
-        let text = metrics.render(&Router::new(Vec::new(), &Default::default()));
+        let text = metrics.render(&[]);
         assert!(text.contains(r#"dashgate_requests_total{route="chat",model="qwen-plus",upstream="bailian",status="200"} 1"#), "{text}");
         assert!(
             text.contains(r#"dashgate_upstream_retries_total{upstream="bailian",reason="503"} 1"#),

@@ -132,7 +132,7 @@ async fn create_inner(
     body: &[u8],
 ) -> Result<Value, BatchError> {
     let (caller, key_hash) = caller_of(state, headers).await?;
-    let metrics = &state.metrics.batch;
+    let metrics = &state.batch_metrics;
     let request: CreateBody =
         serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
     let input_file_id = string_field(request.input_file_id, "input_file_id")?;

@@ -160,7 +160,7 @@ pub async fn step(state: &Arc<AppState>, mut batch: BatchRecord) -> Result<(), S
         }
     }
     batch.usage_recorded = true;
-    state.metrics.batch.lines(
+    state.batch_metrics.lines(
         BY_UPSTREAM,
         u64::try_from(batch.completed).unwrap_or(0),
         u64::try_from(batch.failed).unwrap_or(0),

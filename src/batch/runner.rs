@@ -263,14 +263,13 @@ async fn run_here(shared: &Arc<Shared>, mut batch: BatchRecord) -> Result<(), St
             batch.id.clone(),
         );
         running.spawn(async move {
-            state.metrics.batch.running(1);
+            state.batch_metrics.running(1);
             let result = super::line::run(&state, &caller, &id, &line, &stop).await;
-            state.metrics.batch.running(-1);
+            state.batch_metrics.running(-1);
             drop(permit);
             let Some(result) = result else { return Ok(()) };
             state
-                .metrics
-                .batch
+                .batch_metrics
                 .lines(BY_GATEWAY, u64::from(result.ok), u64::from(!result.ok));
             state.store.add_batch_result(&id, &result).await
         });

@@ -67,6 +67,19 @@ pub struct DevicesConfig {
     pub revocation_refresh_ms: u64,
 }
 
+/// Splits a `[devices] signing_keys` entry, `id:secret`, into its id and secret: the id is 1 to
+/// 32 letters, digits, `-` or `_`, the secret 16 characters or more. Here so the validator
+/// checks entries with no import of the device module, which parses them with it.
+pub fn split_signing_key(text: &str) -> Option<(&str, &str)> {
+    let (id, secret) = text.split_once(':')?;
+    let id_ok = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (id_ok && secret.len() >= 16).then_some((id, secret))
+}
+
 impl Default for DevicesConfig {
     fn default() -> Self {
         Self {

@@ -17,7 +17,7 @@ mod upstream;
 mod usage;
 mod validate;
 
-pub use auth::{AuthConfig, AuthMode, DevicesConfig, QuotaPeriod, StaticKey};
+pub use auth::{AuthConfig, AuthMode, DevicesConfig, QuotaPeriod, StaticKey, split_signing_key};
 pub use batch::BatchConfig;
 pub use files::FilesConfig;
 pub use limits::{FailMode, LimitsConfig};

@@ -12,7 +12,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         problems.push(ConfigError::new(field, message));
     }
     for (i, key) in config.devices.signing_keys.iter().enumerate() {
-        if crate::device::token::SigningKey::parse(key.expose()).is_none() {
+        if split_signing_key(key.expose()).is_none() {
             problems.push(ConfigError::new(
                 format!("devices.signing_keys[{i}]"),
                 "expected `id:secret` (id of letters, digits, - or _; secret of 16 characters or more)",

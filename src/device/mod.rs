@@ -9,7 +9,6 @@ pub mod token;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::auth::{Caller, Limits};
 use crate::error::GatewayError;
 use crate::store::{Store, StoreError};
 use token::{Claims, Refused, SigningKey};
@@ -98,8 +97,9 @@ impl Devices {
         before("") || before(&claims.device)
     }
 
-    /// The caller a device token stands for.
-    pub fn authenticate(&self, token: &str, now_ms: i64) -> Result<Caller, GatewayError> {
+    /// What a live device token says: its signature, expiry and revocations checked. The
+    /// caller it stands for is made by `auth` (`Caller::of_device`).
+    pub fn verify(&self, token: &str, now_ms: i64) -> Result<Claims, GatewayError> {
         let claims = match token::verify(token, |kid| self.key(kid), now_ms) {
             Ok(claims) => claims,
             Err(Refused::Invalid) => return Err(GatewayError::InvalidApiKey),
@@ -108,34 +108,7 @@ impl Devices {
         if self.revoked(&claims) {
             return Err(GatewayError::KeyUnusable("was revoked"));
         }
-        Ok(caller_of(claims))
-    }
-}
-
-/// A device's caller: named `account/device` (its limiter counters and ledger key name), with
-/// the account's shared limits counted under `account:NAME` beside its own.
-fn caller_of(claims: Claims) -> Caller {
-    let account_limits = Limits {
-        rpm: claims.account_rpm,
-        tpm: claims.account_tpm,
-        ..Limits::default()
-    };
-    let account: Arc<str> = Arc::from(claims.account.as_str());
-    Caller {
-        name: Arc::from(format!("{}/{}", claims.account, claims.device)),
-        id: None,
-        models: claims.models.map(Arc::from),
-        limits: Limits {
-            rpm: claims.rpm,
-            tpm: claims.tpm,
-            ..Limits::default()
-        },
-        passthrough_token: None,
-        account_limits: account_limits
-            .any()
-            .then(|| (Arc::from(format!("account:{account}")), account_limits)),
-        account: Some(account),
-        device: Some(Arc::from(claims.device.as_str())),
+        Ok(claims)
     }
 }
 

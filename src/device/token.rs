@@ -57,15 +57,11 @@ impl SigningKey {
         }
     }
 
-    /// `id:secret` as written in `[devices] signing_keys`; the id is letters, digits, `-`, `_`.
+    /// `id:secret` as written in `[devices] signing_keys` (the rules in the config's
+    /// `split_signing_key`, which the validator checks with).
     pub fn parse(text: &str) -> Option<Self> {
-        let (id, secret) = text.split_once(':')?;
-        let id_ok = !id.is_empty()
-            && id.len() <= 32
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        (id_ok && secret.len() >= 16).then(|| Self::new(id, secret.as_bytes()))
+        let (id, secret) = crate::config::split_signing_key(text)?;
+        Some(Self::new(id, secret.as_bytes()))
     }
 
     fn mac(&self, signed: &[u8]) -> [u8; 32] {

@@ -143,6 +143,21 @@ impl Router {
             .any(|s| s.circuit.state() != CircuitState::Open)
     }
 
+    /// Each upstream's circuit and in-flight gauges, for `/metrics`.
+    pub fn gauges(&self) -> Vec<crate::telemetry::UpstreamGauges<'_>> {
+        self.with_slots()
+            .map(|(upstream, slot)| crate::telemetry::UpstreamGauges {
+                upstream: &upstream.config.name,
+                circuit: match slot.circuit.state() {
+                    CircuitState::Closed => 0,
+                    CircuitState::HalfOpen => 1,
+                    CircuitState::Open => 2,
+                },
+                in_flight: i64::from(slot.in_flight(upstream.config.max_concurrency)),
+            })
+            .collect()
+    }
+
     /// Takes an upstream for `model`, preferring those not in `tried`. None serving it is 404
     /// `model_not_found`; all of them failing or full is 503.
     pub fn take(&self, model: &str, tried: &[usize]) -> Result<Lease, GatewayError> {

@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Backend, Store, StoreError, day_of};
-use crate::usage::UsageRecord;
+use crate::usage_record::UsageRecord;
 
 /// Which records a question is about; every field narrows it.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -19,7 +19,7 @@ use tracing::field::Empty;
 
 use super::otel;
 use crate::config::{LogFormat, TelemetryConfig};
-use crate::usage::UsageRecord;
+use crate::usage_record::UsageRecord;
 
 /// Lines a full queue turned away.
 pub static LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);

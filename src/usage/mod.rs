@@ -8,7 +8,6 @@
 
 mod journal;
 mod meter;
-mod record;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,9 +17,9 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::usage_record::UsageRecord;
 pub use journal::Journal;
 pub use meter::{Meter, MeterContext};
-pub use record::UsageRecord;
 
 use crate::config::UsageConfig;
 use crate::store::{Backend, Store};

@@ -1,4 +1,6 @@
-//! One usage record per request: who, what, how much, how fast.
+//! One usage record per request: who, what, how much, how fast. A leaf (it imports nothing
+//! of the gateway) so the store and the access log can write it without importing `usage`;
+//! re-exported as `usage::UsageRecord`.
 
 use serde::{Deserialize, Serialize};
 

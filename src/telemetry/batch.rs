@@ -1,5 +1,6 @@
 //! The Batch API's metrics: batches made by route, lines answered by outcome, lines running,
-//! batches refused by reason.
+//! batches refused by reason. Re-exported as `batch::BatchMetrics`; here, not in `batch/`,
+//! because the AppState holds them while the batch code reads the AppState.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
