@@ -3,7 +3,6 @@
 //! (one device, or a whole account) live in the store and are read into memory every
 //! `devices.revocation_refresh_ms`: that interval bounds how late another gateway honours one.
 
-pub mod api;
 pub mod token;
 
 use std::collections::HashMap;

@@ -2,7 +2,6 @@
 //! a local directory or S3-compatible object storage, and `fileid://` references in system
 //! messages resolved per upstream (`resolve`).
 
-mod api;
 pub mod cage;
 pub mod extract;
 pub mod metrics;
@@ -15,8 +14,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-
-pub use api::routes;
 
 use crate::config::FilesConfig;
 
