@@ -1,6 +1,7 @@
 //! Files: `/v1/files` (and `/compatible-mode/v1/files`) in the OpenAI/DashScope shapes, bytes in
 //! a local directory or S3-compatible object storage, and `fileid://` references in system
-//! messages resolved per upstream (`resolve`).
+//! messages resolved per upstream (`resolve`). The routes are `crate::api::files`: the
+//! `AppState` holds `Files`, so nothing here takes the state.
 
 pub mod cage;
 pub mod extract;
