@@ -63,7 +63,7 @@ impl Action {
             models: models.clone(),
             ..NewKey::default()
         };
-        if let Err(e) = dashgate::admin::check_new_key(&new) {
+        if let Err(e) = dashgate::api::admin::check_new_key(&new) {
             let flag = e.param_name().unwrap_or("name");
             return Err(format!("--{flag}: {e}"));
         }

@@ -1,7 +1,7 @@
 //! dashgate: a gateway between device and app clients and DashScope (Qwen) or any
 //! OpenAI-compatible upstream. See `docs/architecture.md` for the plan of the house.
 
-pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod cache;

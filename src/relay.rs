@@ -134,7 +134,16 @@ pub async fn dispatch(
     // One set per variant, and a last one for the request as it came.
     let mut bodies: Vec<[Option<(Api, Bytes)>; 3]> = vec![[None, None, None]; variants.len() + 1];
     // Documents named as `fileid://`: each upstream gets its own rewrite of the request.
-    let files = crate::files::resolve::prepare(state, &request.chat, request.caller).await?;
+    let (upstreams, mode) = (state.router.upstreams(), state.auth.mode());
+    let files = crate::files::resolve::prepare(
+        &state.store,
+        &state.files,
+        upstreams,
+        mode,
+        &request.chat,
+        request.caller,
+    )
+    .await?;
     let mut file_bodies: std::collections::HashMap<String, (Api, Bytes)> = Default::default();
     let image_stats = variants
         .first()

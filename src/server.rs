@@ -130,11 +130,11 @@ async fn request_id(
 
 pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new();
-    if let Some(admin) = crate::admin::routes(&state) {
+    if let Some(admin) = crate::api::admin::routes(&state) {
         app = app.merge(admin);
     }
-    app = app.merge(crate::files::routes(&state));
-    app = app.merge(crate::session::api::routes());
+    app = app.merge(crate::api::files::routes(&state));
+    app = app.merge(crate::api::sessions::routes());
     app = app.merge(crate::batch::routes());
     let app = app
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -157,7 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(openai::model))
         .route("/api/v1/models", get(openai::native_models))
         .route("/compatible-mode/v1/models/{id}", get(openai::model))
-        .route("/v1/device-tokens", post(crate::device::api::mint))
+        .route("/v1/device-tokens", post(crate::api::device::mint))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -18,7 +18,7 @@ use super::{BY_GATEWAY, BY_UPSTREAM, BatchError, batch_json, store_failed, valid
 use crate::auth::Caller;
 use crate::config::{AuthMode, ProviderKind};
 use crate::error::{GatewayError, json_response};
-use crate::server::{AppState, RequestId};
+use crate::state::{AppState, RequestId};
 use crate::store::{BatchRecord, now_ms};
 
 /// A create request is a few ids and some metadata.

@@ -14,7 +14,7 @@ use crate::auth::{Caller, Limits};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::provider::Upstream;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{BatchRecord, StoreError, now_ms};
 use crate::usage::Meter;
 

@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::error::{GatewayError, Limit};
 use crate::provider::Api;
 use crate::relay::{self, ChatRequest, Dialect, Outcome};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::BatchResult;
 use crate::usage::Meter;
 

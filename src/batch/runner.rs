@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BY_GATEWAY, errors_of, validate};
 use crate::auth::Caller;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{BatchRecord, BatchResult, FileRecord, StoreError, now_ms};
 
 /// The running runner, stopped at shutdown.

@@ -6,9 +6,7 @@
 //! a request that changes something must also carry the session's CSRF token in
 //! `x-dashgate-csrf`, which a page of another origin cannot read nor send.
 
-pub mod api;
 pub mod firstrun;
-pub mod pages;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};

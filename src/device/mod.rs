@@ -1,9 +1,9 @@
 //! Device fleets: accounts own keys; an account's backend mints short-lived device tokens
-//! (`POST /v1/device-tokens`), which the gateway verifies with no store lookup. Revocations
-//! (one device, or a whole account) live in the store and are read into memory every
-//! `devices.revocation_refresh_ms`: that interval bounds how late another gateway honours one.
+//! (`POST /v1/device-tokens`, in `crate::api::device`), which the gateway verifies with no
+//! store lookup. Revocations (one device, or a whole account) live in the store and are read
+//! into memory every `devices.revocation_refresh_ms`: that interval bounds how late another
+//! gateway honours one.
 
-pub mod api;
 pub mod token;
 
 use std::collections::HashMap;

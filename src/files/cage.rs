@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
+use super::Files;
 use super::metrics::ExtractMetrics;
 use super::worker::{REFUSED, Refusal, WorkerArgs};
 use crate::config::FilesConfig;
-use crate::state::AppState;
-use crate::store::{FileRecord, StoredText};
+use crate::store::{FileRecord, Store, StoredText};
 
 /// What came of an extraction.
 #[derive(Debug, Clone)]
@@ -221,22 +221,21 @@ async fn bounded(mut reader: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bo
 }
 
 /// The text of `file`: kept in the store, or extracted now (and kept).
-pub async fn text(state: &AppState, file: &FileRecord) -> Result<String, Failure> {
-    if let Some(kept) = kept(state, &file.id).await {
+pub async fn text(files: &Files, store: &Store, file: &FileRecord) -> Result<String, Failure> {
+    if let Some(kept) = kept(store, &file.id).await {
         return kept;
     }
-    let cage = &state.files.cage;
+    let cage = &files.cage;
     let lock = cage.file_lock(&file.id);
     let _extracting = lock.lock().await;
-    if let Some(kept) = kept(state, &file.id).await {
+    if let Some(kept) = kept(store, &file.id).await {
         return kept;
     }
-    let bytes = state
-        .files
+    let bytes = files
         .get(&file.id)
         .await
         .map_err(|e| Failure::Broken(format!("its bytes cannot be read: {e}")))?;
-    let result = cage.run(&state.config.files, &file.filename, bytes).await;
+    let result = cage.run(&files.config, &file.filename, bytes).await;
     let stored = match &result {
         Ok(text) => {
             cage.metrics.extracted("text");
@@ -254,7 +253,7 @@ pub async fn text(state: &AppState, file: &FileRecord) -> Result<String, Failure
             return result;
         }
     };
-    if let Err(e) = state.store.set_file_text(&file.id, &stored).await {
+    if let Err(e) = store.set_file_text(&file.id, &stored).await {
         tracing::warn!(error = %e, file = %file.id, "file text not kept; extracted again next time");
     }
     match stored {
@@ -264,8 +263,8 @@ pub async fn text(state: &AppState, file: &FileRecord) -> Result<String, Failure
 }
 
 /// What the store keeps for file `id`, if anything.
-async fn kept(state: &AppState, id: &str) -> Option<Result<String, Failure>> {
-    let found = match state.store.file_text(id).await {
+async fn kept(store: &Store, id: &str) -> Option<Result<String, Failure>> {
+    let found = match store.file_text(id).await {
         Ok(found) => found?,
         Err(e) => {
             tracing::warn!(error = %e, file = %id, "file text unreadable from the store");

@@ -1,8 +1,8 @@
 //! Files: `/v1/files` (and `/compatible-mode/v1/files`) in the OpenAI/DashScope shapes, bytes in
 //! a local directory or S3-compatible object storage, and `fileid://` references in system
-//! messages resolved per upstream (`resolve`).
+//! messages resolved per upstream (`resolve`). The routes are `crate::api::files`: the
+//! `AppState` holds `Files`, so nothing here takes the state.
 
-mod api;
 pub mod cage;
 pub mod extract;
 pub mod metrics;
@@ -15,8 +15,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-
-pub use api::routes;
 
 use crate::config::FilesConfig;
 

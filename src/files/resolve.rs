@@ -5,14 +5,15 @@
 //! within `files.max_inline_tokens`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use super::Files;
 use crate::auth::Caller;
 use crate::chat::{Chat, Content, Role};
-use crate::config::ProviderKind;
+use crate::config::{AuthMode, ProviderKind};
 use crate::error::GatewayError;
 use crate::provider::Upstream;
-use crate::state::AppState;
-use crate::store::FileRecord;
+use crate::store::{FileRecord, Store};
 
 /// A system message that names files: where it is, and the ids in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,9 +74,13 @@ const MAX_LOOSE_REFS: usize = 64;
 pub type Rewrites = Vec<(usize, String)>;
 
 /// The rewrites each upstream serving the request needs, by upstream name; `None` when no
-/// message names a file.
+/// message names a file. `upstreams` are all configured ones (those serving the model get
+/// rewrites); `mode` is the auth mode an upload to an upstream goes with.
 pub async fn prepare(
-    state: &AppState,
+    store: &Store,
+    files: &Files,
+    upstreams: &[Arc<Upstream>],
+    mode: AuthMode,
     chat: &Chat,
     caller: &Caller,
 ) -> Result<Option<HashMap<String, Rewrites>>, GatewayError> {
@@ -100,8 +105,7 @@ pub async fn prepare(
             || "messages".to_string(),
             |i| format!("messages[{i}].content"),
         );
-        let found = state
-            .store
+        let found = store
             .file(&loose.id, &super::owner_of(caller))
             .await
             .map_err(|e| {
@@ -115,15 +119,14 @@ pub async fn prepare(
     if refs.is_empty() {
         return Ok(None);
     }
-    let mut files: HashMap<&str, FileRecord> = HashMap::new();
+    let mut records: HashMap<&str, FileRecord> = HashMap::new();
     for r in &refs {
         for id in &r.ids {
             let at = || format!("messages[{}].content", r.message);
             if id.is_empty() {
                 return Err(GatewayError::param(at(), "`fileid://` names no file"));
             }
-            let found = state
-                .store
+            let found = store
                 .file(id, &super::owner_of(caller))
                 .await
                 .map_err(|e| {
@@ -132,7 +135,7 @@ pub async fn prepare(
                 })?;
             match found {
                 Some(f) if f.purpose == "file-extract" => {
-                    files.insert(id.as_str(), f);
+                    records.insert(id.as_str(), f);
                 }
                 Some(_) => {
                     return Err(GatewayError::param(
@@ -146,10 +149,14 @@ pub async fn prepare(
     }
     let mut texts: HashMap<String, String> = HashMap::new();
     let mut out = HashMap::new();
-    for upstream in state.router.serving(&chat.model) {
+    for upstream in upstreams.iter().filter(|u| u.serves(&chat.model)) {
         let rewrites = match upstream.config.provider {
-            ProviderKind::Dashscope => upload_refs(state, upstream, &refs, &files, caller).await?,
-            ProviderKind::Openai => inline_refs(state, upstream, &refs, &files, &mut texts).await?,
+            ProviderKind::Dashscope => {
+                upload_refs(store, files, upstream, &refs, &records, caller, mode).await?
+            }
+            ProviderKind::Openai => {
+                inline_refs(store, files, upstream, &refs, &records, &mut texts).await?
+            }
         };
         out.insert(upstream.config.name.clone(), rewrites);
     }
@@ -157,37 +164,37 @@ pub async fn prepare(
 }
 
 async fn upload_refs(
-    state: &AppState,
+    store: &Store,
+    files: &Files,
     upstream: &Upstream,
     refs: &[FileRefs],
-    files: &HashMap<&str, FileRecord>,
+    records: &HashMap<&str, FileRecord>,
     caller: &Caller,
+    mode: AuthMode,
 ) -> Result<Rewrites, GatewayError> {
     let name = &upstream.config.name;
     let mut rewrites = Vec::new();
     for r in refs {
         let mut ids = Vec::new();
         for id in &r.ids {
-            let known = state.store.upstream_file(id, name).await.ok().flatten();
+            let known = store.upstream_file(id, name).await.ok().flatten();
             let remote = match known {
                 Some(remote) => remote,
                 None => {
-                    let file = &files[id.as_str()];
-                    let bytes = state.files.get(id).await.map_err(|e| {
+                    let file = &records[id.as_str()];
+                    let bytes = files.get(id).await.map_err(|e| {
                         tracing::warn!(error = %e, file = %id, "file bytes unreadable");
                         GatewayError::StoreUnavailable
                     })?;
-                    let mode = state.auth.mode();
                     let token = caller.passthrough_token.as_deref();
                     let remote = upstream
                         .upload_file(&file.filename, bytes, "file-extract", mode, token)
                         .await?;
-                    if let Err(e) = state.store.set_upstream_file(id, name, &remote).await {
+                    if let Err(e) = store.set_upstream_file(id, name, &remote).await {
                         tracing::warn!(error = %e, "upstream file id not kept; uploaded again next time");
                     }
                     // Another gateway may have won the race: use the id the store keeps.
-                    state
-                        .store
+                    store
                         .upstream_file(id, name)
                         .await
                         .ok()
@@ -209,13 +216,14 @@ fn estimate_tokens(text: &str) -> u64 {
 }
 
 async fn inline_refs(
-    state: &AppState,
+    store: &Store,
+    files: &Files,
     upstream: &Upstream,
     refs: &[FileRefs],
-    files: &HashMap<&str, FileRecord>,
+    records: &HashMap<&str, FileRecord>,
     texts: &mut HashMap<String, String>,
 ) -> Result<Rewrites, GatewayError> {
-    let limit = state.files.config.max_inline_tokens;
+    let limit = files.config.max_inline_tokens;
     let mut total = 0;
     let mut rewrites = Vec::new();
     for r in refs {
@@ -223,15 +231,15 @@ async fn inline_refs(
         let mut docs = Vec::new();
         for id in &r.ids {
             if !texts.contains_key(id) {
-                let file = &files[id.as_str()];
-                let text = super::cage::text(state, file)
+                let file = &records[id.as_str()];
+                let text = super::cage::text(files, store, file)
                     .await
                     .map_err(|failure| refused(at(), id, failure))?;
                 texts.insert(id.clone(), text);
             }
             let text = &texts[id];
             total += estimate_tokens(text);
-            let filename = &files[id.as_str()].filename;
+            let filename = &records[id.as_str()].filename;
             docs.push(format!(
                 "<document name=\"{filename}\">\n{text}\n</document>"
             ));
@@ -277,18 +285,10 @@ pub fn apply(chat: &Chat, rewrites: &Rewrites) -> Chat {
 }
 
 /// Deletes a file's copies at the upstreams (best effort: logged when it fails).
-pub async fn forget_upstream_copies(state: &AppState, file_id: &str) {
-    let copies = state
-        .store
-        .upstream_files_of(file_id)
-        .await
-        .unwrap_or_default();
+pub async fn forget_upstream_copies(store: &Store, upstreams: &[Arc<Upstream>], file_id: &str) {
+    let copies = store.upstream_files_of(file_id).await.unwrap_or_default();
     for (name, remote) in copies {
-        let upstream = state
-            .router
-            .upstreams()
-            .iter()
-            .find(|u| u.config.name == name);
+        let upstream = upstreams.iter().find(|u| u.config.name == name);
         if let Some(upstream) = upstream {
             if let Err(e) = upstream.delete_file(&remote).await {
                 tracing::warn!(error = %e, upstream = %name, file = %remote, "upstream copy not deleted");

@@ -90,7 +90,15 @@ async fn walk<D: ClientDialect>(
     }
     let session = state
         .sessions
-        .begin(state, &ctx.caller, headers, &mut chat)
+        .begin(
+            &state.store,
+            state.router.upstreams(),
+            &state.config.media,
+            &state.media_limiter,
+            &ctx.caller,
+            headers,
+            &mut chat,
+        )
         .await?;
     let (native_body, shape) = face.session(options);
     let body = match &session {

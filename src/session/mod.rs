@@ -9,7 +9,6 @@
 //! while the first is running is refused with 409 `session_busy` (in this process; across
 //! gateways the store's row version keeps the first turn's answer, the second is not stored).
 
-pub mod api;
 mod config;
 mod history;
 mod metrics;
@@ -19,6 +18,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderMap;
+use tokio::sync::Semaphore;
 
 pub use config::SessionsConfig;
 pub use history::{Entry, PLACEHOLDER};
@@ -27,8 +27,9 @@ pub use tap::Shape;
 
 use crate::auth::Caller;
 use crate::chat::{Chat, Message, Role};
+use crate::config::MediaConfig;
 use crate::error::GatewayError;
-use crate::state::AppState;
+use crate::provider::Upstream;
 use crate::store::{SessionRecord, Store, now_ms};
 
 /// The request header naming a session.
@@ -65,7 +66,7 @@ pub fn owner_of(caller: &Caller) -> String {
     }
 }
 
-fn store_failed(e: crate::store::StoreError) -> GatewayError {
+pub fn store_failed(e: crate::store::StoreError) -> GatewayError {
     tracing::warn!(error = %e, "sessions: store failed");
     GatewayError::StoreUnavailable
 }
@@ -121,15 +122,22 @@ impl Sessions {
         }
     }
 
-    fn fresh_since(&self) -> i64 {
+    pub fn fresh_since(&self) -> i64 {
         now_ms().saturating_sub(self.config.ttl_ms())
     }
 
     /// For a request naming a session: the stored history put in front of its messages (after
-    /// its system messages). `None` for a request without the header.
+    /// its system messages). `None` for a request without the header. The new turn's media go
+    /// through the image policy of the model's first upstream in `upstreams`, else `media`,
+    /// decoded under `media_limiter`.
+    // The parts of the AppState a turn reads, one by one: sessions sit below the state.
+    #[allow(clippy::too_many_arguments)]
     pub async fn begin(
         &self,
-        state: &AppState,
+        store: &Store,
+        upstreams: &[Arc<Upstream>],
+        media: &MediaConfig,
+        media_limiter: &Arc<Semaphore>,
         caller: &Caller,
         headers: &HeaderMap,
         chat: &mut Chat,
@@ -155,8 +163,7 @@ impl Sessions {
             }
         };
         let fresh_since = self.fresh_since();
-        let stored = state
-            .store
+        let stored = store
             .session(&owner, id, fresh_since)
             .await
             .map_err(store_failed)?;
@@ -167,8 +174,7 @@ impl Sessions {
                 (entries, record.version, record.created_at)
             }
             None => {
-                let live = state
-                    .store
+                let live = store
                     .count_sessions(&owner, fresh_since)
                     .await
                     .map_err(store_failed)?;
@@ -195,7 +201,7 @@ impl Sessions {
                 "a session turn needs a message after the system messages",
             ));
         }
-        let turn = clean_turn(state, chat, turn_messages).await?;
+        let turn = clean_turn(upstreams, media, media_limiter, chat, turn_messages).await?;
         let turn_images: usize = turn.iter().map(|e| e.images as usize).sum();
         let turn_tokens: u64 = turn.iter().map(Entry::tokens).sum();
         let omitted = history::omit_images(&mut history, turn_images, self.config.keep_images);
@@ -215,7 +221,7 @@ impl Sessions {
             created_at,
             entries: history,
             turn_len,
-            store: state.store.clone(),
+            store: store.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             answered: false,
@@ -226,7 +232,9 @@ impl Sessions {
 /// The new turn's messages through the image policy of the model's first upstream (without
 /// fetching URLs): what is stored is what went upstream, never a frame with its GPS.
 async fn clean_turn(
-    state: &AppState,
+    upstreams: &[Arc<Upstream>],
+    fallback: &MediaConfig,
+    media_limiter: &Arc<Semaphore>,
     chat: &Chat,
     messages: Vec<Message>,
 ) -> Result<Vec<Entry>, GatewayError> {
@@ -236,11 +244,11 @@ async fn clean_turn(
     };
     let mut per_image = 0;
     if turn.has_media() {
-        let media = match state.router.serving(&chat.model).next() {
+        let media = match upstreams.iter().find(|u| u.serves(&chat.model)) {
             Some(upstream) => upstream.media.clone(),
-            None => state.config.media.clone(),
+            None => fallback.clone(),
         };
-        let prepared = crate::transform::prepare(&turn, &media, None, &state.media_limiter).await?;
+        let prepared = crate::transform::prepare(&turn, &media, None, media_limiter).await?;
         crate::transform::apply_to_chat(&mut turn, &prepared.replacements);
         per_image = prepared.stats.tokens_after / u64::from(prepared.stats.images.max(1));
     }

@@ -227,7 +227,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (app, _) = router(options);
-    axum::serve(listener.tap_io(crate::server::no_delay), app)
+    axum::serve(listener.tap_io(crate::listen::no_delay), app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
@@ -238,7 +238,7 @@ pub async fn spawn(options: Options) -> std::io::Result<(SocketAddr, Arc<Stats>)
     let addr = listener.local_addr()?;
     let (app, stats) = router(options);
     tokio::spawn(async move {
-        let _ = axum::serve(listener.tap_io(crate::server::no_delay), app).await;
+        let _ = axum::serve(listener.tap_io(crate::listen::no_delay), app).await;
     });
     Ok((addr, stats))
 }

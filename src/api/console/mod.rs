@@ -6,6 +6,10 @@
 //! - `GET /admin/api/usage/devices?...`: totals per account and device (docs/fleet.md)
 //! - `POST /admin/api/admin-token`: replaces a gateway-made admin token, shows the new one once
 //! - `GET /admin/api/files`, `DELETE /admin/api/files/{id}`: every owner's uploaded files
+//!
+//! The console's pages and sign-in: `pages`.
+
+pub mod pages;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{TokenSource, random_hex};
+use crate::console::{TokenSource, random_hex};
 use crate::error::{GatewayError, json_response};
 use crate::state::{AppState, RequestId};
 use crate::store::{Bucket, KeyRecord, StoreError, UsageFilter, now_ms};
@@ -248,7 +252,8 @@ async fn delete_file(
     if let Err(e) = state.files.delete(&file_id).await {
         tracing::warn!(error = %e, file = %file_id, "file bytes not deleted");
     }
-    crate::files::resolve::forget_upstream_copies(&state, &file_id).await;
+    crate::files::resolve::forget_upstream_copies(&state.store, state.router.upstreams(), &file_id)
+        .await;
     Ok(ok(
         &json!({"object": "file", "deleted": true, "id": file_id}),
     ))

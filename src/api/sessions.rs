@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
-use super::{Entry, check_id, owner_of, store_failed};
 use crate::error::{GatewayError, json_response};
+use crate::session::{Entry, check_id, owner_of, store_failed};
 use crate::state::{AppState, RequestId};
 
 pub fn routes() -> Router<Arc<AppState>> {

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::extract;
 use crate::error::{GatewayError, json_response};
+use crate::files::{cage, extract, new_id, owner_of, resolve};
 use crate::state::{AppState, RequestId};
 use crate::store::{FileRecord, now_ms};
 
@@ -128,8 +128,8 @@ async fn upload_inner(
             Ok(extract::Kind::Opaque)
         );
     let record = FileRecord {
-        id: super::new_id(&purpose),
-        owner: super::owner_of(&caller),
+        id: new_id(&purpose),
+        owner: owner_of(&caller),
         filename,
         purpose,
         bytes: bytes.len() as u64,
@@ -145,7 +145,7 @@ async fn upload_inner(
     if has_text {
         // Extracted once, now; a refusal is kept too and told when the file is used, since a
         // `dashscope` upstream reads the file itself.
-        let _ = super::cage::text(state, &record).await;
+        let _ = cage::text(&state.files, &state.store, &record).await;
     }
     let body = serde_json::to_vec(&file_json(&record)).unwrap_or_default();
     Ok(json_response(StatusCode::OK, body))
@@ -193,7 +193,7 @@ async fn list(
         let caller = state.auth.authenticate(&headers).await?;
         let files = state
             .store
-            .files(&super::owner_of(&caller), 10_000)
+            .files(&owner_of(&caller), 10_000)
             .await
             .map_err(store_failed)?;
         let data: Vec<Value> = files.iter().map(file_json).collect();
@@ -215,7 +215,7 @@ async fn owned(
     let caller = state.auth.authenticate(headers).await?;
     state
         .store
-        .file(file_id, &super::owner_of(&caller))
+        .file(file_id, &owner_of(&caller))
         .await
         .map_err(store_failed)?
         .ok_or_else(|| GatewayError::FileNotFound(file_id.to_string()))
@@ -254,7 +254,7 @@ async fn delete(
             // The record is gone, so nobody can reach the bytes; they are logged for cleanup.
             tracing::warn!(error = %e, file = %file.id, "file bytes not deleted");
         }
-        super::resolve::forget_upstream_copies(&state, &file.id).await;
+        resolve::forget_upstream_copies(&state.store, state.router.upstreams(), &file.id).await;
         let body = json!({"object": "file", "deleted": true, "id": file.id});
         Ok(json_response(
             StatusCode::OK,

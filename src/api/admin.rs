@@ -8,7 +8,7 @@
 //! - `POST /admin/api/devices/revoke {"account", "device_id"?}`: docs/fleet.md
 //! - `GET /admin/api/usage/records?...&limit=N`
 //! - `GET /admin/api/upstreams`: each upstream with its circuit state
-//! - the console's own additions: `crate::console::api`; the web console itself: `/admin`
+//! - the console's own additions: `crate::api::console`; the web console itself: `/admin`
 
 use std::sync::Arc;
 
@@ -43,11 +43,11 @@ pub fn routes(state: &Arc<AppState>) -> Option<Router<Arc<AppState>>> {
         .route("/admin/api/upstreams", get(upstreams))
         .route(
             "/admin/api/devices/revoke",
-            axum::routing::post(crate::device::api::revoke),
+            axum::routing::post(super::device::revoke),
         )
-        .merge(crate::console::api::routes())
+        .merge(super::console::routes())
         .layer(middleware::from_fn_with_state(state.clone(), admin_only));
-    Some(router.merge(crate::console::pages::routes()))
+    Some(router.merge(super::console::pages::routes()))
 }
 
 async fn admin_only(
@@ -103,7 +103,7 @@ async fn list_keys(
     Extension(RequestId(id)): Extension<RequestId>,
 ) -> Answer {
     let keys = state.store.list_keys().await.map_err(fail(&id))?;
-    let keys = crate::console::api::key_listing(&state, keys)
+    let keys = super::console::key_listing(&state, keys)
         .await
         .map_err(fail(&id))?;
     Ok(ok(StatusCode::OK, &json!({"object": "list", "data": keys})))

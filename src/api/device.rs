@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::token::{self, Claims};
+use crate::device::token::{self, Claims};
 use crate::error::{GatewayError, json_response};
 use crate::state::{AppState, RequestId};
 use crate::store::{now_ms, rfc3339};
@@ -158,7 +158,7 @@ struct RevokeRequest {
     device_id: Option<String>,
 }
 
-/// Behind the admin guard (`crate::admin`).
+/// Behind the admin guard (`super::admin`).
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(id)): Extension<RequestId>,

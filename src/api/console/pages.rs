@@ -13,7 +13,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{COOKIE, CSRF_HEADER, SESSION_TTL};
+use crate::console::{COOKIE, CSRF_HEADER, SESSION_TTL};
 use crate::error::json_response;
 use crate::state::AppState;
 
@@ -22,46 +22,46 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "app.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../console/app.js"),
+        include_bytes!("../../../console/app.js"),
     ),
     (
         "pages.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../console/pages.js"),
+        include_bytes!("../../../console/pages.js"),
     ),
     (
         "charts.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../console/charts.js"),
+        include_bytes!("../../../console/charts.js"),
     ),
     (
         "i18n.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../console/i18n.js"),
+        include_bytes!("../../../console/i18n.js"),
     ),
     (
         "playground.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../console/playground.js"),
+        include_bytes!("../../../console/playground.js"),
     ),
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_bytes!("../../console/style.css"),
+        include_bytes!("../../../console/style.css"),
     ),
     (
         "uPlot.iife.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../console/vendor/uPlot.iife.min.js"),
+        include_bytes!("../../../console/vendor/uPlot.iife.min.js"),
     ),
     (
         "uPlot.min.css",
         "text/css; charset=utf-8",
-        include_bytes!("../../console/vendor/uPlot.min.css"),
+        include_bytes!("../../../console/vendor/uPlot.min.css"),
     ),
 ];
 
-const INDEX: &[u8] = include_bytes!("../../console/index.html");
+const INDEX: &[u8] = include_bytes!("../../../console/index.html");
 
 /// Nothing but the console's own origin; pictures may come from the camera or disk (blob/data).
 const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; \
