@@ -4,8 +4,8 @@
 The graph: an edge A -> B when code of module A names `crate::B...` (in a `use` or inline
 path, braces included: `use crate::{b, c::d}`) or reaches B through `super::` chains. Modules are
 the top-level ones (`src/<name>.rs`, `src/<name>/`) unless `--depth N` asks for deeper paths.
-Test code is left out (files named tests.rs or props.rs or under a tests/ folder, and whatever
-follows a `#[cfg(test)]` line), as are comments. Every strongly connected group of two or more
+Test code is left out (files named tests.rs or props.rs or under a tests/ folder, and the item
+after a `#[cfg(test)]` attribute), as are comments. Every strongly connected group of two or more
 modules is a loop: each is printed with its edges and the first file:line of each edge.
 
 Exit 0 without loops, 1 with any. With `--baseline FILE` (lines `a -> b  # why`), the listed
@@ -39,12 +39,32 @@ def is_test_file(rel):
 
 
 def code_lines(text):
-    """(line number, code) with comments removed, up to the first `#[cfg(test)]`."""
+    """(line number, code) with comments removed and test-only items skipped.
+
+    A `#[cfg(test)]` attribute hides the one item it marks: a line ending in `;`
+    (`mod tests;`, a `use`) or a braced item up to its closing brace. The code after it
+    is read again, so a file's later edges are not lost.
+    """
+    skipping, depth, opened = False, 0, False
     for number, line in enumerate(text.splitlines(), 1):
-        if line.strip().startswith("#[cfg(test)]"):
-            return
         cut = line.find("//")
-        yield number, line if cut < 0 else line[:cut]
+        code = line if cut < 0 else line[:cut]
+        stripped = code.strip()
+        if stripped.startswith("#[cfg(test)]"):
+            skipping, depth, opened = True, 0, False
+            code = stripped[len("#[cfg(test)]"):]
+            stripped = code.strip()
+            if not stripped:
+                continue
+        if skipping:
+            if not opened and stripped.startswith("#["):
+                continue
+            depth += code.count("{") - code.count("}")
+            opened = opened or "{" in code
+            if (opened and depth <= 0) or (not opened and stripped.endswith(";")):
+                skipping = False
+            continue
+        yield number, code
 
 
 def brace_heads(text, start):

@@ -4,7 +4,6 @@
 //! all; a request asks with `x-dashgate-cache: on | refresh` (or is in by `default_on`) and can
 //! opt out with `off`. What is kept is the canonical reply, encoded once as OpenAI JSON.
 
-pub mod config;
 mod key;
 mod metrics;
 mod store;
@@ -15,7 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
 
-pub use config::{CacheConfig, CacheScope};
+pub use crate::config::{CacheConfig, CacheScope};
 pub use metrics::CacheMetrics;
 
 use crate::auth::Caller;

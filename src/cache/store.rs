@@ -7,7 +7,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
-use super::config::CacheConfig;
+use crate::config::CacheConfig;
 
 pub enum Backend {
     Local(moka::sync::Cache<[u8; 32], Bytes>),

@@ -3,13 +3,16 @@
 
 mod auth;
 mod batch;
+mod cache;
 mod files;
 mod interpolate;
 mod limits;
 mod load;
 mod media;
 mod resilience;
+mod resume;
 mod server;
+mod sessions;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -19,12 +22,15 @@ mod validate;
 
 pub use auth::{AuthConfig, AuthMode, DevicesConfig, QuotaPeriod, StaticKey, split_signing_key};
 pub use batch::BatchConfig;
+pub use cache::{CacheConfig, CacheScope};
 pub use files::FilesConfig;
 pub use limits::{FailMode, LimitsConfig};
 pub use load::{Source, load, load_with, parse};
 pub use media::{MediaConfig, MediaOverride};
 pub use resilience::{CircuitConfig, RetryConfig};
+pub use resume::ResumeConfig;
 pub use server::{ServerConfig, StoreConfig};
+pub use sessions::SessionsConfig;
 pub use telemetry::{LogFormat, TelemetryConfig};
 pub use upstream::{ProviderKind, UpstreamConfig, UpstreamDialect};
 pub use usage::{Price, UsageConfig};
@@ -115,12 +121,12 @@ pub struct Config {
     pub prices: std::collections::BTreeMap<String, Price>,
     pub telemetry: TelemetryConfig,
     /// The exact response cache (`docs/cache.md`).
-    pub cache: crate::cache::CacheConfig,
+    pub cache: CacheConfig,
     pub devices: DevicesConfig,
     /// Server-side sessions (`docs/fleet.md`).
-    pub sessions: crate::session::SessionsConfig,
+    pub sessions: SessionsConfig,
     /// The Batch API (`docs/batch.md`).
     pub batch: BatchConfig,
     /// Resumable streams (`docs/fleet.md`).
-    pub resume: crate::resume::ResumeConfig,
+    pub resume: ResumeConfig,
 }

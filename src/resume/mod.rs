@@ -3,7 +3,6 @@
 //! `Last-Event-ID` and gets the rest of the same upstream call, which kept running for the
 //! grace period with its events buffered. One upstream call, one usage record.
 
-mod config;
 mod hub;
 mod metrics;
 mod stamp;
@@ -16,7 +15,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use sha2::{Digest, Sha256};
 
-pub use config::ResumeConfig;
+pub use crate::config::ResumeConfig;
 pub use hub::{Hub, Refusal};
 pub use metrics::ResumeMetrics;
 pub use stamp::{EventId, Stamper};

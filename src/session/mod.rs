@@ -9,7 +9,6 @@
 //! while the first is running is refused with 409 `session_busy` (in this process; across
 //! gateways the store's row version keeps the first turn's answer, the second is not stored).
 
-mod config;
 mod history;
 mod metrics;
 mod tap;
@@ -20,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::HeaderMap;
 use tokio::sync::Semaphore;
 
-pub use config::SessionsConfig;
+pub use crate::config::SessionsConfig;
 pub use history::{Entry, PLACEHOLDER};
 pub use metrics::SessionMetrics;
 pub use tap::Shape;

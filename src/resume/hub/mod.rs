@@ -16,7 +16,7 @@ use futures_util::stream::BoxStream;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::config::ResumeConfig;
+use crate::config::ResumeConfig;
 use super::metrics::ResumeMetrics;
 use super::stamp::{EventId, Stamper};
 

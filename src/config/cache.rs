@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::Secret;
+use super::Secret;
 
 /// Whose replies a cached entry may answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
