@@ -93,7 +93,9 @@ pub async fn send_with_retries(
         let upstream = lease.upstream.clone();
         let (api, body) = body_for(&upstream);
         let started = Instant::now();
-        let circuit = (state.router.slot(lease.index)).map(|s| s.circuit.state());
+        // The (upstream, model) circuit this try goes through: one atomic read, where the
+        // upstream's overall state would scan every model's circuit on each try.
+        let circuit = lease.circuit.state();
         let span = attempt_span(&upstream, call, attempt, circuit, last_error.as_ref());
         let send = upstream.send(
             api,
@@ -168,7 +170,7 @@ fn attempt_span(
     upstream: &Upstream,
     call: &Call<'_>,
     attempt: u32,
-    circuit: Option<super::CircuitState>,
+    circuit: super::CircuitState,
     previous: Option<&GatewayError>,
 ) -> tracing::Span {
     use tracing::field::Empty;
@@ -179,7 +181,7 @@ fn attempt_span(
         otel.status_code = Empty,
         dashgate.upstream = %upstream.config.name,
         dashgate.attempt = i64::from(attempt),
-        dashgate.circuit_state = circuit.map_or("", |c| c.as_str()),
+        dashgate.circuit_state = circuit.as_str(),
         dashgate.retry_reason = Empty,
         gen_ai.system = provider_name(upstream),
         gen_ai.operation.name = "chat",

@@ -16,9 +16,9 @@ use futures_util::stream::BoxStream;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ResumeConfig;
 use super::metrics::ResumeMetrics;
 use super::stamp::{EventId, Stamper};
+use crate::config::ResumeConfig;
 
 mod feed;
 
