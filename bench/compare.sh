@@ -8,7 +8,7 @@
 # requests and time; nothing here is part of the test suite.
 #
 # Environment (defaults in brackets):
-#   CONCURRENCY  levels                              ["16 64 256"]
+#   CONCURRENCY  levels                              ["1 16 64 256"]
 #   REQUESTS     measured requests per run           [20000]
 #   MAX_SECONDS  hard stop per run                   [10]
 #   LATENCY_MS   simulator's fixed delay per reply   [1]
@@ -27,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CONCURRENCY=${CONCURRENCY:-"16 64 256"}
+CONCURRENCY=${CONCURRENCY:-"1 16 64 256"}
 REQUESTS=${REQUESTS:-20000}
 MAX_SECONDS=${MAX_SECONDS:-10}
 LATENCY_MS=${LATENCY_MS:-1}
@@ -52,9 +52,12 @@ ulimit -n 16384
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-# Contestant and simulator share core 1; the load generator has core 0.
+# The contestant is alone on core 1; the load generator and the simulator (the upstream) share
+# core 0, so what the contestant does to its tail is not hidden by the upstream's work, nor the
+# other way round.
 SERVER_PIN=(taskset -c 1)
 CLIENT_PIN=(taskset -c 0)
+SIM_PIN=(taskset -c 0)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 rss_kib() { # PID...: resident memory of these processes, summed
     local total=0 pid
@@ -64,7 +67,7 @@ rss_kib() { # PID...: resident memory of these processes, summed
     echo "$total"
 }
 
-start simulator 3 "${SERVER_PIN[@]}" "$DASHGATE" simulate --listen 127.0.0.1:0 --latency-ms "$LATENCY_MS" --chunks 20
+start simulator 3 "${SIM_PIN[@]}" "$DASHGATE" simulate --listen 127.0.0.1:0 --latency-ms "$LATENCY_MS" --chunks 20
 SIM=$ADDR
 SIM_PID=${PIDS[-1]}
 
@@ -220,7 +223,7 @@ measure() { # LABEL ARGS...: every contestant, the order rotated per row and per
     ROW=$((ROW + 1))
 }
 
-printf '{"model":"qwen-plus","messages":[{"role":"user","content":"%s"}],"sim":{"chunk_delay_ms":1}}' \
+printf '{"model":"qwen-plus","messages":[{"role":"user","content":"%s"}],"sim":{"chunk_delay_ms":5}}' \
     "Benchmark prompt: please answer with a short friendly greeting, thank you." >"$WORK/paced.json"
 target/release/examples/frame 3600 2700 >"$WORK/frame.json" 2>/dev/null
 FRAME_BYTES=$(stat -c %s "$WORK/frame.json")
@@ -243,7 +246,7 @@ one_round() {
         measure "stream-c$conc" --stream --concurrency "$conc" --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 500
         LABELS+=("stream-c$conc")
     done
-    # Paced: the 20 events 1 ms apart, as a model emits tokens, so each arrives on its own (in
+    # Paced: the 20 events 5 ms apart, as a model emits tokens, so each arrives on its own (in
     # the rows above the simulator writes all 20 at once and they arrive as one burst).
     measure "paced-c64" --stream --concurrency 64 --requests "$REQUESTS" --max-seconds "$MAX_SECONDS" --warmup 200 --body "$WORK/paced.json"
     LABELS+=("paced-c64")
@@ -333,7 +336,7 @@ added_median() {
 }
 
 echo
-echo "simulator --latency-ms $LATENCY_MS; $REQUESTS requests or ${MAX_SECONDS}s per run; contestant + simulator on core 1, loadgen on core 0"
+echo "simulator --latency-ms $LATENCY_MS; $REQUESTS requests or ${MAX_SECONDS}s per run; contestant alone on core 1, loadgen + simulator on core 0"
 echo "frame body: $FRAME_BYTES bytes; added = contestant - direct; ratio = dashgate added / nginx added"
 if ((ROUNDS_DONE > 1)); then
     echo "$ROUNDS_DONE rounds, contestants rotated each round: median [min–max] over rounds; added paired per round; ratio of the medians"
@@ -373,11 +376,11 @@ if [[ -n $BEFORE ]]; then
     echo
     echo "before: $BEFORE; after: $DASHGATE (same set-up, interleaved)"
     echo
-    echo "| run | before added p50 / p99 ms | after added p50 / p99 ms | rps before / after | CPU µs/request before / after | stream TTFB added p50 before / after |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| run | before added p50 / p99 ms | after added p50 / p99 ms | rps before / after | CPU µs/request before / after | stream TTFB added p50 / p99 before | stream TTFB added p50 / p99 after |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for l in "${LABELS[@]}"; do
-        ttfb="-"
-        is_stream "$l" && ttfb="$(cell "$(paired "${LT50[before$l]}" "${LT50[direct$l]}")") / $(cell "$(paired "${LT50[dashgate$l]}" "${LT50[direct$l]}")")"
+        ttfb="- | -"
+        is_stream "$l" && ttfb="$(added before "$l" LT50 LT99) | $(added dashgate "$l" LT50 LT99)"
         echo "| $l | $(added before "$l") | $(added dashgate "$l") | $(cell "${LRPS[before$l]}") / $(cell "${LRPS[dashgate$l]}") | $(cell "${LCPU[before$l]}") / $(cell "${LCPU[dashgate$l]}") | $ttfb |"
     done
 fi
