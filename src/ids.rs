@@ -29,16 +29,37 @@ pub fn may_carry_usage(json: &[u8]) -> bool {
 /// ledger and the logs name one id. The upstream's id is read once, by a JSON read of the
 /// first event that has one; after that each event is searched for that quoted string.
 pub struct IdRewriter {
-    field: &'static str,
-    from: Option<Vec<u8>>,
+    field: IdField,
+    /// The upstream's id as quoted JSON text, with its searcher built once (not per event).
+    from: Option<memmem::Finder<'static>>,
     to: Vec<u8>,
+}
+
+/// Which top-level key holds the upstream's id.
+#[derive(Clone, Copy)]
+enum IdField {
+    Id,
+    RequestId,
+}
+
+/// The one key read of an event; every other value is skipped without being built.
+#[derive(serde::Deserialize)]
+struct CompatId<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct NativeId<'a> {
+    #[serde(borrow)]
+    request_id: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl IdRewriter {
     /// For compatible-mode chunks: `"id":"chatcmpl-..."`.
     pub fn compat(request_id: &str) -> Self {
         Self {
-            field: "id",
+            field: IdField::Id,
             from: None,
             to: format!("\"chatcmpl-{request_id}\"").into_bytes(),
         }
@@ -47,7 +68,7 @@ impl IdRewriter {
     /// For legacy completions: `"id":"cmpl-..."`.
     pub fn completion(request_id: &str) -> Self {
         Self {
-            field: "id",
+            field: IdField::Id,
             from: None,
             to: format!("\"cmpl-{request_id}\"").into_bytes(),
         }
@@ -56,7 +77,7 @@ impl IdRewriter {
     /// For native frames and replies: `"request_id":"..."`.
     pub fn native(request_id: &str) -> Self {
         Self {
-            field: "request_id",
+            field: IdField::RequestId,
             from: None,
             to: format!("\"{request_id}\"").into_bytes(),
         }
@@ -65,32 +86,40 @@ impl IdRewriter {
     /// The event (or whole body) with the id replaced; untouched when it has none.
     pub fn apply(&mut self, event: Bytes) -> Bytes {
         if self.from.is_none() {
-            self.from = self.upstream_id(&event);
+            self.from = self
+                .upstream_id(&event)
+                .map(|id| memmem::Finder::new(&id).into_owned());
         }
         let Some(from) = &self.from else {
             return event;
         };
-        if from == &self.to {
+        let needle = from.needle();
+        if needle == self.to.as_slice() {
             return event;
         }
-        let Some(at) = memmem::find(&event, from) else {
+        let Some(at) = from.find(&event) else {
             return event;
         };
         let mut out = Vec::with_capacity(event.len() + self.to.len());
         out.extend_from_slice(&event[..at]);
         out.extend_from_slice(&self.to);
-        out.extend_from_slice(&event[at + from.len()..]);
+        out.extend_from_slice(&event[at + needle.len()..]);
         Bytes::from(out)
     }
 
+    /// The id as quoted JSON text. Read into a one-key struct: a whole `Value` per reply cost
+    /// a map insert and an allocation for every key of the body. A body whose key comes twice
+    /// is not valid for this read and keeps its own id.
     fn upstream_id(&self, event: &[u8]) -> Option<Vec<u8>> {
         let json = match crate::sse::data_of(event) {
             Some(data) => data,
             None => event,
         };
-        let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-        let id = value.get(self.field)?.as_str()?;
-        serde_json::to_vec(id).ok()
+        let id = match self.field {
+            IdField::Id => serde_json::from_slice::<CompatId>(json).ok()?.id,
+            IdField::RequestId => serde_json::from_slice::<NativeId>(json).ok()?.request_id,
+        }?;
+        serde_json::to_vec(&id).ok()
     }
 }
 
@@ -163,5 +192,33 @@ mod tests {
             b"id:1\nevent:result\n:HTTP_STATUS/200\ndata:{\"output\":{},\"request_id\":\"up\"}\n\n",
         ));
         assert!(frame.ends_with(b"\"request_id\":\"g2\"}\n\n"));
+    }
+
+    #[test]
+    fn only_the_top_level_id_is_taken_and_a_body_without_one_is_left_alone() {
+        let mut ids = IdRewriter::compat("g3");
+        let body = ids.apply(Bytes::from_static(
+            b"{\"choices\":[{\"id\":\"inner\"}],\"id\":\"chatcmpl-\\u0075p\"}",
+        ));
+        // An id the upstream wrote with escapes is not found again as text: left as sent.
+        assert_eq!(
+            &body[..],
+            b"{\"choices\":[{\"id\":\"inner\"}],\"id\":\"chatcmpl-\\u0075p\"}"
+        );
+        let mut plain = IdRewriter::compat("g4");
+        let body = plain.apply(Bytes::from_static(
+            b"{\"choices\":[{\"id\":\"inner\"}],\"id\":\"chatcmpl-up\"}",
+        ));
+        assert_eq!(
+            &body[..],
+            b"{\"choices\":[{\"id\":\"inner\"}],\"id\":\"chatcmpl-g4\"}"
+        );
+        let mut none = IdRewriter::native("g5");
+        let body = Bytes::from_static(b"{\"output\":{\"request_id\":\"inner\"}}");
+        assert_eq!(none.apply(body.clone()), body);
+        assert_eq!(
+            none.apply(Bytes::from_static(b"not json")),
+            Bytes::from_static(b"not json")
+        );
     }
 }

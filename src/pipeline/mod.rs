@@ -49,7 +49,17 @@ pub async fn handle<D: ClientDialect>(
     let result = match admit(&state, &headers, body, entry).await {
         Ok(admitted) => {
             let meter = admitted.meter.clone();
-            let result = walk(&state, &headers, &face, &request_id, started, admitted).await;
+            // Boxed: the walk's state is large, and a future held inline is moved (copied)
+            // through each layer of the router on every request.
+            let result = Box::pin(walk(
+                &state,
+                &headers,
+                &face,
+                &request_id,
+                started,
+                admitted,
+            ))
+            .await;
             outcome::ended(&meter, &result);
             result
         }
