@@ -313,10 +313,7 @@ impl RequestLog {
                 // serde_json writes only valid UTF-8.
                 String::from_utf8(out).unwrap_or_default()
             }
-            LogFormat::Text => match serde_json::to_value(&line) {
-                Ok(value) => text_line(&value),
-                Err(_) => String::new(),
-            },
+            LogFormat::Text => line.text(),
         }
     }
 }
@@ -348,30 +345,68 @@ struct Line<'a> {
     ttft_ms: Option<u64>,
 }
 
-/// `key=value` pairs (logfmt); absent values are left out, strings with spaces or quotes
-/// are quoted.
-fn text_line(value: &serde_json::Value) -> String {
-    let mut line = String::with_capacity(256);
-    if let Some(object) = value.as_object() {
-        for (key, value) in object {
-            let text = match value {
-                serde_json::Value::Null => continue,
-                serde_json::Value::String(s)
-                    if !s.is_empty() && !s.contains([' ', '"', '=', '\\']) =>
-                {
-                    s.clone()
-                }
-                serde_json::Value::String(s) => serde_json::Value::from(s.as_str()).to_string(),
-                other => other.to_string(),
-            };
+/// One value of a text line.
+enum Text<'a> {
+    Str(&'a str),
+    Int(u64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Line<'_> {
+    /// The fields as `key=value` pairs (logfmt), in the JSON line's order; absent values are
+    /// left out, strings with spaces or quotes are quoted as JSON strings.
+    fn text(&self) -> String {
+        use Text::{Bool, Float, Int, Str};
+        let pairs: [(&str, Option<Text>); 21] = [
+            ("ts", Some(Str(&self.ts))),
+            ("request_id", Some(Str(self.request_id))),
+            ("trace_id", self.trace_id.map(Str)),
+            ("method", Some(Str(self.method))),
+            ("path", Some(Str(self.path))),
+            ("route", Some(Str(self.route))),
+            ("key", self.key.map(Str)),
+            ("model", self.model.map(Str)),
+            ("upstream", self.upstream.map(Str)),
+            ("status", Some(Int(u64::from(self.status)))),
+            ("stream", self.stream.map(Bool)),
+            ("error", self.error.map(Str)),
+            ("bytes_in", self.bytes_in.map(Int)),
+            ("bytes_out", self.bytes_out.map(Int)),
+            ("input_tokens", self.input_tokens.map(Int)),
+            ("output_tokens", self.output_tokens.map(Int)),
+            ("total_tokens", self.total_tokens.map(Int)),
+            ("tokens_estimated", self.tokens_estimated.map(Bool)),
+            ("latency_ms", Some(Float(self.latency_ms))),
+            ("ttfb_ms", self.ttfb_ms.map(Float)),
+            ("ttft_ms", self.ttft_ms.map(Int)),
+        ];
+        let mut line = String::with_capacity(320);
+        for (key, value) in pairs {
+            let Some(value) = value else { continue };
             if !line.is_empty() {
                 line.push(' ');
             }
-            let _ = write!(line, "{key}={text}");
+            line.push_str(key);
+            line.push('=');
+            let _ = match value {
+                Str(s) if !s.is_empty() && !s.contains([' ', '"', '=', '\\']) => {
+                    line.push_str(s);
+                    Ok(())
+                }
+                Str(s) => write!(line, "{}", serde_json::Value::from(s)),
+                Int(n) => write!(line, "{n}"),
+                // As a JSON number is written (1.0, not 1); NaN cannot occur (durations).
+                Float(f) => match serde_json::Number::from_f64(f) {
+                    Some(n) => write!(line, "{n}"),
+                    None => write!(line, "null"),
+                },
+                Bool(b) => write!(line, "{b}"),
+            };
         }
+        line.push('\n');
+        line
     }
-    line.push('\n');
-    line
 }
 
 impl Drop for RequestLog {
@@ -388,21 +423,6 @@ impl Drop for RequestLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn text_lines_quote_what_needs_it_and_skip_absent_values() {
-        let value = serde_json::json!({
-            "request_id": "r-1",
-            "key": "glass 3",
-            "model": null,
-            "status": 200,
-            "stream": true,
-        });
-        assert_eq!(
-            text_line(&value),
-            "request_id=r-1 key=\"glass 3\" status=200 stream=true\n"
-        );
-    }
 
     #[test]
     fn a_json_line_has_every_field_in_order_and_nulls_for_what_is_unknown() {
@@ -475,6 +495,18 @@ mod tests {
         assert!(value["key"].is_null() && value["stream"].is_null());
         let text = log.line(LogFormat::Text, &fields);
         assert!(text.starts_with("ts="), "{text}");
+        assert!(text.ends_with(" ttfb_ms=1.235\n"), "{text}");
+        let quoted = Fields {
+            model: Some("glass 3 \"pro\"".into()),
+            head_ms: Some(2.0),
+            ..Fields::default()
+        };
+        let quoted = log.line(LogFormat::Text, &quoted);
+        assert!(
+            quoted.contains(r#" model="glass 3 \"pro\"" status=0 "#),
+            "{quoted}"
+        );
+        assert!(quoted.ends_with(" ttfb_ms=2.0\n"), "{quoted}");
         assert!(text.contains(" request_id=r-7 method=POST path=/v1/chat/completions route=chat model=qwen-plus status=200 "), "{text}");
         assert!(!text.contains("key="), "{text}");
     }
