@@ -2,7 +2,10 @@
 //! (default a 12 MP 4032x3024 frame, 7 runs) prints the median and the fastest run of each
 //! stage in ms, then the whole of `dashgate::media::process_data_url` under the default policy
 //! and for a frame that needs no resize. The frame is made as `frame` makes it (sensor-like
-//! noise, q92), so it costs what a photo costs to entropy-decode. Wall clock on one thread:
+//! noise, q92), so it costs what a photo costs to entropy-decode. The gateway's own decode is
+//! libjpeg-turbo at the M/8 scale the target needs (src/media/scaled.rs, through mozjpeg-sys);
+//! here it is timed through the `mozjpeg` wrapper of the same C library, next to jpeg-decoder
+//! (the decoder it replaced) and zune-jpeg (the `image` crate's). Wall clock on one thread:
 //! run it on an idle core (`taskset -c 1`) and read the medians.
 
 use std::hint::black_box;
@@ -51,6 +54,23 @@ fn jpeg_decoder(data: &[u8], scale: Option<(u16, u16)>) -> Vec<u8> {
     d.decode().unwrap()
 }
 
+/// libjpeg-turbo at `eighths`/8 (8: full size), RGB.
+fn libjpeg(data: &[u8], eighths: u8) -> Vec<u8> {
+    let mut d = mozjpeg::Decompress::new_mem(data).unwrap();
+    d.scale(eighths);
+    let mut started = d.rgb().unwrap();
+    let pixels = started.read_scanlines::<u8>().unwrap();
+    started.finish().unwrap();
+    pixels
+}
+
+/// The smallest M/8 whose output (ceil(side * M / 8)) covers the target, as the gateway picks.
+fn eighths((width, height): (u32, u32), (tw, th): (u32, u32)) -> u32 {
+    (1..8)
+        .find(|m| (width * m).div_ceil(8) >= tw && (height * m).div_ceil(8) >= th)
+        .unwrap_or(8)
+}
+
 fn zune(data: &[u8]) -> Vec<u8> {
     let options = zune_core::options::DecoderOptions::default()
         .jpeg_set_out_colorspace(zune_core::colorspace::ColorSpace::RGB);
@@ -82,12 +102,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let b64 = B64.encode(&jpeg);
     let target = fit_to_budget(width, height, ImagePolicy::default().max_image_pixels);
     let half = (width.div_ceil(2), height.div_ceil(2));
+    let m = eighths((width, height), target);
+    let scaled = ((width * m).div_ceil(8), (height * m).div_ceil(8));
     println!(
-        "{width}x{height} JPEG q92, {} bytes ({} as base64); target {}x{}; {runs} runs",
+        "{width}x{height} JPEG q92, {} bytes ({} as base64); target {}x{}; {m}/8 is {}x{}; \
+         {runs} runs",
         jpeg.len(),
         b64.len(),
         target.0,
-        target.1
+        target.1,
+        scaled.0,
+        scaled.1
     );
     println!();
     println!("| stage | median ms | fastest ms |");
@@ -97,6 +122,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     time("jpeg-decoder, 1/2 in the DCT domain", runs, || {
         jpeg_decoder(&jpeg, Some((half.0 as u16, half.1 as u16)))
     });
+    time("libjpeg-turbo (no SIMD), full", runs, || libjpeg(&jpeg, 8));
+    time(
+        &format!("libjpeg-turbo (no SIMD), {m}/8 in the DCT domain"),
+        runs,
+        || libjpeg(&jpeg, m as u8),
+    );
     time("zune-jpeg, full", runs, || zune(&jpeg));
     let full = zune(&jpeg);
     let halved = jpeg_decoder(&jpeg, Some((half.0 as u16, half.1 as u16)));
@@ -115,6 +146,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     time("resize 1/2 -> target, Lanczos3", runs, || {
         resize(&halved, half, target, lanczos)
+    });
+    let eighths_decoded = libjpeg(&jpeg, m as u8);
+    assert_eq!(eighths_decoded.len(), (scaled.0 * scaled.1 * 3) as usize);
+    time(&format!("resize {m}/8 -> target, Lanczos3"), runs, || {
+        resize(&eighths_decoded, scaled, target, lanczos)
     });
     let small = resize(&halved, half, target, lanczos);
     time("encode target, jpeg-encoder q85", runs, || {

@@ -1,6 +1,7 @@
 //! The over-budget path: decode, turn upright, downscale, re-encode. Re-encoding writes only
-//! pixels, so no metadata survives it. JPEGs are decoded at a reduced scale in the DCT domain
-//! (see `scaled`); other formats, and JPEGs it does not take, through the `image` crate.
+//! pixels, so no metadata survives it. JPEGs are decoded by libjpeg-turbo at a reduced scale
+//! in the DCT domain (see `scaled`); other formats, and JPEGs it does not take, through the
+//! `image` crate.
 
 use std::io::Cursor;
 
@@ -36,7 +37,7 @@ pub(crate) fn downscale(
     max_decode_pixels: u64,
 ) -> Result<Resized, MediaError> {
     if format == ImageFormat::Jpeg {
-        if let Some(out) = downscale_jpeg(data, max_pixels, quality)? {
+        if let Some(out) = downscale_jpeg(data, max_pixels, quality, max_decode_pixels)? {
             return Ok(out);
         }
     }
@@ -59,7 +60,7 @@ pub(crate) fn downscale_pure(
     // The decoder's own ceiling, in case a container declares one size and decodes another:
     // the pixels allowed at four bytes each, plus room for the decoder's buffers.
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_decode_pixels.saturating_mul(4).saturating_add(64 << 20));
+    limits.max_alloc = Some(max_alloc(max_decode_pixels));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     // A broken orientation tag is not worth refusing the image over.
@@ -84,13 +85,20 @@ pub(crate) fn downscale_pure(
     resize_and_encode(width, height, pixels, pixel_type, (tw, th), quality)
 }
 
-/// JPEG: decoded at the largest DCT-domain reduction that stays above the
-/// target, turned upright, resized the rest of the way. `None`: not one the scaled decoder takes,
-/// for the pure-Rust path.
+/// What a decoder may allocate for an image of up to `max_decode_pixels`: four bytes a pixel,
+/// plus room for its buffers.
+fn max_alloc(max_decode_pixels: u64) -> u64 {
+    max_decode_pixels.saturating_mul(4).saturating_add(64 << 20)
+}
+
+/// JPEG: decoded by libjpeg-turbo at the smallest DCT-domain scale M/8 that stays above the
+/// target, turned upright, resized the rest of the way. `None`: not one the scaled decoder
+/// takes, for the `image` crate's path.
 fn downscale_jpeg(
     data: &[u8],
     max_pixels: u64,
     quality: u8,
+    max_decode_pixels: u64,
 ) -> Result<Option<Resized>, MediaError> {
     let Some((width, height)) = jpeg::dimensions(data) else {
         return Ok(None);
@@ -112,8 +120,9 @@ fn downscale_jpeg(
     };
     let target = fit_to_budget(upright.0, upright.1, max_pixels);
     let stored_target = if turned { (target.1, target.0) } else { target };
-    let denom = scaled::denominator(width, height, stored_target.0, stored_target.1);
-    let Some(scaled) = scaled::decode_scaled(data, (width, height), denom) else {
+    let eighths = scaled::eighths(width, height, stored_target.0, stored_target.1);
+    let max_memory = max_alloc(max_decode_pixels);
+    let Some(scaled) = scaled::decode_scaled(data, (width, height), eighths, max_memory) else {
         return Ok(None);
     };
     let (w, h) = (scaled.width, scaled.height);

@@ -358,3 +358,58 @@ fn gif_comments_and_xmp_do_not_leave() {
     );
     assert!(image::load_from_memory(&out).is_ok());
 }
+
+#[test]
+fn a_broken_jpeg_over_budget_gets_the_image_paths_answer() {
+    let good = jpeg(1600, 1200);
+    let p = policy();
+    assert!(
+        u64::from(1600u32 * 1200) > p.max_image_pixels,
+        "over budget"
+    );
+    let find = |marker: u8| good.windows(2).position(|w| w == [0xFF, marker]).unwrap();
+    let (sof, dqt, sos) = (find(0xC0), find(0xDB), find(0xDA));
+    let mut sampling = good.clone();
+    sampling[sof + 11] = 0x00; // the first component's H/V sampling factors
+    let dqt_len = usize::from(u16::from_be_bytes([good[dqt + 2], good[dqt + 3]]));
+    let no_tables = [&good[..dqt], &good[dqt + 2 + dqt_len..]].concat();
+    let mut huffman = good.clone();
+    huffman[sos + 6] = 0x33; // the first component's DC/AC tables: 3, never defined
+    // The marker walk passes them all (the markers are intact); both decoders refuse them, and
+    // the client hears the `image` crate's reason, as before libjpeg.
+    for (name, file) in [
+        ("sampling", sampling),
+        ("no DQT", no_tables),
+        ("huffman", huffman),
+    ] {
+        let err = process_data_url(&url("image/jpeg", &file), &p).unwrap_err();
+        let pure = super::resize::downscale_pure(
+            &file,
+            ImageFormat::Jpeg,
+            p.max_image_pixels,
+            p.jpeg_quality,
+            p.max_decode_pixels,
+        )
+        .unwrap_err();
+        assert!(matches!(err, MediaError::Decode(_)), "{name}: {err}");
+        assert!(err.is_client_error(), "{name}");
+        assert_eq!(err, pure, "{name}");
+    }
+    // Entropy data damaged mid-scan: libjpeg warns and this path declines; the `image`
+    // crate's decoder is lenient and its picture is what is sent.
+    let mut damaged = good.clone();
+    let mid = (sos + good.len()) / 2;
+    for pair in damaged[mid..mid + 64].chunks_exact_mut(2) {
+        pair.copy_from_slice(&[0xFF, 0x00]);
+    }
+    let report = process_data_url(&url("image/jpeg", &damaged), &p).unwrap();
+    let pure = super::resize::downscale_pure(
+        &damaged,
+        ImageFormat::Jpeg,
+        p.max_image_pixels,
+        p.jpeg_quality,
+        p.max_decode_pixels,
+    )
+    .unwrap();
+    assert_eq!(bytes_of(&report.replacement.unwrap()), pure.bytes);
+}
