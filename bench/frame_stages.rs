@@ -3,7 +3,7 @@
 //! stage in ms, then the whole of `dashgate::media::process_data_url` under the default policy
 //! and for a frame that needs no resize. The frame is made as `frame` makes it (sensor-like
 //! noise, q92), so it costs what a photo costs to entropy-decode. The gateway's own decode is
-//! libjpeg-turbo at the M/8 scale the target needs (src/media/scaled.rs, through mozjpeg-sys);
+//! libjpeg-turbo at the M/8 scale the target needs (src/media/scaled/, through mozjpeg-sys);
 //! here it is timed through the `mozjpeg` wrapper of the same C library, next to jpeg-decoder
 //! (the decoder it replaced) and zune-jpeg (the `image` crate's). Wall clock on one thread:
 //! run it on an idle core (`taskset -c 1`) and read the medians.
