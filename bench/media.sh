@@ -6,7 +6,7 @@
 # throughput with 8 requests in flight. Loopback only, bounded in requests and time.
 #
 # Environment: REQUESTS (per latency run, default 40), INFLIGHT_REQUESTS (default 64),
-# NO_BUILD=1 to skip the build.
+# NO_BUILD=1 to skip the build, DASHGATE=path/to/dashgate to measure another build (e.g. an older one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +15,7 @@ INFLIGHT_REQUESTS=${INFLIGHT_REQUESTS:-64}
 if [[ -z "${NO_BUILD:-}" ]]; then
     cargo build --release --bin dashgate --example loadgen --example frame >&2
 fi
-DASHGATE=target/release/dashgate
+DASHGATE=${DASHGATE:-target/release/dashgate}
 LOADGEN=target/release/examples/loadgen
 
 # shellcheck source=bench/lib.sh
