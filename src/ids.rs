@@ -90,6 +90,21 @@ impl IdRewriter {
                 .upstream_id(&event)
                 .map(|id| memmem::Finder::new(&id).into_owned());
         }
+        self.replace(event)
+    }
+
+    /// [`apply`](Self::apply) for a body whose upstream id the caller has already read (the
+    /// JSON string's value); `None`: the body has none.
+    pub fn apply_known(&mut self, body: Bytes, id: Option<&str>) -> Bytes {
+        if self.from.is_none() {
+            self.from = id
+                .and_then(|id| serde_json::to_vec(id).ok())
+                .map(|id| memmem::Finder::new(&id).into_owned());
+        }
+        self.replace(body)
+    }
+
+    fn replace(&self, event: Bytes) -> Bytes {
         let Some(from) = &self.from else {
             return event;
         };

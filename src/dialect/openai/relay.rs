@@ -19,6 +19,10 @@ use crate::usage::Meter;
 
 /// A whole reply with the gateway's id written in (by `ids`), and the usage it reports.
 pub fn whole_body(body: Bytes, mut ids: IdRewriter) -> (Bytes, Option<Usage>) {
+    // One read for the id and the usage; a body of another shape gets each read on its own.
+    if let Some((id, usage)) = crate::wire::openai::id_and_usage_of_completion(&body) {
+        return (ids.apply_known(body, id.as_deref()), usage);
+    }
     let body = ids.apply(body);
     let usage = crate::provider::openai::usage_of_completion(&body);
     (body, usage)
@@ -100,4 +104,39 @@ fn take_usage(event: &[u8], usage: &Meter) -> bool {
         }
     }
     only_usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USAGE: &str = r#""usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}"#;
+
+    #[test]
+    fn a_whole_reply_gets_the_gateways_id_and_gives_its_usage_in_one_read() {
+        let body = format!(r#"{{"id":"chatcmpl-up","choices":[{{"id":"x"}}],{USAGE}}}"#);
+        let (out, usage) = whole_body(Bytes::from(body), IdRewriter::compat("g1"));
+        let expected = format!(r#"{{"id":"chatcmpl-g1","choices":[{{"id":"x"}}],{USAGE}}}"#);
+        assert_eq!(out, Bytes::from(expected));
+        let usage = usage.unwrap_or_default();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 5));
+    }
+
+    #[test]
+    fn a_reply_of_another_shape_still_gives_its_usage_and_keeps_what_cannot_be_rewritten() {
+        // An id that is not a string: nothing to rewrite, the usage still counts.
+        let body = format!(r#"{{"id":7,{USAGE}}}"#);
+        let (out, usage) = whole_body(Bytes::from(body.clone()), IdRewriter::compat("g2"));
+        assert_eq!(out, Bytes::from(body));
+        assert_eq!(usage.map(|u| u.total_tokens), Some(8));
+        // No id at all, and a body that is not JSON.
+        let body = format!(r#"{{{USAGE}}}"#);
+        let (out, usage) = whole_body(Bytes::from(body.clone()), IdRewriter::compat("g3"));
+        assert_eq!(
+            (out, usage.map(|u| u.total_tokens)),
+            (Bytes::from(body), Some(8))
+        );
+        let (out, usage) = whole_body(Bytes::from_static(b"oops"), IdRewriter::compat("g4"));
+        assert_eq!((out, usage), (Bytes::from_static(b"oops"), None));
+    }
 }

@@ -215,6 +215,24 @@ pub fn usage_of_completion(body: &[u8]) -> Option<Usage> {
         .map(Usage::from)
 }
 
+/// A whole completion's top-level `id` and its usage, in one read (the relay's fast path
+/// needs both). `None` when the body is not an object of that shape (an `id` that is not a
+/// string, a key given twice): the caller then reads each on its own.
+pub fn id_and_usage_of_completion(body: &[u8]) -> Option<(Option<String>, Option<Usage>)> {
+    #[derive(Deserialize)]
+    struct IdAndUsage<'a> {
+        #[serde(borrow, default)]
+        id: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    }
+    let read = serde_json::from_slice::<IdAndUsage>(body).ok()?;
+    Some((
+        read.id.map(|id| id.into_owned()),
+        read.usage.map(Usage::from),
+    ))
+}
+
 /// Decodes a whole (non-stream) completion.
 pub fn decode_completion(body: &[u8]) -> Result<Reply, String> {
     let (meta, events) = decode_chunk(body)?;
