@@ -7,7 +7,6 @@
 //! Lines go to a writer thread through a bounded queue: a stalled stdout drops lines
 //! (`dashgate_access_log_dropped_total`), it never holds a request.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -16,6 +15,10 @@ use std::time::Instant;
 use axum::http::{HeaderMap, Method};
 use prometheus_client::metrics::counter::Counter;
 use tracing::field::Empty;
+
+mod line;
+
+use line::Line;
 
 use super::otel;
 use crate::config::{LogFormat, TelemetryConfig};
@@ -318,97 +321,6 @@ impl RequestLog {
     }
 }
 
-/// One access log line, in its fields' order. Written straight from borrowed fields: a
-/// `json!` map here cost a map insert per key on every request.
-#[derive(serde::Serialize)]
-struct Line<'a> {
-    ts: String,
-    request_id: &'a str,
-    trace_id: Option<&'a str>,
-    method: &'a str,
-    path: &'a str,
-    route: &'static str,
-    key: Option<&'a str>,
-    model: Option<&'a str>,
-    upstream: Option<&'a str>,
-    status: u16,
-    stream: Option<bool>,
-    error: Option<&'a str>,
-    bytes_in: Option<u64>,
-    bytes_out: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    total_tokens: Option<u64>,
-    tokens_estimated: Option<bool>,
-    latency_ms: f64,
-    ttfb_ms: Option<f64>,
-    ttft_ms: Option<u64>,
-}
-
-/// One value of a text line.
-enum Text<'a> {
-    Str(&'a str),
-    Int(u64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl Line<'_> {
-    /// The fields as `key=value` pairs (logfmt), in the JSON line's order; absent values are
-    /// left out, strings with spaces or quotes are quoted as JSON strings.
-    fn text(&self) -> String {
-        use Text::{Bool, Float, Int, Str};
-        let pairs: [(&str, Option<Text>); 21] = [
-            ("ts", Some(Str(&self.ts))),
-            ("request_id", Some(Str(self.request_id))),
-            ("trace_id", self.trace_id.map(Str)),
-            ("method", Some(Str(self.method))),
-            ("path", Some(Str(self.path))),
-            ("route", Some(Str(self.route))),
-            ("key", self.key.map(Str)),
-            ("model", self.model.map(Str)),
-            ("upstream", self.upstream.map(Str)),
-            ("status", Some(Int(u64::from(self.status)))),
-            ("stream", self.stream.map(Bool)),
-            ("error", self.error.map(Str)),
-            ("bytes_in", self.bytes_in.map(Int)),
-            ("bytes_out", self.bytes_out.map(Int)),
-            ("input_tokens", self.input_tokens.map(Int)),
-            ("output_tokens", self.output_tokens.map(Int)),
-            ("total_tokens", self.total_tokens.map(Int)),
-            ("tokens_estimated", self.tokens_estimated.map(Bool)),
-            ("latency_ms", Some(Float(self.latency_ms))),
-            ("ttfb_ms", self.ttfb_ms.map(Float)),
-            ("ttft_ms", self.ttft_ms.map(Int)),
-        ];
-        let mut line = String::with_capacity(320);
-        for (key, value) in pairs {
-            let Some(value) = value else { continue };
-            if !line.is_empty() {
-                line.push(' ');
-            }
-            line.push_str(key);
-            line.push('=');
-            let _ = match value {
-                Str(s) if !s.is_empty() && !s.contains([' ', '"', '=', '\\']) => {
-                    line.push_str(s);
-                    Ok(())
-                }
-                Str(s) => write!(line, "{}", serde_json::Value::from(s)),
-                Int(n) => write!(line, "{n}"),
-                // As a JSON number is written (1.0, not 1); NaN cannot occur (durations).
-                Float(f) => match serde_json::Number::from_f64(f) {
-                    Some(n) => write!(line, "{n}"),
-                    None => write!(line, "null"),
-                },
-                Bool(b) => write!(line, "{b}"),
-            };
-        }
-        line.push('\n');
-        line
-    }
-}
-
 impl Drop for RequestLog {
     fn drop(&mut self) {
         let Some(sink) = &self.sink else { return };
@@ -421,93 +333,4 @@ impl Drop for RequestLog {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_json_line_has_every_field_in_order_and_nulls_for_what_is_unknown() {
-        let log = RequestLog::start(
-            None,
-            &Method::POST,
-            "/v1/chat/completions",
-            &HeaderMap::new(),
-            &Arc::from("r-7"),
-            "chat",
-        );
-        // Without a sink or a trace there is no log to write.
-        assert!(log.is_none());
-        let log = RequestLog {
-            span: tracing::Span::none(),
-            sink: None,
-            request_id: Arc::from("r-7"),
-            trace_id: None,
-            method: Method::POST,
-            path: "/v1/chat/completions".into(),
-            route: "chat",
-            started: Instant::now(),
-            fields: Mutex::new(Fields::default()),
-        };
-        let fields = Fields {
-            status: 200,
-            head_ms: Some(1.23456),
-            model: Some("qwen-plus".into()),
-            ..Fields::default()
-        };
-        let line = log.line(LogFormat::Json, &fields);
-        assert!(line.ends_with('\n'));
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let keys: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(|k| k.as_str())
-            .collect();
-        assert_eq!(
-            keys,
-            [
-                "ts",
-                "request_id",
-                "trace_id",
-                "method",
-                "path",
-                "route",
-                "key",
-                "model",
-                "upstream",
-                "status",
-                "stream",
-                "error",
-                "bytes_in",
-                "bytes_out",
-                "input_tokens",
-                "output_tokens",
-                "total_tokens",
-                "tokens_estimated",
-                "latency_ms",
-                "ttfb_ms",
-                "ttft_ms",
-            ]
-        );
-        assert_eq!(value["request_id"], "r-7");
-        assert_eq!(value["model"], "qwen-plus");
-        assert_eq!(value["status"], 200);
-        assert_eq!(value["ttfb_ms"], 1.235);
-        assert!(value["key"].is_null() && value["stream"].is_null());
-        let text = log.line(LogFormat::Text, &fields);
-        assert!(text.starts_with("ts="), "{text}");
-        assert!(text.ends_with(" ttfb_ms=1.235\n"), "{text}");
-        let quoted = Fields {
-            model: Some("glass 3 \"pro\"".into()),
-            head_ms: Some(2.0),
-            ..Fields::default()
-        };
-        let quoted = log.line(LogFormat::Text, &quoted);
-        assert!(
-            quoted.contains(r#" model="glass 3 \"pro\"" status=0 "#),
-            "{quoted}"
-        );
-        assert!(quoted.ends_with(" ttfb_ms=2.0\n"), "{quoted}");
-        assert!(text.contains(" request_id=r-7 method=POST path=/v1/chat/completions route=chat model=qwen-plus status=200 "), "{text}");
-        assert!(!text.contains("key="), "{text}");
-    }
-}
+mod tests;
