@@ -121,6 +121,12 @@ fn downscale_jpeg(
     let target = fit_to_budget(upright.0, upright.1, max_pixels);
     let stored_target = if turned { (target.1, target.0) } else { target };
     let eighths = scaled::eighths(width, height, stored_target.0, stored_target.1);
+    // No eighth to save (a frame just over budget): without SIMD, libjpeg's full-size decode
+    // is slower than the `image` crate's (zune-jpeg; bench/frame_stages.rs at 12 MP: 138
+    // against 88 ms), and the pixels are the same.
+    if eighths == 8 {
+        return Ok(None);
+    }
     let max_memory = max_alloc(max_decode_pixels);
     let Some(scaled) = scaled::decode_scaled(data, (width, height), eighths, max_memory) else {
         return Ok(None);

@@ -413,3 +413,19 @@ fn a_broken_jpeg_over_budget_gets_the_image_paths_answer() {
     .unwrap();
     assert_eq!(bytes_of(&report.replacement.unwrap()), pure.bytes);
 }
+
+#[test]
+fn a_jpeg_just_over_budget_is_decoded_by_the_image_crate_not_at_full_size_by_libjpeg() {
+    // 1200x1000 against 1 MP: the target (about 1095x912) is above 7/8 of the frame, so no
+    // DCT-domain reduction applies and the `image` path decodes it, byte for byte the same.
+    let mut rng = fastrand::Rng::with_seed(5);
+    let rgb: Vec<u8> = (0..1200 * 1000 * 3).map(|_| rng.u8(60..200)).collect();
+    let mut data = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut data, 90)
+        .write_image(&rgb, 1200, 1000, ExtendedColorType::Rgb8)
+        .unwrap();
+    let via = resize::downscale(&data, ImageFormat::Jpeg, 1_000_000, 85, 25_000_000).unwrap();
+    let pure = resize::downscale_pure(&data, ImageFormat::Jpeg, 1_000_000, 85, 25_000_000).unwrap();
+    assert_eq!((via.width, via.height), (pure.width, pure.height));
+    assert!(via.bytes == pure.bytes, "the image crate's decode");
+}
