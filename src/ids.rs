@@ -1,6 +1,8 @@
 //! Cheap, exact looks into relayed events: which compat chunk can carry usage (so only that one
 //! is parsed), and the one request id written into relayed bodies.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use memchr::memmem;
 
@@ -46,13 +48,13 @@ enum IdField {
 #[derive(serde::Deserialize)]
 struct CompatId<'a> {
     #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
 }
 
 #[derive(serde::Deserialize)]
 struct NativeId<'a> {
     #[serde(borrow)]
-    request_id: Option<std::borrow::Cow<'a, str>>,
+    request_id: Option<Cow<'a, str>>,
 }
 
 impl IdRewriter {
@@ -86,9 +88,8 @@ impl IdRewriter {
     /// The event (or whole body) with the id replaced; untouched when it has none.
     pub fn apply(&mut self, event: Bytes) -> Bytes {
         if self.from.is_none() {
-            self.from = self
-                .upstream_id(&event)
-                .map(|id| memmem::Finder::new(&id).into_owned());
+            let id = self.upstream_id(&event);
+            self.learn(id.as_deref());
         }
         self.replace(event)
     }
@@ -97,11 +98,16 @@ impl IdRewriter {
     /// JSON string's value); `None`: the body has none.
     pub fn apply_known(&mut self, body: Bytes, id: Option<&str>) -> Bytes {
         if self.from.is_none() {
-            self.from = id
-                .and_then(|id| serde_json::to_vec(id).ok())
-                .map(|id| memmem::Finder::new(&id).into_owned());
+            self.learn(id);
         }
         self.replace(body)
+    }
+
+    /// Keeps the upstream's id as quoted JSON text, with its searcher.
+    fn learn(&mut self, id: Option<&str>) {
+        self.from = id
+            .and_then(|id| serde_json::to_vec(id).ok())
+            .map(|quoted| memmem::Finder::new(&quoted).into_owned());
     }
 
     fn replace(&self, event: Bytes) -> Bytes {
@@ -122,19 +128,18 @@ impl IdRewriter {
         Bytes::from(out)
     }
 
-    /// The id as quoted JSON text. Read into a one-key struct: a whole `Value` per reply cost
-    /// a map insert and an allocation for every key of the body. A body whose key comes twice
-    /// is not valid for this read and keeps its own id.
-    fn upstream_id(&self, event: &[u8]) -> Option<Vec<u8>> {
+    /// The id's value. Read into a one-key struct: a whole `Value` per reply cost a map insert
+    /// and an allocation for every key of the body. A body whose key comes twice is not valid
+    /// for this read and keeps its own id.
+    fn upstream_id<'a>(&self, event: &'a [u8]) -> Option<Cow<'a, str>> {
         let json = match crate::sse::data_of(event) {
             Some(data) => data,
             None => event,
         };
-        let id = match self.field {
+        match self.field {
             IdField::Id => serde_json::from_slice::<CompatId>(json).ok()?.id,
             IdField::RequestId => serde_json::from_slice::<NativeId>(json).ok()?.request_id,
-        }?;
-        serde_json::to_vec(&id).ok()
+        }
     }
 }
 
